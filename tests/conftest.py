@@ -1,0 +1,27 @@
+"""Test-session set-up: CPU only, 8 fake devices, quiet TensorFlow, persistent compile cache.
+
+Everything here must happen before jax or tensorflow is imported anywhere, so it sits at the
+top of the root conftest. The environment variables are inherited by subprocesses the tests
+start (CLI runs, notebooks), so they see the same 8-device CPU platform.
+"""
+
+import os
+import pathlib
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["JAX_NUM_CPU_DEVICES"] = "8"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
