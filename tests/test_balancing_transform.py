@@ -1,0 +1,395 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from mlb_jax import balancing_state, mlb_gradient_transform, modality_masks
+from mlb_jax.balancing import MLBState, balancing_metrics, chain_with_balancing
+
+# Scores with hand-computable coefficients at alpha=1, beta_max=10:
+# r_audio = 0.5 -> k_audio = 1 + tanh(-0.5); r_video = 2 -> k_video = 1 + 9 tanh(1).
+SCORES = {"audio": 0.8, "video": 0.4}
+K_AUDIO = 1 + math.tanh(-0.5)
+K_VIDEO = 1 + 9 * math.tanh(1.0)
+
+
+def make_params():
+    return {
+        "encoders": {
+            "audio": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)},
+            "video": {"w": jnp.full((4, 3), 2.0, jnp.float32)},
+        },
+        "fusion": {"audio": {"kernel": jnp.ones((3, 2))}, "video": {"kernel": jnp.ones((3, 2))}},
+        "bias": jnp.full((2,), 5.0, jnp.float32),
+    }
+
+
+PATTERNS = {"audio": [r"encoders/audio/", r"fusion/audio/"], "video": r"/video/"}
+
+
+def make_masks(params):
+    return modality_masks(params, PATTERNS)
+
+
+def grads_like(params, seed=0):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def test_scales_exactly_the_masked_leaves():
+    params = make_params()
+    tx = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0)
+    grads = grads_like(params)
+    updates, state = tx.update(grads, tx.init(params), params, modality_scores=SCORES)
+    np.testing.assert_allclose(
+        updates["encoders"]["audio"]["w"], K_AUDIO * grads["encoders"]["audio"]["w"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        updates["encoders"]["audio"]["b"], K_AUDIO * grads["encoders"]["audio"]["b"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        updates["fusion"]["audio"]["kernel"],
+        K_AUDIO * grads["fusion"]["audio"]["kernel"],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        updates["encoders"]["video"]["w"], K_VIDEO * grads["encoders"]["video"]["w"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        updates["fusion"]["video"]["kernel"],
+        K_VIDEO * grads["fusion"]["video"]["kernel"],
+        rtol=1e-6,
+    )
+    # The shared bias is in no mask: passed through bit for bit.
+    np.testing.assert_array_equal(updates["bias"], grads["bias"])
+    assert int(state.count) == 1
+    assert float(state.coefficients["video"]) == pytest.approx(K_VIDEO, rel=1e-6)
+    assert float(state.scores["audio"]) == pytest.approx(0.8)
+
+
+def test_chain_with_sgd_gives_minus_lr_k_g():
+    params = make_params()
+    lr = 0.1
+    tx = optax.chain(
+        mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0), optax.sgd(lr)
+    )
+    grads = grads_like(params, seed=1)
+    updates, _ = tx.update(grads, tx.init(params), params, modality_scores=SCORES)
+    np.testing.assert_allclose(
+        updates["encoders"]["video"]["w"],
+        -lr * K_VIDEO * grads["encoders"]["video"]["w"],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        updates["encoders"]["audio"]["w"],
+        -lr * K_AUDIO * grads["encoders"]["audio"]["w"],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(updates["bias"], -lr * grads["bias"], rtol=1e-6)
+
+
+def test_placement_before_adam_is_cancelled_after_adam_is_not():
+    params = make_params()
+    masks = make_masks(params)
+    grads = grads_like(params, seed=2)
+    lr = 1e-2
+    plain = optax.adam(lr)
+    plain_updates, _ = plain.update(grads, plain.init(params), params)
+    before = chain_with_balancing(
+        mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0),
+        optax.adam(lr),
+        placement="gradients",
+    )
+    after = chain_with_balancing(
+        mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0), optax.adam(lr), placement="updates"
+    )
+    before_updates, _ = before.update(grads, before.init(params), params, modality_scores=SCORES)
+    after_updates, _ = after.update(grads, after.init(params), params, modality_scores=SCORES)
+    # Adam normalises a constant gradient scale away: scaling before Adam changes nothing
+    # (up to eps), while scaling after Adam multiplies the step by k.
+    video = ("encoders", "video", "w")
+    pick = lambda t: t[video[0]][video[1]][video[2]]  # noqa: E731
+    np.testing.assert_allclose(pick(before_updates), pick(plain_updates), rtol=1e-5)
+    np.testing.assert_allclose(pick(after_updates), K_VIDEO * pick(plain_updates), rtol=1e-5)
+    assert not np.allclose(pick(before_updates), pick(after_updates))
+
+
+def test_placement_coincides_for_plain_sgd():
+    params = make_params()
+    masks = make_masks(params)
+    grads = grads_like(params, seed=3)
+    outs = []
+    for placement in ("gradients", "updates"):
+        tx = chain_with_balancing(
+            mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0),
+            optax.sgd(0.1),
+            placement=placement,
+        )
+        outs.append(tx.update(grads, tx.init(params), params, modality_scores=SCORES)[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), *outs)
+
+
+def test_jit_matches_eager_and_does_not_retrace():
+    params = make_params()
+    tx = optax.chain(
+        mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0),
+        optax.sgd(0.1, momentum=0.9),
+    )
+    traces = []
+
+    @jax.jit
+    def step(grads, state, scores):
+        traces.append(1)
+        return tx.update(grads, state, params, modality_scores=scores)
+
+    state = tx.init(params)
+    grads = grads_like(params)
+    eager, _ = tx.update(grads, state, params, modality_scores=SCORES)
+    jitted, state = step(grads, state, {k: jnp.float32(v) for k, v in SCORES.items()})
+    step(grads, state, {k: jnp.float32(v) for k, v in SCORES.items()})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), eager, jitted)
+    assert len(traces) == 1
+
+
+def test_unknown_extra_args_are_ignored():
+    params = make_params()
+    tx = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0)
+    grads = grads_like(params)
+    with_extra, _ = tx.update(grads, tx.init(params), params, modality_scores=SCORES, value=3.0)
+    without, _ = tx.update(grads, tx.init(params), params, modality_scores=SCORES)
+    jax.tree.map(np.testing.assert_array_equal, with_extra, without)
+
+
+def test_inject_hyperparams_controls_alpha_and_beta():
+    params = make_params()
+    masks = make_masks(params)
+    tx = optax.inject_hyperparams(mlb_gradient_transform, static_args=("modality_masks",))(
+        modality_masks=masks, alpha=1.0, beta_max=10.0
+    )
+    state = tx.init(params)
+    grads = grads_like(params)
+    updates, state = tx.update(grads, state, params, modality_scores=SCORES)
+    np.testing.assert_allclose(
+        updates["encoders"]["video"]["w"], K_VIDEO * grads["encoders"]["video"]["w"], rtol=1e-6
+    )
+    state.hyperparams["beta_max"] = jnp.asarray(3.0)
+    updates, state = tx.update(grads, state, params, modality_scores=SCORES)
+    np.testing.assert_allclose(
+        updates["encoders"]["video"]["w"],
+        (1 + 2 * math.tanh(1.0)) * grads["encoders"]["video"]["w"],
+        rtol=1e-6,
+    )
+    assert float(balancing_state(state).coefficients["video"]) == pytest.approx(
+        1 + 2 * math.tanh(1.0), rel=1e-6
+    )
+
+
+def test_alpha_schedule_is_evaluated_at_the_update_count():
+    params = make_params()
+    # alpha = 0 on the first update (k = 1), 1 afterwards.
+    tx = mlb_gradient_transform(
+        make_masks(params), alpha=lambda count: jnp.where(count < 1, 0.0, 1.0), beta_max=10.0
+    )
+    grads = grads_like(params)
+    state = tx.init(params)
+    first, state = tx.update(grads, state, params, modality_scores=SCORES)
+    second, state = tx.update(grads, state, params, modality_scores=SCORES)
+    jax.tree.map(np.testing.assert_array_equal, first, grads)
+    np.testing.assert_allclose(
+        second["encoders"]["video"]["w"], K_VIDEO * grads["encoders"]["video"]["w"], rtol=1e-6
+    )
+
+
+def test_score_ema_smooths_before_coefficients():
+    params = make_params()
+    tx = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0, score_ema=0.5)
+    grads = grads_like(params)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params, modality_scores={"audio": 0.8, "video": 0.4})
+    assert float(state.smoothed_scores["video"]) == pytest.approx(0.4)  # first step: no history
+    _, state = tx.update(grads, state, params, modality_scores={"audio": 0.8, "video": 0.8})
+    assert float(state.scores["video"]) == pytest.approx(0.8)
+    assert float(state.smoothed_scores["video"]) == pytest.approx(0.6)
+    # r_video = 0.8 / 0.6
+    assert float(state.coefficients["video"]) == pytest.approx(
+        1 + 9 * math.tanh(0.8 / 0.6 - 1), rel=1e-6
+    )
+
+
+def test_multisteps_applies_k_to_the_accumulated_gradient():
+    params = make_params()
+    lr = 0.1
+    inner = optax.chain(
+        mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0), optax.sgd(lr)
+    )
+    tx = optax.MultiSteps(inner, every_k_schedule=2)
+    state = tx.init(params)
+    g1, g2 = grads_like(params, 4), grads_like(params, 5)
+    u1, state = tx.update(g1, state, params, modality_scores={"audio": 0.5, "video": 0.5})
+    u2, state = tx.update(g2, state, params, modality_scores=SCORES)
+    jax.tree.map(lambda u: np.testing.assert_array_equal(u, np.zeros_like(u)), u1)
+    mean_video = (g1["encoders"]["video"]["w"] + g2["encoders"]["video"]["w"]) / 2
+    np.testing.assert_allclose(u2["encoders"]["video"]["w"], -lr * K_VIDEO * mean_video, rtol=1e-5)
+    assert int(balancing_state(state).count) == 1
+
+
+def test_sharded_on_eight_devices_equals_single_device():
+    assert jax.device_count() == 8
+    params = {
+        "enc_a": jnp.arange(32.0).reshape(8, 4),
+        "enc_v": jnp.linspace(-1, 1, 64).reshape(8, 8),
+        "bias": jnp.ones(8),
+    }
+    masks = modality_masks(params, {"audio": "enc_a", "video": "enc_v"})
+    tx = optax.chain(
+        mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0), optax.sgd(0.1, momentum=0.9)
+    )
+    grads = jax.tree.map(lambda x: jnp.sin(x) + 0.5, params)
+
+    def run(p, g):
+        state = tx.init(p)
+        for _ in range(3):
+            u, state = tx.update(g, state, p, modality_scores=SCORES)
+            p = optax.apply_updates(p, u)
+        return p, state
+
+    single = jax.jit(run)(params, grads)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    row = jax.NamedSharding(mesh, jax.P("data"))
+    sharded_params = jax.device_put(params, row)
+    sharded_grads = jax.device_put(grads, row)
+    with jax.set_mesh(mesh):
+        sharded = jax.jit(run)(sharded_params, sharded_grads)
+    assert sharded[0]["enc_v"].sharding.spec[0] == "data"  # stays sharded by rows
+    # Equal up to float32 rounding (XLA may fuse the multiply-adds differently per layout).
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), single, sharded
+    )
+
+
+def test_orbax_round_trip_of_optimizer_state(tmp_path):
+    params = make_params()
+    tx = optax.chain(
+        mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0),
+        optax.sgd(0.1, momentum=0.9),
+    )
+    state = tx.init(params)
+    grads = grads_like(params)
+    _, state = tx.update(grads, state, params, modality_scores=SCORES)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp_path / "opt", state)
+        ckptr.wait_until_finished()
+        restored = ckptr.restore(
+            tmp_path / "opt", jax.tree.map(ocp.utils.to_shape_dtype_struct, tx.init(params))
+        )
+    assert isinstance(balancing_state(restored), MLBState)
+    jax.tree.map(np.testing.assert_array_equal, state, restored)
+    scores2 = {"audio": 0.3, "video": 0.6}
+    a, sa = tx.update(grads, state, params, modality_scores=scores2)
+    b, sb = tx.update(grads, restored, params, modality_scores=scores2)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    jax.tree.map(np.testing.assert_array_equal, sa, sb)
+
+
+def test_balancing_metrics_reads_through_chain():
+    params = make_params()
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0),
+        optax.sgd(0.1),
+    )
+    _, state = tx.update(grads_like(params), tx.init(params), params, modality_scores=SCORES)
+    metrics = balancing_metrics(state)
+    assert set(metrics) == {
+        "k/audio",
+        "k/video",
+        "score/audio",
+        "score/video",
+        "smoothed_score/audio",
+        "smoothed_score/video",
+    }
+    assert float(metrics["k/audio"]) == pytest.approx(K_AUDIO, rel=1e-6)
+    with pytest.raises(ValueError, match="contains no MLBState"):
+        balancing_state(optax.sgd(0.1).init(params))
+
+
+def test_dtype_of_updates_is_preserved():
+    params = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(3, jnp.bfloat16)}
+    masks = modality_masks(params, {"x": "^a$", "y": "^b$"})
+    tx = mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0)
+    updates, _ = tx.update(params, tx.init(params), params, modality_scores={"x": 0.8, "y": 0.4})
+    assert updates["a"].dtype == jnp.bfloat16 and updates["b"].dtype == jnp.bfloat16
+
+
+def test_callable_masks_are_resolved_from_params():
+    params = make_params()
+    tx = mlb_gradient_transform(
+        {
+            name: (lambda p, pats=pats: modality_masks(p, {"m": pats})["m"])
+            for name, pats in PATTERNS.items()
+        },
+        alpha=1.0,
+        beta_max=10.0,
+    )
+    grads = grads_like(params)
+    updates, _ = tx.update(grads, tx.init(params), params, modality_scores=SCORES)
+    np.testing.assert_allclose(
+        updates["encoders"]["video"]["w"], K_VIDEO * grads["encoders"]["video"]["w"], rtol=1e-6
+    )
+
+
+class TestBadInput:
+    def test_missing_score(self):
+        params = make_params()
+        tx = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0)
+        with pytest.raises(ValueError, match=r"modality_scores lacks \['video'\]"):
+            tx.update(params, tx.init(params), params, modality_scores={"audio": 0.5})
+
+    def test_unknown_modality(self):
+        params = make_params()
+        tx = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0)
+        with pytest.raises(ValueError, match=r"unknown modalities \['text'\]"):
+            tx.update(
+                params,
+                tx.init(params),
+                params,
+                modality_scores={"audio": 0.5, "video": 0.5, "text": 0.1},
+            )
+
+    def test_one_modality(self):
+        params = make_params()
+        with pytest.raises(ValueError, match="at least two modalities"):
+            mlb_gradient_transform({"audio": make_masks(params)["audio"]}, alpha=1.0)
+
+    def test_negative_alpha(self):
+        with pytest.raises(ValueError, match="alpha must be >= 0, got -1.0"):
+            mlb_gradient_transform(make_masks(make_params()), alpha=-1.0)
+
+    def test_negative_beta_max(self):
+        with pytest.raises(ValueError, match="beta_max must be >= 0, got -0.5"):
+            mlb_gradient_transform(make_masks(make_params()), alpha=1.0, beta_max=-0.5)
+
+    def test_mask_structure_mismatch(self):
+        params = make_params()
+        masks = make_masks(params)
+        masks["video"] = {"encoders": True}
+        tx = mlb_gradient_transform(masks, alpha=1.0)
+        with pytest.raises(ValueError, match="mask of modality 'video' does not match"):
+            tx.init(params)
+
+    def test_overlapping_masks(self):
+        params = make_params()
+        masks = make_masks(params)
+        masks["video"] = jax.tree.map(lambda _: True, params)
+        tx = mlb_gradient_transform(masks, alpha=1.0)
+        with pytest.raises(ValueError, match="selected by two modality masks: encoders/audio/b"):
+            tx.init(params)
+
+    def test_bad_ema(self):
+        with pytest.raises(ValueError, match=r"score_ema must be in \[0, 1\)"):
+            mlb_gradient_transform(make_masks(make_params()), alpha=1.0, score_ema=1.0)
