@@ -1,0 +1,30 @@
+"""Training methods, one file each, behind one registry (DESIGN decision 4)."""
+
+from collections.abc import Callable
+
+from mlb_jax.methods.base import Method, cross_entropy
+from mlb_jax.methods.joint import make_joint
+from mlb_jax.methods.mlb import MLB, make_mlb
+from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
+
+METHODS: dict[str, Callable[..., Method]] = {
+    "joint": make_joint,
+    "multiloss": make_multiloss,
+    "mlb": make_mlb,
+}
+
+
+def make_method(config) -> Method:
+    """Builds the method named by `config.name` from the `config.method` block.
+
+    Raises:
+      ValueError: for an unknown method name (the message lists the known ones).
+    """
+    if config.name not in METHODS:
+        raise ValueError(
+            f"unknown method {config.name!r} (config.method.name); choose one of {sorted(METHODS)}"
+        )
+    return METHODS[config.name](config)
+
+
+__all__ = ["METHODS", "MLB", "Method", "MultiLoss", "cross_entropy", "make_method"]

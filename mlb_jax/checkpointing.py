@@ -1,0 +1,87 @@
+"""Orbax checkpoints of a run: train state plus JSON run metadata, and the best model.
+
+`<workdir>/checkpoints/<step>/` holds the `TrainState` (model params, BatchNorm statistics
+and RNG counters, optimiser state with the balancing state, step) and `meta` (epoch reached =
+data position, per-epoch history, best-so-far bookkeeping). `<workdir>/best/` keeps one
+checkpoint of the state with the best validation accuracy. Orbax writes each checkpoint to
+a temporary directory and renames it when complete, so a killed save never looks valid.
+"""
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class RunCheckpoints:
+    """Latest-N checkpoints of a run and a separate best-on-validation checkpoint."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+        """Opens (or creates) the checkpoint directories under `workdir`.
+
+        Args:
+          workdir: the run directory.
+          keep: number of latest checkpoints kept.
+        """
+        workdir = pathlib.Path(workdir).absolute()
+        policy = ocp.checkpoint_managers.LatestN(keep)
+        self._latest = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy),
+        )
+        self._best = ocp.CheckpointManager(
+            workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(1)
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint, or None."""
+        return self._latest.latest_step()
+
+    def save(self, step: int, state: PyTree, meta: dict) -> None:
+        """Saves the train state and run metadata at `step` and waits until it is on disk."""
+        self._latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        self._latest.wait_until_finished()
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
+        """Restores (state, meta) of `step` (default: latest) onto `abstract_state`'s layout."""
+        step = self.latest_step() if step is None else step
+        restored = self._latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(abstract_state)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], restored["meta"]
+
+    def save_best(self, step: int, state: PyTree) -> None:
+        """Replaces the best checkpoint with `state`."""
+        self._best.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._best.wait_until_finished()
+
+    def restore_best(self, abstract_state: PyTree) -> PyTree:
+        """Restores the best-on-validation state."""
+        step = self._best.latest_step()
+        if step is None:
+            raise FileNotFoundError("this run has no best checkpoint yet (no epoch finished)")
+        return self._best.restore(step, args=ocp.args.StandardRestore(_abstract(abstract_state)))
+
+    def close(self) -> None:
+        """Waits for pending writes and releases resources."""
+        self._latest.close()
+        self._best.close()
+
+
+def _abstract(tree: PyTree) -> PyTree:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
