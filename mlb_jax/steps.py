@@ -58,7 +58,10 @@ def make_train_step(
         labels = batch["label"]
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.rest)
+            # Fresh Variable objects at this trace level: NNX refuses to update BatchNorm
+            # statistics held by Variables created in the enclosing jit trace.
+            rest = jax.tree.map(lambda x: x, state.rest)
+            model = nnx.merge(graphdef, params, rest)
             outputs = model(batch["inputs"], train=True)
             loss, parts = method.loss(outputs, labels)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)

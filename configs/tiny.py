@@ -1,0 +1,33 @@
+"""A tiny variant of synthetic_av for tests and smoke runs: seconds, not minutes.
+
+python -m mlb_jax.train --config=configs/tiny.py --workdir=/tmp/tiny
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns synthetic_av with tiny data, model and schedule."""
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_av", pathlib.Path(__file__).with_name("synthetic_av.py")
+    )
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.progress = False
+    c.model.base_width = 2
+    c.train.epochs = 2
+    c.train.batch_size = 16
+    c.train.eval_batch_size = 32
+    c.train.log_every = 2
+    c.train.lr = 0.05
+    c.probe.steps = 50
+    c.data.synthetic.n_train = 128
+    c.data.synthetic.n_val = 32
+    c.data.synthetic.n_test = 40  # not a multiple of the eval batch: exercises padding
+    c.data.synthetic.spectrogram_shape = (32, 24)
+    c.data.synthetic.frames_shape = (2, 16, 16, 3)
+    return c

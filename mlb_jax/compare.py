@@ -1,0 +1,121 @@
+"""Comparison runner: methods x seeds on one config, then a table and a Figure-3-style plot.
+
+    python -m mlb_jax.compare --config=configs/synthetic_av.py \
+        --methods=joint,multiloss,mlb --seeds=0,1,2 --workdir=runs/compare
+
+Each run lives in `<workdir>/<method>/seed_<s>`; a run whose results.json exists is not
+repeated, and an interrupted one resumes from its checkpoint. `comparison.md` holds mean ±
+std over seeds of fused test accuracy, unimodal and probe accuracy per modality, and ECE.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "comparison directory")
+_METHODS = flags.DEFINE_list("methods", ["joint", "multiloss", "mlb"], "methods to compare")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_all(config, workdir: pathlib.Path, methods: list[str], seeds: list[int]) -> dict:
+    """Runs (or reuses) every method x seed; returns method -> list of results dicts."""
+    from mlb_jax.trainer import RESULTS_FILE, train_and_evaluate
+
+    results: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            run_dir = workdir / method / f"seed_{seed}"
+            done = run_dir / RESULTS_FILE
+            if done.exists():
+                res = json.loads(done.read_text())
+                print(f"{method} seed {seed}: done earlier ({100 * res['accuracy']:.1f})")
+            else:
+                print(f"=== {method} seed {seed} -> {run_dir}", flush=True)
+                cfg = config.copy_and_resolve_references()
+                with cfg.unlocked():
+                    cfg.method.name = method
+                    cfg.seed = seed
+                res = train_and_evaluate(cfg, run_dir)
+            results.setdefault(method, []).append(res)
+    return results
+
+
+def summarise(results: dict[str, list[dict]]) -> tuple[dict, list[str]]:
+    """Method -> metric -> (mean, std) over seeds, and the metric names in table order."""
+    modalities = list(next(iter(results.values()))[0]["unimodal_accuracy"])
+    columns = {"fused": lambda r: r["accuracy"]}
+    for m in modalities:
+        columns[f"{m} (unimodal head)"] = lambda r, m=m: r["unimodal_accuracy"][m]
+    for m in modalities:
+        columns[f"{m} (probe)"] = lambda r, m=m: r["probe_accuracy"][m]
+    columns["ECE"] = lambda r: r["ece"]
+    table = {
+        method: {
+            name: (float(np.mean([f(r) for r in runs])), float(np.std([f(r) for r in runs])))
+            for name, f in columns.items()
+        }
+        for method, runs in results.items()
+    }
+    return table, list(columns)
+
+
+def markdown_table(table: dict, columns: list[str], seeds: list[int]) -> str:
+    """The comparison as a Markdown table (accuracies in %, ECE as a fraction)."""
+    head = "| method | " + " | ".join(columns) + " |"
+    rule = "|---" * (len(columns) + 1) + "|"
+    rows = []
+    for method, row in table.items():
+        cells = []
+        for c in columns:
+            mean, std = row[c]
+            cells.append(
+                f"{mean:.3f} ± {std:.3f}" if c == "ECE" else f"{100 * mean:.1f} ± {100 * std:.1f}"
+            )
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    note = f"\nTest split, best-on-validation epoch, mean ± std over seeds {seeds}.\n"
+    return "\n".join([head, rule, *rows]) + "\n" + note
+
+
+def main(argv: list[str]) -> None:
+    """Runs the comparison and writes comparison.md and comparison.png."""
+    del argv
+    from mlb_jax.plots import plot_comparison
+    from mlb_jax.trainer import write_json_atomic
+
+    workdir = pathlib.Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in _SEEDS.value]
+    try:
+        results = run_all(_CONFIG.value, workdir, list(_METHODS.value), seeds)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    table, columns = summarise(results)
+    text = markdown_table(table, columns, seeds)
+    tmp = workdir / "comparison.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, workdir / "comparison.md")
+    write_json_atomic(workdir / "comparison.json", {"table": table, "results": results})
+    plot_comparison(
+        table,
+        [c for c in columns if c != "ECE"],
+        workdir / "comparison.png",
+        title=f"{_CONFIG.value.data.name}: test accuracy, mean ± std over {len(seeds)} seeds",
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
