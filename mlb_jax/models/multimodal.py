@@ -1,0 +1,292 @@
+"""The multimodal classifier: per-modality encoders, unimodal heads and one fusion head.
+
+``MultimodalClassifier`` is keyed by modality name throughout (DESIGN.md decision 3), and its
+attribute layout makes parameter paths predictable for per-modality masks:
+
+* ``encoders/<modality>/...``: the modality's encoder (ResNet-18 for ``audio`` and ``video``);
+* ``heads/<modality>/{kernel,bias}``: its unimodal head Linear(D -> K);
+* ``fusion/...``: the fusion head; parameters reading only modality m are at
+  ``fusion/<block>/<m>/...`` (see :mod:`mlb_jax.models.fusion`), shared ones elsewhere.
+
+The model holds no shared submodules, so ``nnx.split`` -> ``jax.jit`` -> ``nnx.merge`` works in
+both NNX graph and tree mode. ``train`` is an explicit argument of ``__call__``: with
+``train=True`` BatchNorm uses batch statistics and updates its running statistics, and dropout
+is active; with ``train=False`` neither happens. Dropout random streams are forked at
+construction from ``rngs`` (its ``dropout`` stream, or ``default`` when it has none) and stored
+in the module as ``nnx.RngState``, so a functional train step must carry the non-``Param``
+state (batch statistics and RNG counters) in and out of ``jax.jit``.
+"""
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+from flax import nnx
+
+from mlb_jax.models.fusion import build_fusion, check_fusion_name, check_modality_names
+from mlb_jax.models.heads import unimodal_heads
+from mlb_jax.models.resnet import AudioEncoder, VideoEncoder
+
+# The one place that maps an encoder kind (config field ``modalities.<m>.kind``) to its class.
+ENCODERS: dict[str, type[AudioEncoder] | type[VideoEncoder]] = {
+    "audio": AudioEncoder,
+    "video": VideoEncoder,
+}
+# Channels when a modality's config leaves ``in_channels`` out.
+DEFAULT_IN_CHANNELS = {"audio": 1, "video": 3}
+
+# Fields of ``model_config`` accepted by :func:`build_model`, with their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "base_width": 64,
+    "fusion": "late_linear",
+    "fusion_hidden": 64,
+    "dropout": 0.1,
+    "num_classes": None,
+}
+_MODALITY_FIELDS = ("kind", "in_channels")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec:
+    """What encodes one modality.
+
+    Attributes:
+        kind: encoder kind, a key of :data:`ENCODERS` (``"audio"``: spectrograms [B, F, T(, C)];
+            ``"video"``: clips [B, T, H, W, C]).
+        in_channels: input channels; ``None`` means the kind's default (audio 1, video 3).
+    """
+
+    kind: str
+    in_channels: int | None = None
+
+
+class ModelOutput(NamedTuple):
+    """Everything one forward pass returns (a pytree, so it passes through ``jax.jit``).
+
+    Attributes:
+        logits: fused logits [B, K].
+        unimodal_logits: modality name -> unimodal-head logits [B, K].
+        features: modality name -> pooled encoder feature [B, D_m].
+    """
+
+    logits: jax.Array
+    unimodal_logits: dict[str, jax.Array]
+    features: dict[str, jax.Array]
+
+
+def _as_spec(name: str, spec: ModalitySpec | Mapping[str, Any]) -> ModalitySpec:
+    """Normalises a modality description and checks its kind and channels."""
+    if not isinstance(spec, ModalitySpec):
+        unknown = sorted(set(spec) - set(_MODALITY_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"modality {name!r}: unknown field(s) {unknown}; expected {list(_MODALITY_FIELDS)}"
+            )
+        if "kind" not in spec:
+            raise ValueError(f"modality {name!r}: missing field 'kind' (one of {sorted(ENCODERS)})")
+        spec = ModalitySpec(spec["kind"], spec.get("in_channels"))
+    if spec.kind not in ENCODERS:
+        raise ValueError(
+            f"modality {name!r}: unknown encoder kind {spec.kind!r}; expected one of "
+            f"{sorted(ENCODERS)}"
+        )
+    channels = DEFAULT_IN_CHANNELS[spec.kind] if spec.in_channels is None else spec.in_channels
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(
+            f"modality {name!r}: in_channels must be a positive integer, got {spec.in_channels!r}"
+        )
+    return ModalitySpec(spec.kind, channels)
+
+
+class MultimodalClassifier(nnx.Module):
+    """Encoders, unimodal heads and a fusion head over any M >= 2 named modalities.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> model = MultimodalClassifier(
+        ...     {"audio": ModalitySpec("audio"), "video": ModalitySpec("video")},
+        ...     num_classes=6, base_width=4, rngs=nnx.Rngs(params=0, dropout=1))
+        >>> batch = {"audio": jnp.zeros((2, 64, 32)), "video": jnp.zeros((2, 3, 32, 32, 3))}
+        >>> out = model(batch, train=False)
+        >>> out.logits.shape, out.unimodal_logits["video"].shape, out.features["audio"].shape
+        ((2, 6), (2, 6), (2, 32))
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, ModalitySpec | Mapping[str, Any]],
+        num_classes: int,
+        *,
+        base_width: int = 64,
+        fusion: str = "late_linear",
+        fusion_hidden: int = 64,
+        dropout: float = 0.1,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the model.
+
+        Args:
+            modalities: modality name -> :class:`ModalitySpec` (or a mapping with ``kind`` and
+                optional ``in_channels``), in order; the order fixes the first (conditioning /
+                gating) modality of ``film`` and ``gated`` fusion.
+            num_classes: K.
+            base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width).
+            fusion: a key of :data:`mlb_jax.models.fusion.FUSIONS`.
+            fusion_hidden: hidden / token width of ``mid_mlp`` and ``transformer`` fusion.
+            dropout: dropout rate of ``mid_mlp`` and ``transformer`` fusion.
+            rngs: random streams: ``params`` (or ``default``) for initialisation, ``dropout`` (or
+                ``default``) forked into the dropout layers.
+
+        Raises:
+            ValueError: on an unknown encoder kind or fusion name, a bad modality name or
+                channel count, fewer than two modalities, or a non-positive ``num_classes``.
+        """
+        # Validate everything before building encoders, which is the slow part.
+        check_modality_names(tuple(modalities))
+        specs = {name: _as_spec(name, spec) for name, spec in modalities.items()}
+        check_fusion_name(fusion)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        # Static and ordered: nnx.Dict iteration order after a merge is not the build order.
+        self.modality_names = tuple(specs)
+        self.encoders = nnx.Dict(
+            {
+                name: ENCODERS[spec.kind](
+                    spec.in_channels, base_width=base_width, name=name, rngs=rngs
+                )
+                for name, spec in specs.items()
+            }
+        )
+        dims = self.feature_dims
+        self.heads = unimodal_heads(dims, num_classes, rngs=rngs)
+        self.fusion = build_fusion(
+            fusion, dims, num_classes, hidden=fusion_hidden, dropout=dropout, rngs=rngs
+        )
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Modality name -> pooled feature width D_m (8 * base_width for the ResNets)."""
+        return {name: self.encoders[name].out_features for name in self.modality_names}
+
+    def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool) -> ModelOutput:
+        """Runs encoders, unimodal heads and fusion.
+
+        Args:
+            inputs: modality name -> batch: ``audio`` kind [B, F, T] or [B, F, T, C], ``video``
+                kind [B, T, H, W, C]. Keys that are not modalities of the model (labels, ids)
+                are ignored.
+            train: batch statistics, running-statistics updates and dropout if True; running
+                statistics and no dropout if False.
+
+        Returns:
+            :class:`ModelOutput` with ``logits`` [B, K], ``unimodal_logits`` {name: [B, K]} and
+            ``features`` {name: [B, D_m]}.
+
+        Raises:
+            ValueError: if a modality is missing from ``inputs`` or its array has the wrong rank
+                or channel count (the message names the modality and the expected shape).
+        """
+        missing = [name for name in self.modality_names if name not in inputs]
+        if missing:
+            raise ValueError(
+                f"missing input for modality {missing[0]!r}: the model expects "
+                f"{list(self.modality_names)}, got {sorted(inputs)}"
+            )
+        features = {
+            name: self.encoders[name](inputs[name], train=train) for name in self.modality_names
+        }
+        unimodal_logits = {name: self.heads[name](features[name]) for name in self.modality_names}
+        return ModelOutput(self.fusion(features, train=train), unimodal_logits, features)
+
+    def modality_patterns(self) -> dict[str, list[str]]:
+        """Regexes selecting each modality's own parameters, for ``mlb_jax.modality_masks``.
+
+        Each pattern is matched with ``re.search`` against a '/'-joined parameter path such as
+        ``encoders/audio/resnet/stem/conv/kernel``. Modality m owns its encoder, its unimodal
+        head and the fusion blocks that read only m (``fusion/<block>/<m>/...``); shared fusion
+        parameters (biases, layers after the modalities meet) match no pattern.
+
+        Returns:
+            modality name -> list of regexes.
+        """
+        blocks = self.fusion.modality_blocks_of()
+        patterns = {}
+        for name in self.modality_names:
+            key = re.escape(name)
+            patterns[name] = [
+                f"^encoders/{key}/",
+                f"^heads/{key}/",
+                *(f"^fusion/{re.escape(block)}/{key}/" for block in blocks[name]),
+            ]
+        return patterns
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    """Turns a ConfigDict or mapping into a plain dict, or raises naming ``what``."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ValueError(f"{what} must be a ConfigDict or mapping, got {type(value).__name__}")
+
+
+def build_model(
+    model_config: ml_collections.ConfigDict | Mapping[str, Any],
+    num_classes: int | None = None,
+    *,
+    rngs: nnx.Rngs,
+) -> MultimodalClassifier:
+    """Builds a :class:`MultimodalClassifier` from a model config.
+
+    Fields (all but ``modalities`` optional, defaults in :data:`CONFIG_DEFAULTS`):
+    ``modalities`` (name -> {``kind``: 'audio' | 'video', ``in_channels``: int}), ``base_width``,
+    ``fusion``, ``fusion_hidden``, ``dropout``, ``num_classes``.
+
+    Args:
+        model_config: the config (typically ``config.model``).
+        num_classes: K, e.g. from the dataset; needed when the config's ``num_classes`` is
+            unset, and must agree with it when both are given.
+        rngs: random streams, see :class:`MultimodalClassifier`.
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: naming the field, on an unknown or missing field, an unknown encoder kind or
+            fusion, or a missing or conflicting number of classes.
+    """
+    config = _as_dict(model_config, "model config")
+    unknown = sorted(set(config) - set(CONFIG_DEFAULTS) - {"modalities"})
+    if unknown:
+        raise ValueError(
+            f"model config: unknown field(s) {unknown}; expected {['modalities', *CONFIG_DEFAULTS]}"
+        )
+    if "modalities" not in config:
+        raise ValueError("model config: missing field 'modalities' (name -> {kind, in_channels})")
+    fields = {**CONFIG_DEFAULTS, **config}
+    modalities = {
+        name: _as_dict(spec, f"model config field 'modalities.{name}'")
+        for name, spec in _as_dict(fields["modalities"], "model config field 'modalities'").items()
+    }
+    configured = fields["num_classes"]
+    if num_classes is None and configured is None:
+        raise ValueError(
+            "model config: 'num_classes' is unset and no num_classes was passed to build_model"
+        )
+    if num_classes is not None and configured is not None and num_classes != configured:
+        raise ValueError(
+            f"model config: num_classes={configured} disagrees with num_classes={num_classes} "
+            "passed to build_model (e.g. from the dataset)"
+        )
+    return MultimodalClassifier(
+        modalities,
+        num_classes if num_classes is not None else configured,
+        base_width=fields["base_width"],
+        fusion=fields["fusion"],
+        fusion_hidden=fields["fusion_hidden"],
+        dropout=fields["dropout"],
+        rngs=rngs,
+    )

@@ -1,0 +1,309 @@
+"""ResNet-18 backbone and the audio and video encoders built on it (METHODS.md 2.1-2.3).
+
+Layout is NHWC throughout. The backbone is torchvision's BasicBlock ResNet-18 without the final
+average pool and fully connected layer, with every detail that changes numbers kept as in the
+reference code: explicit (symmetric) padding instead of Flax ``"SAME"``, a max-pool padded with
+-inf, BatchNorm momentum 0.9 (PyTorch 0.1) and epsilon 1e-5, and the MLB / BalanceBenchmark
+initialisation:
+
+* conv kernels: Kaiming-normal, fan_out, ReLU gain, i.e. N(0, 2 / (kh * kw * C_out)), untruncated
+  as in ``torch.nn.init.kaiming_normal_``; convolutions have no bias;
+* BatchNorm: scale (gamma) ~ N(1, 0.02), bias (beta) = 0; no zero-init of residual branches.
+
+Encoders validate their input and raise one ``ValueError`` naming the modality and the expected
+shape, because a wrongly shaped array would otherwise fail deep inside a convolution.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# PyTorch BatchNorm momentum 0.1 weights the new batch; Flax's momentum weights the running value.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+STAGE_WIDTHS = (1, 2, 4, 8)  # multiples of base_width: 64-128-256-512 for base_width=64
+BLOCKS_PER_STAGE = 2
+
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _bn_scale_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    """Draws BatchNorm gamma ~ N(1, 0.02) as in the MLB and BalanceBenchmark ResNets."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+class ConvBN(nnx.Module):
+    """Bias-free convolution with explicit symmetric padding, followed by BatchNorm.
+
+    Parameters: ``conv/kernel`` [k, k, C_in, C_out], ``bn/scale`` and ``bn/bias`` [C_out];
+    batch statistics ``bn/mean`` and ``bn/var``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the layer.
+
+        Args:
+            in_channels: input channels C_in.
+            out_channels: output channels C_out.
+            kernel_size: square kernel size k.
+            stride: spatial stride.
+            padding: zero padding on each side of both spatial axes (PyTorch semantics).
+            rngs: parameter random streams.
+        """
+        self.conv = nnx.Conv(
+            in_channels,
+            out_channels,
+            kernel_size=(kernel_size, kernel_size),
+            strides=(stride, stride),
+            padding=((padding, padding), (padding, padding)),
+            use_bias=False,
+            kernel_init=_conv_init,
+            rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(
+            out_channels,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            scale_init=_bn_scale_init,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Applies conv then BatchNorm.
+
+        Args:
+            x: [N, H, W, C_in].
+            train: batch statistics (and a running-statistics update) if True, running
+                statistics otherwise.
+
+        Returns:
+            [N, H', W', C_out].
+        """
+        return self.bn(self.conv(x), use_running_average=not train)
+
+
+class BasicBlock(nnx.Module):
+    """ResNet BasicBlock: two 3x3 ConvBN with a residual connection (1x1 ConvBN when reshaping)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, rngs: nnx.Rngs):
+        """Builds the block.
+
+        Args:
+            in_channels: input channels.
+            out_channels: output channels.
+            stride: stride of the first 3x3 convolution and of the downsample.
+            rngs: parameter random streams.
+        """
+        self.conv1 = ConvBN(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, rngs=rngs
+        )
+        self.conv2 = ConvBN(
+            out_channels, out_channels, kernel_size=3, stride=1, padding=1, rngs=rngs
+        )
+        self.downsample = (
+            ConvBN(in_channels, out_channels, kernel_size=1, stride=stride, padding=0, rngs=rngs)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Applies the block.
+
+        Args:
+            x: [N, H, W, C_in].
+            train: see :class:`ConvBN`.
+
+        Returns:
+            [N, H / stride, W / stride, C_out] (rounded up).
+        """
+        y = jax.nn.relu(self.conv1(x, train=train))
+        y = self.conv2(y, train=train)
+        shortcut = x if self.downsample is None else self.downsample(x, train=train)
+        return jax.nn.relu(y + shortcut)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """PyTorch ``MaxPool2d(3, stride=2, padding=1)``: the padding is -inf, so it never wins.
+
+    Args:
+        x: [N, H, W, C].
+
+    Returns:
+        [N, ceil(H / 2), ceil(W / 2), C].
+    """
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        window_dimensions=(1, 3, 3, 1),
+        window_strides=(1, 2, 2, 1),
+        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+
+
+class ResNet18(nnx.Module):
+    """ResNet-18 feature extractor (no pooling, no classifier) on NHWC images.
+
+    Parameter paths: ``stem/{conv,bn}/...``, ``stages/<s>/<b>/{conv1,conv2,downsample}/...`` with
+    stage s in 0..3 and block b in 0..1. With ``base_width=64`` and 3 input channels it has
+    11,176,512 parameters, exactly torchvision's ``resnet18`` without ``fc``.
+    """
+
+    def __init__(self, in_channels: int, *, base_width: int = 64, rngs: nnx.Rngs):
+        """Builds the network.
+
+        Args:
+            in_channels: image channels (1 for spectrograms, 3 for RGB, 2 for optical flow).
+            base_width: width of the first stage; stages have 1x, 2x, 4x, 8x this width.
+            rngs: parameter random streams.
+        """
+        self.stem = ConvBN(in_channels, base_width, kernel_size=7, stride=2, padding=3, rngs=rngs)
+        stages = []
+        width = base_width
+        for stage, multiple in enumerate(STAGE_WIDTHS):
+            out_width = base_width * multiple
+            blocks = []
+            for block in range(BLOCKS_PER_STAGE):
+                # Stages 2-4 halve the resolution in their first block.
+                stride = 2 if stage > 0 and block == 0 else 1
+                blocks.append(BasicBlock(width, out_width, stride=stride, rngs=rngs))
+                width = out_width
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+        self.out_features = width
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Computes the final feature map.
+
+        Args:
+            x: [N, H, W, C_in].
+            train: see :class:`ConvBN`.
+
+        Returns:
+            [N, H / 32, W / 32, 8 * base_width] (each halving rounds up).
+        """
+        x = max_pool_3x3_s2(jax.nn.relu(self.stem(x, train=train)))
+        for stage in self.stages:
+            for block in stage:
+                x = block(x, train=train)
+        return x
+
+
+class AudioEncoder(nnx.Module):
+    """Spectrogram encoder: ResNet-18 then global average pooling (METHODS.md 2.2).
+
+    The spectrogram's frequency axis is the image height and time the width (METHODS.md 7.11).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, *, base_width: int = 64, name: str = "audio", rngs: nnx.Rngs
+    ):
+        """Builds the encoder.
+
+        Args:
+            in_channels: spectrogram channels (1 for a magnitude spectrogram).
+            base_width: ResNet base width; the feature width is ``8 * base_width``.
+            name: modality name, used in error messages.
+            rngs: parameter random streams.
+        """
+        self.resnet = ResNet18(in_channels, base_width=base_width, rngs=rngs)
+        self.in_channels = in_channels
+        self.name = name
+
+    @property
+    def out_features(self) -> int:
+        """Feature width D = 8 * base_width."""
+        return self.resnet.out_features
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Encodes a batch of spectrograms.
+
+        Args:
+            x: [B, F, T] (single-channel only) or [B, F, T, C] with C = ``in_channels``.
+            train: see :class:`ConvBN`.
+
+        Returns:
+            Pooled features [B, D].
+
+        Raises:
+            ValueError: if the rank or channel count is wrong.
+        """
+        if x.ndim == 3 and self.in_channels == 1:
+            x = x[..., None]
+        if x.ndim != 4:
+            expected = (
+                "3 [B, F, T] or 4 [B, F, T, C]" if self.in_channels == 1 else "4 [B, F, T, C]"
+            )
+            raise ValueError(
+                f"{self.name} input must have rank {expected}, got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"{self.name} input must have {self.in_channels} channel(s) in its last axis "
+                f"[B, F, T, C], got shape {tuple(x.shape)}"
+            )
+        return jnp.mean(self.resnet(x, train=train), axis=(1, 2))
+
+
+class VideoEncoder(nnx.Module):
+    """Frame encoder: frames folded into the batch, ResNet-18, mean over time and space.
+
+    As in the reference (METHODS.md 2.3) every frame goes through the 2-D ResNet independently,
+    so BatchNorm statistics are taken over all B*T frames, and there is no temporal modelling.
+    """
+
+    def __init__(
+        self, in_channels: int = 3, *, base_width: int = 64, name: str = "video", rngs: nnx.Rngs
+    ):
+        """Builds the encoder.
+
+        Args:
+            in_channels: frame channels (3 for RGB, 2 for optical flow).
+            base_width: ResNet base width; the feature width is ``8 * base_width``.
+            name: modality name, used in error messages.
+            rngs: parameter random streams.
+        """
+        self.resnet = ResNet18(in_channels, base_width=base_width, rngs=rngs)
+        self.in_channels = in_channels
+        self.name = name
+
+    @property
+    def out_features(self) -> int:
+        """Feature width D = 8 * base_width."""
+        return self.resnet.out_features
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Encodes a batch of clips.
+
+        Args:
+            x: [B, T, H, W, C] with C = ``in_channels``.
+            train: see :class:`ConvBN`.
+
+        Returns:
+            Pooled features [B, D].
+
+        Raises:
+            ValueError: if the rank or channel count is wrong.
+        """
+        if x.ndim != 5:
+            raise ValueError(
+                f"{self.name} input must have rank 5 [B, T, H, W, C], got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"{self.name} input must have {self.in_channels} channel(s) in its last axis "
+                f"[B, T, H, W, C], got shape {tuple(x.shape)}"
+            )
+        batch, frames = x.shape[:2]
+        maps = self.resnet(x.reshape(batch * frames, *x.shape[2:]), train=train)
+        maps = maps.reshape(batch, frames, *maps.shape[1:])
+        return jnp.mean(maps, axis=(1, 2, 3))

@@ -1,0 +1,479 @@
+"""Tests of the model layer: ResNet-18 encoders, fusion heads, the multimodal classifier.
+
+Compilation dominates on CPU, so the tests use tiny widths, build each tiny model once
+(``_model`` is cached; tests that mutate state build their own), trace shapes and input errors
+with ``jax.eval_shape`` instead of running them, and initialise with an ``rbg`` key: the default
+threefry generator costs XLA tens of seconds to compile for the many parameter shapes of a
+ResNet, and the initialisers' distributions do not depend on the generator. Only the full-width
+parameter count uses ``nnx.eval_shape`` (tracing an initialiser is slow per parameter, cheap per
+element).
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from mlb_jax.models import (
+    FUSIONS,
+    AudioEncoder,
+    LateLinearFusion,
+    ModalitySpec,
+    ModelOutput,
+    MultimodalClassifier,
+    ResNet18,
+    VideoEncoder,
+    build_fusion,
+    build_model,
+)
+from mlb_jax.models.resnet import max_pool_3x3_s2
+
+K = 3  # classes
+WIDTH = 4  # ResNet base width of the tiny models; D = 8 * WIDTH
+D = 8 * WIDTH
+AUDIO = (2, 16, 12)  # [B, F, T]
+VIDEO = (2, 2, 16, 16, 3)  # [B, T, H, W, C]
+
+
+def _rngs(seed: int = 0) -> nnx.Rngs:
+    return nnx.Rngs(
+        params=jax.random.key(seed, impl="rbg"), dropout=jax.random.key(seed + 1, impl="rbg")
+    )
+
+
+def _modalities(m: int) -> dict[str, ModalitySpec]:
+    specs = {"audio": ModalitySpec("audio"), "video": ModalitySpec("video", 3)}
+    if m == 3:
+        specs["audio2"] = ModalitySpec("audio", 2)
+    return specs
+
+
+def _inputs(m: int) -> dict[str, jax.Array]:
+    key_a, key_v, key_2 = jax.random.split(jax.random.key(42), 3)
+    inputs = {"audio": jax.random.normal(key_a, AUDIO), "video": jax.random.normal(key_v, VIDEO)}
+    if m == 3:
+        inputs["audio2"] = jax.random.normal(key_2, (*AUDIO, 2))
+    return inputs
+
+
+@functools.cache
+def _model(m: int = 2, fusion: str = "late_linear") -> MultimodalClassifier:
+    """A tiny model shared by the tests that only read it."""
+    return MultimodalClassifier(_modalities(m), K, base_width=WIDTH, fusion=fusion, rngs=_rngs())
+
+
+def _abstract_forward(model: nnx.Module, inputs, *, train: bool):
+    """Traces the forward pass without compiling or running it; returns output shapes."""
+    graphdef, state = nnx.split(model)
+    return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=train), state, inputs)
+
+
+def _apply(module: nnx.Module, *args, train: bool):
+    """Runs ``module(*args, train=train)`` the way the train step does: split, jit, merge."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    @jax.jit
+    def forward(params, rest, *args):
+        merged = nnx.merge(graphdef, params, rest)
+        return merged(*args, train=train), nnx.state(merged, nnx.Not(nnx.Param))
+
+    out, new_rest = forward(params, rest, *args)
+    nnx.update(module, new_rest)
+    return out
+
+
+def _param_paths(module: nnx.Module) -> list[str]:
+    paths = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]:
+        assert path[-1] == jax.tree_util.GetAttrKey("value")
+        paths.append("/".join(str(entry.key) for entry in path[:-1]))
+    return paths
+
+
+def _count(module: nnx.Module) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+# --- ResNet-18 ------------------------------------------------------------------------------
+
+
+def test_full_width_resnet18_parameter_count():
+    # torchvision resnet18 without fc, counting conv kernels and BN scale+bias (no conv biases):
+    #   stem   7*7*3*64 + 2*64                                         =     9,536
+    #   stage1 2 * (2*3*3*64*64 + 2*2*64)                              =   147,968
+    #   stage2 3*3*64*128 + 3*3*128*128 + 4*128 + 64*128 + 2*128
+    #          + (2*3*3*128*128 + 4*128)                                =   525,568
+    #   stage3 same pattern at 128 -> 256                               = 2,099,712
+    #   stage4 same pattern at 256 -> 512                               = 8,393,728
+    #   total                                                           = 11,176,512
+    # (= 11,689,512 for torchvision resnet18 minus fc's 512*1000 + 1000.) One input channel
+    # removes 7*7*2*64 = 6,272 stem weights: 11,170,240.
+    rgb = nnx.eval_shape(lambda: ResNet18(3, rngs=nnx.Rngs(0)))
+    mono = nnx.eval_shape(lambda: ResNet18(1, rngs=nnx.Rngs(0)))
+    assert _count(rgb) == 11_176_512
+    assert _count(mono) == 11_170_240
+    video = nnx.eval_shape(lambda: VideoEncoder(3, rngs=nnx.Rngs(0)))
+    audio = nnx.eval_shape(lambda: AudioEncoder(1, rngs=nnx.Rngs(0)))
+    assert (video.out_features, audio.out_features) == (512, 512)
+    assert (_count(video), _count(audio)) == (11_176_512, 11_170_240)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected"),
+    [(224, 224, (7, 7)), (257, 188, (9, 6)), (257, 1004, (9, 32)), (257, 136, (9, 5))],
+)
+def test_resnet_output_map_matches_reference_sizes(height, width, expected):
+    # METHODS.md 2.2-2.3: 224x224 frames -> 7x7; spectrograms with 257 bins and T = 188 (CREMA-D),
+    # 1004 (AVE), 136 (UCF) -> 9 x T' with T' = 6, 32, 5. Any padding other than PyTorch's
+    # explicit 3 (stem) and 1 (pool) would change some of these sizes.
+    model = nnx.eval_shape(lambda: ResNet18(1, base_width=WIDTH, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    out = jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s)(x, train=False),
+        state,
+        jax.ShapeDtypeStruct((1, height, width, 1), jnp.float32),
+    )
+    assert out.shape == (1, *expected, D)
+
+
+def test_max_pool_pads_with_minus_infinity():
+    x = -1.0 - jnp.arange(16.0).reshape(1, 4, 4, 1)  # all negative: zero padding would win
+    out = max_pool_3x3_s2(x)[0, :, :, 0]
+    # Windows centred on (0,0), (0,2), (2,0), (2,2) with one row/column of padding before.
+    np.testing.assert_array_equal(out, [[-1.0, -2.0], [-5.0, -6.0]])
+
+
+# --- tiny real model, shared by the numeric tests -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> MultimodalClassifier:
+    # mid_mlp has dropout, so train/eval differences are visible in the fused logits.
+    return MultimodalClassifier(_modalities(2), K, base_width=WIDTH, fusion="mid_mlp", rngs=_rngs())
+
+
+def test_initialisation_follows_reference(model):
+    resnet = model.encoders["video"].resnet
+    kernel = resnet.stages[3][1].conv2.conv.kernel[...]  # [3, 3, 8W, 8W]
+    fan_out = 3 * 3 * kernel.shape[-1]
+    assert float(jnp.mean(kernel)) == pytest.approx(0.0, abs=0.01)
+    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2.0 / fan_out), rel=0.05)
+    scales = jnp.concatenate(
+        [
+            leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(resnet, nnx.Param))
+            if str(path[-2].key) == "scale"
+        ]
+    )
+    assert scales.size == 300  # BN channels at base width 4: 4 + 16 + 40 + 80 + 160
+    assert float(jnp.mean(scales)) == pytest.approx(1.0, abs=0.005)
+    assert float(jnp.std(scales)) == pytest.approx(0.02, rel=0.15)
+    assert float(jnp.abs(resnet.stem.bn.bias[...]).max()) == 0.0
+    head = model.heads["audio"].kernel[...]  # PyTorch Linear: U(+-1/sqrt(D))
+    assert float(jnp.abs(head).max()) <= 1.0 / np.sqrt(D)
+    assert float(jnp.abs(head).max()) > 0.8 / np.sqrt(D)
+
+
+def _batch_stats(model: nnx.Module) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+
+
+def test_eval_is_deterministic_and_leaves_batch_stats(model):
+    inputs = _inputs(2)
+    before = _batch_stats(model)
+    first = _apply(model, inputs, train=False)
+    second = _apply(model, inputs, train=False)
+    assert isinstance(first, ModelOutput)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(before, _batch_stats(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_updates_batch_stats_with_momentum_and_uses_dropout(model):
+    inputs = _inputs(2)
+    stem = model.encoders["audio"].resnet.stem
+    old_mean = np.asarray(stem.bn.mean[...])
+    batch_mean = np.asarray(jnp.mean(stem.conv(inputs["audio"][..., None]), axis=(0, 1, 2)))
+    eval_out = _apply(model, inputs, train=False)
+    first = _apply(model, inputs, train=True)
+    np.testing.assert_allclose(
+        stem.bn.mean[...], 0.9 * old_mean + 0.1 * batch_mean, rtol=1e-4, atol=1e-6
+    )
+    second = _apply(model, inputs, train=True)
+    # Batch statistics do not depend on the running ones: same input, same features.
+    for name in ("audio", "video"):
+        np.testing.assert_allclose(first.features[name], second.features[name], rtol=1e-5)
+        assert not np.allclose(first.features[name], eval_out.features[name])
+    # Dropout is active in training and draws fresh masks each step.
+    assert not np.allclose(first.logits, second.logits)
+
+
+# --- shapes for every fusion, M = 2 and M = 3 -----------------------------------------------
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_output_shapes(fusion, m):
+    out = _abstract_forward(_model(m, fusion), _inputs(m), train=True)
+    names = list(_modalities(m))
+    assert out.logits.shape == (AUDIO[0], K)
+    assert {n: v.shape for n, v in out.unimodal_logits.items()} == {n: (AUDIO[0], K) for n in names}
+    assert {n: v.shape for n, v in out.features.items()} == {n: (AUDIO[0], D) for n in names}
+
+
+# --- fusion arithmetic, on random features --------------------------------------------------
+
+
+def _features(m: int, dim: int = 8, batch: int = 4) -> dict[str, jax.Array]:
+    keys = jax.random.split(jax.random.key(7), m)
+    names = ["audio", "video", "audio2"][:m]
+    return {n: jax.random.normal(k, (batch, dim)) for n, k in zip(names, keys)}
+
+
+def _linear(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    out = x @ layer.kernel[...]
+    return out if layer.bias is None else out + layer.bias[...]
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_late_linear_equals_concat_then_linear(m):
+    feats = _features(m)
+    fusion = build_fusion("late_linear", {n: 8 for n in feats}, K, rngs=_rngs())
+    kernel = jnp.concatenate([fusion.linear[n].kernel[...] for n in feats], axis=0)  # [8M, K]
+    expected = jnp.concatenate(list(feats.values()), axis=-1) @ kernel + fusion.bias[...]
+    np.testing.assert_allclose(_apply(fusion, feats, train=True), expected, rtol=1e-5, atol=1e-6)
+    split = fusion.split_logits(feats)
+    np.testing.assert_allclose(sum(split.values()), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        split["audio"],
+        feats["audio"] @ fusion.linear["audio"].kernel[...] + fusion.bias[...] / m,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_gated_and_film_formulas(m):
+    feats = _features(m)
+    names = list(feats)
+    gated = build_fusion("gated", {n: 8 for n in names}, K, rngs=_rngs())
+    o = {n: _linear(gated.proj[n], x) for n, x in feats.items()}
+    rest = o["video"] if m == 2 else o["video"] * o["audio2"]
+    expected = _linear(gated.out, jax.nn.sigmoid(o["audio"]) * rest)
+    np.testing.assert_allclose(_apply(gated, feats, train=True), expected, rtol=1e-5, atol=1e-6)
+
+    film = build_fusion("film", {n: 8 for n in names}, K, rngs=_rngs())
+    gamma, beta = jnp.split(_linear(film.film["audio"], feats["audio"]), 2, axis=-1)
+    rest = feats["video"] if m == 2 else feats["video"] * feats["audio2"]
+    expected = _linear(film.out, gamma * rest + beta)
+    np.testing.assert_allclose(_apply(film, feats, train=True), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mid_mlp_formula_in_eval():
+    feats = _features(2)
+    fusion = build_fusion("mid_mlp", {"audio": 8, "video": 8}, K, hidden=6, rngs=_rngs())
+    h = feats["audio"] @ fusion.proj["audio"].kernel[...]
+    h = h + feats["video"] @ fusion.proj["video"].kernel[...] + fusion.bias[...]
+    expected = _linear(fusion.out, jax.nn.relu(_linear(fusion.hidden, jax.nn.relu(h))))
+    np.testing.assert_allclose(_apply(fusion, feats, train=False), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_sees_every_modality_and_drops_out_only_in_training():
+    feats = _features(3)
+    fusion = build_fusion("transformer", {n: 8 for n in feats}, K, hidden=8, rngs=_rngs())
+    eval_a = _apply(fusion, feats, train=False)
+    np.testing.assert_array_equal(eval_a, _apply(fusion, feats, train=False))
+    for name in feats:  # each modality's token reaches the CLS output
+        changed = {**feats, name: feats[name] + 1.0}
+        assert not np.allclose(_apply(fusion, changed, train=False), eval_a)
+    assert not np.allclose(_apply(fusion, feats, train=True), _apply(fusion, feats, train=True))
+
+
+def test_film_and_gated_need_equal_widths():
+    with pytest.raises(ValueError, match="'gated'.*same feature width"):
+        build_fusion("gated", {"audio": 8, "video": 4}, K, rngs=_rngs())
+
+
+# --- parameter paths and modality patterns --------------------------------------------------
+
+
+def test_late_linear_parameter_paths():
+    paths = _param_paths(_model(2, "late_linear"))
+    fusion_and_heads = sorted(p for p in paths if not p.startswith("encoders/"))
+    assert fusion_and_heads == [
+        "fusion/bias",
+        "fusion/linear/audio/kernel",
+        "fusion/linear/video/kernel",
+        "heads/audio/bias",
+        "heads/audio/kernel",
+        "heads/video/bias",
+        "heads/video/kernel",
+    ]
+    assert "encoders/audio/resnet/stem/conv/kernel" in paths
+    assert "encoders/video/resnet/stages/3/1/conv2/bn/scale" in paths
+    assert "encoders/video/resnet/stages/1/0/downsample/conv/kernel" in paths
+    # Stage 1 keeps width and resolution, so it has no downsample.
+    assert not any(re.search(r"stages/0/\d/downsample", p) for p in paths)
+
+
+SHARED_FUSION_PARAMS = {
+    "late_linear": {"fusion/bias"},
+    "gated": {"fusion/out/kernel", "fusion/out/bias"},
+    "film": {"fusion/out/kernel", "fusion/out/bias"},
+    "mid_mlp": {
+        "fusion/bias",
+        "fusion/hidden/kernel",
+        "fusion/hidden/bias",
+        "fusion/out/kernel",
+        "fusion/out/bias",
+    },
+}
+MODALITY_FUSION_BLOCKS = {
+    "late_linear": "linear",
+    "gated": "proj",
+    "film": "film",
+    "mid_mlp": "proj",
+}
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("fusion", sorted(SHARED_FUSION_PARAMS))
+def test_modality_patterns_select_exactly_own_parameters(fusion, m):
+    model = _model(m, fusion)
+    paths = _param_paths(model)
+    patterns = model.modality_patterns()
+    assert list(patterns) == list(_modalities(m))
+    claimed = {
+        name: {p for p in paths if any(re.search(r, p) for r in regexes)}
+        for name, regexes in patterns.items()
+    }
+    block = MODALITY_FUSION_BLOCKS[fusion]
+    for name, selected in claimed.items():
+        own = (f"encoders/{name}/", f"heads/{name}/", f"fusion/{block}/{name}/")
+        assert selected == {p for p in paths if p.startswith(own)}
+        assert any(p.startswith(f"fusion/{block}/{name}/") for p in selected) == (
+            fusion != "film" or name == "audio"  # FiLM: only the conditioning modality has one
+        )
+    all_claims = [p for selected in claimed.values() for p in selected]
+    assert len(all_claims) == len(set(all_claims))  # nobody claimed twice
+    assert set(paths) - set(all_claims) == SHARED_FUSION_PARAMS[fusion]
+
+
+def test_transformer_patterns_claim_tokenisers_only():
+    model = _model(3, "transformer")
+    paths = _param_paths(model)
+    audio = {p for p in paths if any(re.search(r, p) for r in model.modality_patterns()["audio"])}
+    assert {p for p in audio if p.startswith("fusion/")} == {
+        "fusion/tokens/audio/embedding",
+        "fusion/tokens/audio/proj/kernel",
+        "fusion/tokens/audio/proj/bias",
+    }
+
+
+# --- config and errors ----------------------------------------------------------------------
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+    fields = {
+        "modalities": {
+            "audio": {"kind": "audio", "in_channels": 1},
+            "video": {"kind": "video", "in_channels": 3},
+        },
+        "base_width": WIDTH,
+        "fusion": "gated",
+        "fusion_hidden": 16,
+        "dropout": 0.1,
+        "num_classes": None,
+    }
+    # Replace whole fields (ConfigDict.update would merge nested modality dicts).
+    return ml_collections.ConfigDict({**fields, **overrides})
+
+
+def test_build_model_from_config():
+    model = build_model(_config(), num_classes=5, rngs=_rngs())
+    assert model.feature_dims == {"audio": D, "video": D}
+    assert type(model.fusion).name == "gated"
+    assert model.heads["video"].kernel.shape == (D, 5)
+    assert model.encoders["video"].resnet.stem.conv.kernel.shape == (7, 7, 3, WIDTH)
+    configured = build_model(_config(num_classes=4), rngs=_rngs())
+    assert configured.fusion.out.kernel.shape == (D, 4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "num_classes", "match"),
+    [
+        ({"fusion": "concat"}, 5, r"unknown fusion 'concat'; valid fusions are \['film', 'gated'"),
+        (
+            {"modalities": {"audio": {"kind": "audio"}, "text": {"kind": "text"}}},
+            5,
+            r"modality 'text': unknown encoder kind 'text'; expected one of \['audio', 'video'\]",
+        ),
+        ({"width": 8}, 5, r"unknown field\(s\) \['width'\]"),
+        ({}, None, "'num_classes' is unset"),
+        ({"num_classes": 4}, 5, "num_classes=4 disagrees with num_classes=5"),
+        ({"modalities": {"audio": {"kind": "audio"}}}, 5, "at least 2 modalities"),
+    ],
+)
+def test_build_model_errors(overrides, num_classes, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(_config(**overrides), num_classes, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "match"),
+    [
+        (
+            "video",
+            (2, 3, 32, 32),
+            re.escape("video input must have rank 5 [B, T, H, W, C], got shape (2, 3, 32, 32)"),
+        ),
+        (
+            "video",
+            (2, 2, 16, 16, 1),
+            re.escape(
+                "video input must have 3 channel(s) in its last axis [B, T, H, W, C], "
+                "got shape (2, 2, 16, 16, 1)"
+            ),
+        ),
+        (
+            "audio",
+            (2, 16),
+            re.escape(
+                "audio input must have rank 3 [B, F, T] or 4 [B, F, T, C], got shape (2, 16)"
+            ),
+        ),
+        ("audio", (2, 16, 12, 3), "audio input must have 1 channel"),
+        ("audio2", (2, 16, 12), re.escape("audio2 input must have rank 4 [B, F, T, C]")),
+    ],
+)
+def test_bad_input_shapes(name, shape, match):
+    inputs = {**_inputs(3), name: jnp.zeros(shape)}
+    with pytest.raises(ValueError, match=match):
+        _abstract_forward(_model(3), inputs, train=False)
+
+
+def test_missing_modality():
+    inputs = _inputs(2)
+    del inputs["video"]
+    with pytest.raises(
+        ValueError, match=r"missing input for modality 'video'.*\['audio', 'video'\]"
+    ):
+        _abstract_forward(_model(2), inputs, train=False)
+
+
+def test_bad_modality_name_and_unknown_fusion_factory():
+    with pytest.raises(ValueError, match="modality name 'audio/x'"):
+        build_fusion("late_linear", {"audio/x": 8, "video": 8}, K, rngs=_rngs())
+    with pytest.raises(
+        ValueError, match=r"unknown fusion 'sum'; valid fusions are \[.*'transformer'\]"
+    ):
+        build_fusion("sum", {"audio": 8, "video": 8}, K, rngs=_rngs())
+    assert isinstance(
+        build_fusion("late_linear", {"a": 2, "b": 2}, K, rngs=_rngs()), LateLinearFusion
+    )
