@@ -1,0 +1,384 @@
+"""The input pipeline: a prepared dataset -> tf.data -> numpy batches -> global jax arrays.
+
+Each process reads only its own part of a split (``tfds.split_for_jax_process``), decodes it in
+parallel with tf.data and yields local numpy batches; `to_global` assembles them into arrays
+sharded over the ``'data'`` axis of a mesh. Training batches depend only on (seed, epoch), so a
+run killed mid-epoch resumes exactly with ``start_batch``; evaluation batches cover every example
+once, padded with masked-out rows.
+
+Batch format (numpy; ``B`` = global batch size // process count)::
+
+    {'inputs': {<modality>: float32 array}, 'label': int32 [B], 'mask': bool [B]}
+
+spectrograms are ``[B, F, T]`` as stored; frames are ``[B, T, H, W, 3]``, scaled to [0, 1] and
+normalised per channel, ``(x / 255 - mean) / std``.
+"""
+
+import functools
+import pathlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from mlb_jax.data._tf import import_tf, import_tfds
+from mlb_jax.data.schema import DataError, DatasetMeta, ModalitySpec
+
+tf = import_tf()
+tfds = import_tfds()
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Examples held in the shuffle buffer of the streaming (uncached) training pipeline, on top of
+# TFDS's shuffled shard order. They are held encoded (JPEG), before decoding.
+DEFAULT_SHUFFLE_BUFFER = 2048
+
+
+def batches_per_epoch(meta: DatasetMeta, split: str, global_batch_size: int) -> int:
+    """Number of training batches `train_batches` yields per epoch (the remainder is dropped).
+
+    Args:
+        meta: The dataset.
+        split: Split name.
+        global_batch_size: Examples per step over all processes.
+
+    Returns:
+        ``split_size // global_batch_size``: the same for any process count dividing the batch.
+    """
+    return _split_size(meta, split) // global_batch_size
+
+
+def eval_batch_count(
+    meta: DatasetMeta, split: str, global_batch_size: int, *, process_count: int | None = None
+) -> int:
+    """Number of batches `eval_batches` yields on every process.
+
+    Args:
+        meta: The dataset.
+        split: Split name.
+        global_batch_size: Examples per step over all processes.
+        process_count: Number of processes; defaults to ``jax.process_count()``.
+
+    Returns:
+        Enough batches for the process holding the most examples (the others pad).
+    """
+    process_count = jax.process_count() if process_count is None else process_count
+    most_local = -(-_split_size(meta, split) // process_count)
+    return -(-most_local // (global_batch_size // process_count))
+
+
+def train_batches(
+    meta: DatasetMeta,
+    split: str,
+    *,
+    global_batch_size: int,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    cache: bool = False,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+    frame_mean: Sequence[float] = IMAGENET_MEAN,
+    frame_std: Sequence[float] = IMAGENET_STD,
+) -> Iterator[dict[str, Any]]:
+    """One epoch of shuffled training batches of this process; the remainder is dropped.
+
+    The order depends only on ``(seed, epoch)`` (and on ``cache``, which changes how it is
+    drawn): two calls with the same arguments yield the same batches, and ``start_batch=n``
+    yields exactly the batches after the first ``n``, for an exact resume. Every example
+    appears at most once.
+
+    Args:
+        meta: The dataset (from `load_meta`); only ``meta.modalities`` are read.
+        split: Split name, e.g. ``'train'``.
+        global_batch_size: Examples per step over all processes; each process yields
+            ``global_batch_size // process_count`` of them.
+        seed: Non-negative shuffling seed.
+        epoch: Non-negative epoch number; each epoch has its own order.
+        start_batch: Number of batches of this epoch to skip (already trained on).
+        process_index: This process; defaults to ``jax.process_index()``.
+        process_count: Number of processes; defaults to ``jax.process_count()``.
+        cache: Keep the decoded split in memory across calls (small datasets): the order is then
+            a uniform permutation. Otherwise the split is streamed from disk with shuffled
+            shards and a ``shuffle_buffer_size`` example buffer.
+        shuffle_buffer_size: Shuffle buffer of the streaming pipeline.
+        frame_mean: Per-channel mean of frames scaled to [0, 1].
+        frame_std: Per-channel std of frames scaled to [0, 1].
+
+    Returns:
+        An iterator over batches in the format of the module docstring (``mask`` all True).
+
+    Raises:
+        DataError: Unknown split, bad batch size / process arguments, negative seed or epoch,
+            or ``start_batch`` beyond the epoch.
+    """
+    process_index, process_count, local_batch = _process_args(
+        meta, split, global_batch_size, process_index, process_count
+    )
+    to_batch = _batch_formatter(meta, frame_mean, frame_std)
+    num_batches = batches_per_epoch(meta, split, global_batch_size)
+    if num_batches == 0:
+        raise DataError(
+            f"global batch size {global_batch_size} is larger than split {split!r} of "
+            f"{meta.name} ({meta.split_sizes[split]} examples): use a smaller batch"
+        )
+    if seed < 0 or epoch < 0:
+        raise DataError(f"seed ({seed}) and epoch ({epoch}) must be >= 0")
+    if not 0 <= start_batch <= num_batches:
+        raise DataError(
+            f"start_batch {start_batch} is outside the epoch's {num_batches} batches of "
+            f"{split!r}: resume from a data position written with this batch size"
+        )
+    # Uniform over the two seeds below for any (seed, epoch), and stable across versions.
+    file_seed, buffer_seed = (
+        int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(2)
+    )
+    subsplit = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=True
+    )
+    used = num_batches * local_batch  # Same on every process: the sub-splits are equal.
+    if cache:
+        examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples["label"]))
+        ds = _gather(examples, order[start_batch * local_batch : used])
+    else:
+        ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=file_seed)
+        ds = ds.shuffle(min(shuffle_buffer_size, used), seed=buffer_seed)
+        # Skip before decoding, so a resume does not decode what it throws away.
+        ds = ds.take(used).skip(start_batch * local_batch)
+        ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return _finish(ds, to_batch)
+
+
+def eval_batches(
+    meta: DatasetMeta,
+    split: str,
+    *,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    cache: bool = False,
+    frame_mean: Sequence[float] = IMAGENET_MEAN,
+    frame_std: Sequence[float] = IMAGENET_STD,
+) -> Iterator[dict[str, Any]]:
+    """Every example of this process's part of a split once, in a fixed order.
+
+    The last batches are padded with zero rows whose ``mask`` is False; every process yields
+    `eval_batch_count` batches, so all take part in every step.
+
+    Args:
+        meta: The dataset (from `load_meta`); only ``meta.modalities`` are read.
+        split: Split name, e.g. ``'test'``.
+        global_batch_size: Examples per step over all processes (may exceed the split).
+        process_index: This process; defaults to ``jax.process_index()``.
+        process_count: Number of processes; defaults to ``jax.process_count()``.
+        cache: Keep the decoded split in memory across calls (small datasets).
+        frame_mean: Per-channel mean of frames scaled to [0, 1].
+        frame_std: Per-channel std of frames scaled to [0, 1].
+
+    Returns:
+        An iterator over batches in the format of the module docstring.
+
+    Raises:
+        DataError: Unknown split or bad batch size / process arguments.
+    """
+    process_index, process_count, local_batch = _process_args(
+        meta, split, global_batch_size, process_index, process_count
+    )
+    to_batch = _batch_formatter(meta, frame_mean, frame_std)
+    subsplit = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=False
+    )
+    if cache:
+        examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
+        local_size = len(examples["label"])
+        ds = _gather(examples, np.arange(local_size))
+    else:
+        total = meta.split_sizes[split]
+        local_size = total // process_count + (process_index < total % process_count)
+        ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=None)
+        ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
+    num_rows = eval_batch_count(meta, split, global_batch_size, process_count=process_count)
+    padding = tf.data.Dataset.from_tensors(_padding_example(meta.modalities)).repeat(
+        num_rows * local_batch - local_size
+    )
+    ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
+    return _finish(ds, to_batch)
+
+
+def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Assembles the processes' local batches into global arrays sharded over ``'data'``.
+
+    Args:
+        batch: This process's batch (any pytree of numpy arrays with the batch dimension first).
+        mesh: A mesh with a ``'data'`` axis; other axes hold replicas of the batch.
+
+    Returns:
+        The same pytree of ``jax.Array``, global batch = local batch x process count, dimension
+        0 sharded over ``'data'``.
+
+    Raises:
+        DataError: The mesh has no ``'data'`` axis, or the global batch does not split evenly
+            over it.
+    """
+    if "data" not in mesh.shape:
+        raise DataError(f"the mesh has axes {tuple(mesh.shape)}, not 'data': build it with one")
+    global_rows = len(jax.tree.leaves(batch)[0]) * jax.process_count()
+    if global_rows % mesh.shape["data"]:
+        raise DataError(
+            f"global batch {global_rows} does not split over the {mesh.shape['data']} devices "
+            "of the 'data' axis: use a batch size divisible by it"
+        )
+    sharding = jax.NamedSharding(mesh, jax.P("data"))
+    return jax.tree.map(
+        lambda local: jax.make_array_from_process_local_data(sharding, local), batch
+    )
+
+
+def _split_size(meta: DatasetMeta, split: str) -> int:
+    """Returns the size of a split, or raises naming the splits there are."""
+    if split not in meta.split_sizes:
+        raise DataError(
+            f"{meta.name} has no split {split!r} (it has {sorted(meta.split_sizes)}): "
+            "fix the split name in the config"
+        )
+    return meta.split_sizes[split]
+
+
+def _process_args(
+    meta: DatasetMeta,
+    split: str,
+    global_batch_size: int,
+    process_index: int | None,
+    process_count: int | None,
+) -> tuple[int, int, int]:
+    """Validates the split and the batch / process arguments.
+
+    Returns:
+        ``(process_index, process_count, local_batch_size)``.
+    """
+    _split_size(meta, split)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise DataError(
+            f"global batch size {global_batch_size} does not split over {process_count} "
+            "processes: use a positive multiple of the process count"
+        )
+    return process_index, process_count, global_batch_size // process_count
+
+
+def _read(
+    data_dir: pathlib.Path,
+    modalities: Mapping[str, ModalitySpec],
+    subsplit: Any,
+    *,
+    shuffle_seed: int | None,
+) -> Any:
+    """Reads a (sub-)split as undecoded examples; shuffles the shard order if given a seed."""
+    builder = tfds.builder_from_directory(data_dir)
+    wanted = {name for name, spec in modalities.items() if spec.kind == "spectrogram"}
+    # JPEG frames are decoded by `_decoder` after shuffling and skipping; features not asked
+    # for are never decoded.
+    decoders = {
+        name: tfds.decode.SkipDecoding()
+        for name in builder.info.features
+        if name not in wanted and name != "label"
+    }
+    return builder.as_dataset(
+        split=subsplit,
+        decoders=decoders,
+        shuffle_files=shuffle_seed is not None,
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False),
+    )
+
+
+def _decoder(modalities: Mapping[str, ModalitySpec]) -> Any:
+    """Returns the per-example function: undecoded example -> raw arrays and ``mask``."""
+
+    def decode(example: dict[str, Any]) -> dict[str, Any]:
+        out = {"label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
+        for name, spec in modalities.items():
+            if spec.kind == "frames":
+                jpegs = example[name]
+                frames = tf.stack(
+                    [tf.io.decode_jpeg(jpegs[t], channels=3) for t in range(spec.shape[0])]
+                )
+                out[name] = tf.ensure_shape(frames, spec.shape)
+            else:
+                out[name] = example[name]
+        return out
+
+    return decode
+
+
+def _padding_example(modalities: Mapping[str, ModalitySpec]) -> dict[str, Any]:
+    """A zero example with ``mask`` False, in the format `_decoder` produces."""
+    example: dict[str, Any] = {"label": np.int32(0), "mask": np.bool_(False)}
+    for name, spec in modalities.items():
+        dtype = np.uint8 if spec.kind == "frames" else np.float32
+        example[name] = np.zeros(spec.shape, dtype)
+    return example
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_examples(
+    data_dir: pathlib.Path, modalities: tuple[tuple[str, ModalitySpec], ...], subsplit: Any
+) -> dict[str, Any]:
+    """The decoded examples of a sub-split as in-memory tensors, in `_decoder`'s format.
+
+    Decoded once per process and kept for the 8 most recently used (sub-)splits; frames stay
+    uint8 (4x smaller than float32).
+    """
+    modality_map = dict(modalities)
+    ds = _read(data_dir, modality_map, subsplit, shuffle_seed=None)
+    ds = ds.map(_decoder(modality_map), num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    chunks = list(ds.as_numpy_iterator())
+    return {key: tf.constant(np.concatenate([c[key] for c in chunks])) for key in chunks[0]}
+
+
+def _gather(examples: dict[str, Any], order: np.ndarray) -> Any:
+    """A dataset of the cached examples at ``order``, one example per element."""
+    indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+    # The captured tensors are referenced by the dataset, not copied into it.
+    return indices.map(
+        lambda i: {key: tf.gather(value, i) for key, value in examples.items()},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def _batch_formatter(
+    meta: DatasetMeta, frame_mean: Sequence[float], frame_std: Sequence[float]
+) -> Any:
+    """Returns the batch function: raw arrays -> the batch format, frames normalised."""
+    if len(frame_mean) != 3 or len(frame_std) != 3 or min(frame_std) <= 0:
+        raise DataError(
+            f"frame_mean {tuple(frame_mean)} / frame_std {tuple(frame_std)} must be 3 values "
+            "(RGB), std > 0"
+        )
+    # (x / 255 - mean) / std as one multiply-add.
+    scale = tf.constant(1.0 / (255.0 * np.asarray(frame_std)), tf.float32)
+    offset = tf.constant(-np.asarray(frame_mean) / np.asarray(frame_std), tf.float32)
+
+    def to_batch(raw: dict[str, Any]) -> dict[str, Any]:
+        inputs = {}
+        for name, spec in meta.modalities.items():
+            if spec.kind == "frames":
+                inputs[name] = tf.cast(raw[name], tf.float32) * scale + offset
+            else:
+                inputs[name] = raw[name]
+        return {"inputs": inputs, "label": raw["label"], "mask": raw["mask"]}
+
+    return to_batch
+
+
+def _finish(ds: Any, to_batch: Any) -> Iterator[dict[str, Any]]:
+    """Formats batches of raw arrays in parallel, prefetches them and iterates as numpy."""
+    ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()
