@@ -1,5 +1,7 @@
 """Synthetic data: determinism, balance, the built-in modality imbalance, and the build cache."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,22 @@ def test_ensure_synthetic_builds_once_per_knobs(tmp_path, monkeypatch):
         ensure_synthetic(tmp_path, **TINY, seed=1)
     assert SyntheticConfig(**TINY, seed=1).name != SyntheticConfig(**TINY).name
     assert SyntheticConfig(**TINY, video_noise=0.3).name != SyntheticConfig(**TINY).name
+
+
+def test_ensure_synthetic_survives_a_concurrent_build(tmp_path, monkeypatch):
+    finished = ensure_synthetic(tmp_path / "other", **TINY)
+    target = tmp_path / "shared" / finished.relative_to(tmp_path / "other")
+    real_generate = synthetic.generate
+
+    def racing_generate(config, split):
+        # Another process finishes the same dataset while this one is still writing.
+        if not target.exists():
+            shutil.copytree(finished, target)
+        return real_generate(config, split)
+
+    monkeypatch.setattr(synthetic, "generate", racing_generate)
+    assert ensure_synthetic(tmp_path / "shared", **TINY) == target
+    assert load_meta(tmp_path / "shared").data_dir == target  # theirs, and nothing unfinished
 
 
 def test_synthetic_dataset_reads_back_through_the_pipeline(tmp_path):
