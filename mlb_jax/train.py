@@ -40,7 +40,7 @@ def setup_process(distributed: bool, compilation_cache: str) -> None:
         jax.distributed.initialize()
     if compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline, schema, synthetic
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
-from mlb_jax.models import build_model
+from mlb_jax.models import FUSIONS, build_model
 from mlb_jax.optim import make_optimizer
 from mlb_jax.plots import plot_training
 from mlb_jax.probe import linear_probe_accuracy
@@ -85,6 +85,17 @@ def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
                 "use a new --workdir, or delete it to start over"
             )
     write_json_atomic(path, resolved)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fails fast, before any data is read, on unknown method, fusion, optimiser or schedule."""
+    make_method(config.method)
+    if config.model.fusion not in FUSIONS:
+        raise ValueError(
+            f"unknown fusion {config.model.fusion!r} (config.model.fusion); "
+            f"choose one of {sorted(FUSIONS)}"
+        )
+    make_optimizer(config.train, 1, None)
 
 
 # ----------------------------------------------------------------------------- data
@@ -153,9 +164,10 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
             f"{meta.split_sizes[config.data.train_split]} training "
             "examples: use a smaller batch"
         )
-    model = build_model(
-        config.model, meta.num_classes, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-    )
+    # 'rbg' keys for initialisation only: on CPU they compile ~2x faster than threefry for
+    # the many differently shaped random draws of a ResNet; dropout keeps the default impl.
+    rngs = nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"), dropout=config.seed + 1)
+    model = build_model(config.model, meta.num_classes, rngs=rngs)
     method = make_method(config.method)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     balancing = method.gradient_transform(params, model.modality_patterns())
@@ -250,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Raises:
       RunError, DataError, ValueError: bad input, each with one clear message.
     """
+    validate_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_run_config(workdir, config)
