@@ -227,6 +227,13 @@ def test_bad_requests_are_one_clear_error(meta, kwargs, message):
         train_batches(meta, **args)  # raised on the call, before any iteration
 
 
+def test_batch_counts_reject_bad_batch_sizes(meta):
+    with pytest.raises(DataError, match="global batch size 0 does not split"):
+        batches_per_epoch(meta, "train", 0)
+    with pytest.raises(DataError, match="global batch size 3 does not split over 2 processes"):
+        eval_batch_count(meta, "test", 3, process_count=2)
+
+
 def test_eval_allows_a_batch_larger_than_the_split(meta):
     (batch,) = eval_batches(meta, "test", global_batch_size=64)
     assert batch["mask"].sum() == 13

@@ -103,7 +103,7 @@ def prepare(
     Raises:
         DataError: The dataset must be converted from raw files and ``manual_dir`` is missing.
     """
-    builder = builder_cls(data_dir=str(data_dir), config=config)
+    builder = builder_cls(data_dir=str(pathlib.Path(data_dir).expanduser()), config=config)
     needs_raw = builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not builder.data_path.exists()
     if manual_dir is None and needs_raw:
         raise DataError(
@@ -115,7 +115,9 @@ def prepare(
         builder.download_and_prepare(
             download_dir=download_dir,
             download_config=tfds.download.DownloadConfig(
-                manual_dir=None if manual_dir is None else str(manual_dir),
+                manual_dir=None
+                if manual_dir is None
+                else str(pathlib.Path(manual_dir).expanduser()),
                 # Never look for a pre-built copy on Google Cloud Storage: no network here.
                 try_download_gcs=False,
                 compute_stats=tfds.download.ComputeStatsMode.SKIP,

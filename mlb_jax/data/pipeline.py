@@ -46,8 +46,12 @@ def batches_per_epoch(meta: DatasetMeta, split: str, global_batch_size: int) -> 
 
     Returns:
         ``split_size // global_batch_size``: the same for any process count dividing the batch.
+
+    Raises:
+        DataError: Unknown split or a batch size < 1.
     """
-    return _split_size(meta, split) // global_batch_size
+    _process_args(meta, split, global_batch_size, 0, 1)
+    return meta.split_sizes[split] // global_batch_size
 
 
 def eval_batch_count(
@@ -63,10 +67,13 @@ def eval_batch_count(
 
     Returns:
         Enough batches for the process holding the most examples (the others pad).
+
+    Raises:
+        DataError: Unknown split or a batch size that does not split over the processes.
     """
-    process_count = jax.process_count() if process_count is None else process_count
-    most_local = -(-_split_size(meta, split) // process_count)
-    return -(-most_local // (global_batch_size // process_count))
+    _, process_count, local_batch = _process_args(meta, split, global_batch_size, 0, process_count)
+    most_local = -(-meta.split_sizes[split] // process_count)
+    return -(-most_local // local_batch)
 
 
 def train_batches(
@@ -132,7 +139,7 @@ def train_batches(
             f"start_batch {start_batch} is outside the epoch's {num_batches} batches of "
             f"{split!r}: resume from a data position written with this batch size"
         )
-    # Uniform over the two seeds below for any (seed, epoch), and stable across versions.
+    # Independent seeds for the shard order and the shuffle buffer, from (seed, epoch) only.
     file_seed, buffer_seed = (
         int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(2)
     )
@@ -202,9 +209,9 @@ def eval_batches(
         local_size = total // process_count + (process_index < total % process_count)
         ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=None)
         ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
-    num_rows = eval_batch_count(meta, split, global_batch_size, process_count=process_count)
+    num_batches = eval_batch_count(meta, split, global_batch_size, process_count=process_count)
     padding = tf.data.Dataset.from_tensors(_padding_example(meta.modalities)).repeat(
-        num_rows * local_batch - local_size
+        num_batches * local_batch - local_size
     )
     ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
     return _finish(ds, to_batch)
@@ -381,4 +388,7 @@ def _batch_formatter(
 def _finish(ds: Any, to_batch: Any) -> Iterator[dict[str, Any]]:
     """Formats batches of raw arrays in parallel, prefetches them and iterates as numpy."""
     ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
+    options = tf.data.Options()
+    # Parallel maps must keep the order: it is what makes epochs reproducible and resumable.
+    options.deterministic = True
+    return ds.with_options(options).as_numpy_iterator()

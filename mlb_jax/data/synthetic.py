@@ -184,7 +184,8 @@ def ensure_synthetic(cache_root: str | pathlib.Path, **knobs: Any) -> pathlib.Pa
     if unknown:
         raise DataError(f"unknown synthetic knob {unknown[0]!r}: known are {knob_names()}")
     config = SyntheticConfig(**knobs)
-    version_dir = pathlib.Path(cache_root) / SyntheticAV.name / config.name / SCHEMA_VERSION
+    cache_root = pathlib.Path(cache_root).expanduser()
+    version_dir = cache_root / SyntheticAV.name / config.name / SCHEMA_VERSION
     if (version_dir / "dataset_info.json").is_file():
         return version_dir
     try:
