@@ -169,10 +169,10 @@ AVE_ROWS = {
         ("Violin, fiddle", "aaaaaaaaaa2", 0, 3, 3.0),  # duplicate id: first row wins
         ("Rodents, rats, mice", "aaaaaaaaaa3", 0, 4, 4.0),
     ],
-    "val": [("Bark", "bbbbbbbbbb1", 0, 4, 4.0)],
+    "validation": [("Bark", "bbbbbbbbbb1", 0, 4, 4.0)],
     "test": [("Mandolin", "ccccccccccc", 1, 5, 5.0), ("Cat", "ccccccccccd", 0, 4, 4.0)],
 }
-AVE_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+AVE_FILES = {"train": "trainSet.txt", "validation": "valSet.txt", "test": "testSet.txt"}
 
 
 def make_fake_ave(

@@ -1,0 +1,592 @@
+"""Shared machinery of the raw-media converters: parallel cached decoding, accounting, the CLI.
+
+A converter is a `ConvertingBuilder` subclass (a TFDS builder reading the raw download from
+``manual_dir``) that only lists its examples (`Example`: split, id, label, media files, event
+window). This module decodes them in a process pool with a progress bar, caches every decoded
+example on disk (written atomically, so a re-run after a crash decodes only what is missing),
+counts unreadable and skipped files, refuses to write the dataset when too many files are
+unreadable, hands the cached examples to TFDS (which writes atomically) and writes a report
+beside the output. `main` wraps a converter's CLI so that bad input ends in one line.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import absl.logging
+import numpy as np
+import tqdm
+
+from data_prep import media
+from mlb_jax.data._tf import import_tfds
+from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
+from mlb_jax.data.schema import DataError, ModalitySpec
+
+# Split names of every converted dataset (the same as mlb_jax.data.synthetic's).
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+
+# Frame size of the reference code (Resize((224, 224)) / RandomResizedCrop(224)).
+REFERENCE_FRAME_SIZE = (224, 224)
+
+REPORT_NAME = "conversion_report.json"
+# <data_dir>/<CACHE_NAME>/<dataset>/ holds the decoded examples until the dataset is written.
+CACHE_NAME = "decode_cache"
+
+
+class ConversionError(DataError):
+    """The raw data cannot be converted as a whole (too many unreadable files, empty split)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One example to convert, as listed from the raw layout.
+
+    Attributes:
+        split: split name.
+        id: unique within the split; the TFDS key and the stored ``id``.
+        label: class index.
+        audio: file whose (first) audio track is used.
+        video: file whose (first) video track is used; may be the same file.
+        start_s: start of the event segment in seconds (AVE), else 0.
+        end_s: end of the event segment in seconds: audio [start_s, end_s), frames
+            [start_s, end_s]; None = to the end of the file.
+        skip_reason: set when the listing itself excludes the example (it is reported as
+            skipped, never decoded).
+    """
+
+    split: str
+    id: str
+    label: int
+    audio: pathlib.Path
+    video: pathlib.Path
+    start_s: float = 0.0
+    end_s: float | None = None
+    skip_reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What happened to one example.
+
+    Attributes:
+        example: the example.
+        status: 'decoded' (now), 'cached' (by an earlier run), 'skipped' (excluded by a rule of
+            the dataset, e.g. a UCF101 clip without audio) or 'unreadable'.
+        reason: why it was skipped or unreadable (names the file).
+        cache_file: the decoded arrays, for 'decoded' and 'cached'.
+    """
+
+    example: Example
+    status: str
+    reason: str = ""
+    cache_file: pathlib.Path | None = None
+
+
+@dataclasses.dataclass(kw_only=True, eq=False)
+class ConverterConfig(AudioVideoConfig):
+    """A converted dataset: the base config plus the preprocessing that produced it.
+
+    ``modalities`` is derived: 'audio' (spectrogram of `audio.shape`) and 'video' (frames of
+    `frames.shape`).
+
+    Attributes:
+        audio: waveform -> spectrogram settings.
+        frames: video -> frames settings.
+    """
+
+    audio: media.AudioSettings
+    frames: media.FrameSettings
+    modalities: dict[str, ModalitySpec] = dataclasses.field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.modalities = {
+            "audio": ModalitySpec("spectrogram", self.audio.shape),
+            "video": ModalitySpec("frames", self.frames.shape),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to run a conversion (not part of the dataset's identity).
+
+    Attributes:
+        workers: decode processes; 1 decodes in this process.
+        max_unreadable_fraction: refuse to write the dataset when a larger fraction of the
+            listed examples cannot be read.
+        keep_cache: keep the decoded examples after a successful write (to convert another
+            fold/split of the same raw data without decoding again).
+        progress: show a progress bar (stderr).
+    """
+
+    workers: int = max(1, os.cpu_count() or 1)
+    max_unreadable_fraction: float = 0.05
+    keep_cache: bool = False
+    progress: bool = True
+
+
+class ConvertingBuilder(AudioVideoBuilder):
+    """Base of the converters: decode the listed examples in parallel, check, then write.
+
+    A subclass sets ``name``, ``MANUAL_DOWNLOAD_INSTRUCTIONS`` and implements
+    `list_examples(raw_dir)`; it may set `SKIP_ERRORS`, the media errors that its dataset's
+    rules exclude rather than count as unreadable.
+    """
+
+    SKIP_ERRORS: ClassVar[tuple[type[media.MediaError], ...]] = ()
+
+    def __init__(self, *, run: RunOptions | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.run = run or RunOptions()
+        self._report: dict[str, Any] | None = None
+        self._cache_dir: pathlib.Path | None = None
+
+    @abc.abstractmethod
+    def list_examples(self, raw_dir: pathlib.Path) -> list[Example]:
+        """Lists the examples of every split from the raw download.
+
+        Raises:
+            DataError: the layout or a split file is wrong (one line: what and how to fix).
+        """
+
+    @property
+    def report_path(self) -> pathlib.Path:
+        """``<data_dir>/<name>/<config>/conversion_report.json``, beside the version dir."""
+        return pathlib.Path(self.data_dir_root) / self.name / self.builder_config.name / REPORT_NAME
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """Converts (unless the dataset exists), then writes the report and drops the cache."""
+        final_dir = pathlib.Path(self.data_dir)
+        super().download_and_prepare(*args, **kwargs)
+        if self._report is None:  # TFDS found the finished dataset: nothing was converted
+            print(f"{self.name}/{self.builder_config.name}: already converted in {final_dir}")
+            return
+        self._report.update(status="ok", output=str(final_dir))
+        _write_json(self.report_path, self._report)
+        if self._cache_dir is not None and not self.run.keep_cache:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            if not any(self._cache_dir.parent.iterdir()):  # no other dataset's cache
+                self._cache_dir.parent.rmdir()
+        print(format_report(self._report, self.report_path))
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
+        try:
+            raw_dir = pathlib.Path(dl_manager.manual_dir)
+        except AssertionError as e:  # TFDS says "missing or empty" in several lines
+            raise DataError(
+                f"{self.name}: the raw directory (manual_dir) is missing or empty: pass the "
+                "unpacked download (layout in data_prep/README.md)"
+            ) from e
+        examples = self.list_examples(raw_dir)
+        self._cache_dir = pathlib.Path(self.data_dir_root) / CACHE_NAME / self.name
+        start = time.time()
+        outcomes = decode_all(
+            examples,
+            self.builder_config,
+            self._cache_dir,
+            self.run,
+            skip_errors=self.SKIP_ERRORS,
+            desc=f"{self.name}/{self.builder_config.name}",
+        )
+        report = make_report(
+            outcomes,
+            f"{self.name}/{self.builder_config.name}",
+            self.builder_config,
+            raw_dir,
+            self.run,
+        )
+        report["decode_seconds"] = round(time.time() - start, 2)
+        try:
+            check(report)
+        except ConversionError:
+            _write_json(self.report_path, {**report, "status": "failed"})
+            raise
+        self._report = report
+        by_split = collections.defaultdict(list)
+        for o in outcomes:
+            if o.cache_file is not None:
+                by_split[o.example.split].append(o)
+        return {split: self._generate_examples(by_split[split]) for split in report["splits"]}
+
+    def _generate_examples(self, outcomes: Sequence[Outcome]) -> Iterator[tuple[str, dict]]:
+        for o in outcomes:
+            with np.load(o.cache_file) as arrays:
+                yield (
+                    o.example.id,
+                    {
+                        "id": o.example.id,
+                        "label": o.example.label,
+                        "audio": arrays["audio"],
+                        "video": arrays["video"],
+                    },
+                )
+
+
+# --- Decoding -------------------------------------------------------------------------------
+
+
+def decode_all(
+    examples: Sequence[Example],
+    config: ConverterConfig,
+    cache_dir: pathlib.Path,
+    run: RunOptions,
+    *,
+    skip_errors: tuple[type[media.MediaError], ...] = (),
+    desc: str = "decoding",
+) -> list[Outcome]:
+    """Decodes every example into `cache_dir` (or finds it there), in parallel.
+
+    Args:
+        examples: what to decode.
+        config: audio and frame settings.
+        cache_dir: where decoded examples are cached, one ``.npz`` per example.
+        run: number of processes and progress bar.
+        skip_errors: media errors that mean "excluded by the dataset's rules".
+        desc: progress-bar label.
+
+    Returns:
+        One `Outcome` per example, in the order of `examples`.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = functools.partial(
+        decode_example,
+        audio=config.audio,
+        frames=config.frames,
+        cache_dir=cache_dir,
+        skip_errors=skip_errors,
+    )
+    bar = tqdm.tqdm(total=len(examples), desc=desc, unit="clip", disable=not run.progress)
+    with bar:
+        if run.workers <= 1 or len(examples) <= 1:
+            return [_advance(bar, work(e)) for e in examples]
+        # fork: workers inherit the imported modules. Spawned ones would re-import the CLI's
+        # module and with it TensorFlow (seconds and ~0.7 GB each); the workers never call TF,
+        # so the idle TF threads present at the fork are harmless.
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(run.workers, mp_context=context) as pool:
+            chunk = max(1, min(16, len(examples) // (4 * run.workers)))
+            return [_advance(bar, o) for o in pool.map(work, examples, chunksize=chunk)]
+
+
+def _advance(bar: tqdm.tqdm, outcome: Outcome) -> Outcome:
+    bar.update()
+    return outcome
+
+
+def decode_example(
+    example: Example,
+    *,
+    audio: media.AudioSettings,
+    frames: media.FrameSettings,
+    cache_dir: pathlib.Path,
+    skip_errors: tuple[type[media.MediaError], ...] = (),
+) -> Outcome:
+    """Decodes one example into the cache, unless an earlier run did.
+
+    The cache file name hashes the settings, the media paths, the window and the files' size
+    and modification time, so a changed file or setting is decoded again. Unreadable files are
+    not cached: a re-run retries them. Rule-based skips are cached as a ``.skip`` file.
+
+    Returns:
+        The example's `Outcome`; never raises for a bad media file.
+    """
+    if example.skip_reason is not None:
+        return Outcome(example, "skipped", example.skip_reason)
+    cache_file = cache_dir / f"{_cache_key(example, audio, frames)}.npz"
+    skip_file = cache_file.with_suffix(".skip")
+    if cache_file.exists():
+        return Outcome(example, "cached", cache_file=cache_file)
+    if skip_file.exists():
+        return Outcome(example, "skipped", skip_file.read_text())
+    try:
+        spectrogram = media.audio_features(
+            example.audio, audio, start_s=example.start_s, end_s=example.end_s
+        )
+        video = media.sample_frames(
+            example.video, frames, start_s=example.start_s, end_s=example.end_s
+        )
+    except skip_errors as e:
+        reason = str(e)
+        _atomic_write(skip_file, lambda f: f.write(reason.encode()))
+        return Outcome(example, "skipped", reason)
+    except media.MediaError as e:
+        return Outcome(example, "unreadable", str(e))
+    except Exception as e:  # a decoder bug on one file must be counted, not fatal
+        where = f"{example.audio}, {example.video}"
+        return Outcome(example, "unreadable", f"{where}: {type(e).__name__}: {e}")
+    _atomic_write(cache_file, lambda f: np.savez(f, audio=spectrogram, video=video))
+    return Outcome(example, "decoded", cache_file=cache_file)
+
+
+def _cache_key(example: Example, audio: media.AudioSettings, frames: media.FrameSettings) -> str:
+    def stat(path: pathlib.Path) -> tuple[int, int] | None:
+        try:
+            s = path.stat()
+        except OSError:
+            return None
+        return s.st_size, s.st_mtime_ns
+
+    parts = (
+        audio,
+        frames,
+        str(example.audio),
+        str(example.video),
+        stat(example.audio),
+        stat(example.video),
+        example.start_s,
+        example.end_s,
+    )
+    return hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[Any], Any]) -> None:
+    """Writes through a temporary file and renames it, so `path` is complete or absent."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+# --- Accounting -----------------------------------------------------------------------------
+
+
+def make_report(
+    outcomes: Sequence[Outcome],
+    dataset: str,
+    config: ConverterConfig,
+    raw_dir: pathlib.Path,
+    run: RunOptions,
+) -> dict[str, Any]:
+    """The conversion report (JSON-able): counts per split and class, skipped, unreadable.
+
+    Args:
+        outcomes: one per listed example.
+        dataset: ``<name>/<config>``.
+        config: class names and settings.
+        raw_dir: the raw download.
+        run: the unreadable-fraction limit.
+
+    Returns:
+        Keys ``dataset``, ``raw_dir``, ``settings``, ``splits`` ({split: {'examples': n,
+        'per_class': {class: n}}}), ``examples``, ``decoded``, ``from_cache``, ``skipped`` and
+        ``unreadable`` (lists of {'split', 'id', 'reason'}), ``unreadable_fraction``,
+        ``max_unreadable_fraction``.
+    """
+    status = collections.Counter(o.status for o in outcomes)
+    splits: dict[str, Any] = {}
+    for o in outcomes:
+        entry = splits.setdefault(o.example.split, {"examples": 0, "per_class": {}})
+        if o.cache_file is not None:
+            entry["examples"] += 1
+            name = config.class_names[o.example.label]
+            entry["per_class"][name] = entry["per_class"].get(name, 0) + 1
+    for entry in splits.values():  # class order, zeros included
+        entry["per_class"] = {c: entry["per_class"].get(c, 0) for c in config.class_names}
+
+    def listed(kind: str) -> list[dict[str, str]]:
+        return [
+            {"split": o.example.split, "id": o.example.id, "reason": o.reason}
+            for o in outcomes
+            if o.status == kind
+        ]
+
+    return {
+        "dataset": dataset,
+        "raw_dir": str(raw_dir),
+        "settings": {
+            "audio": dataclasses.asdict(config.audio),
+            "frames": dataclasses.asdict(config.frames),
+        },
+        "splits": splits,
+        "examples": status["decoded"] + status["cached"],
+        "decoded": status["decoded"],
+        "from_cache": status["cached"],
+        "skipped": listed("skipped"),
+        "unreadable": listed("unreadable"),
+        "unreadable_fraction": status["unreadable"] / max(1, len(outcomes)),
+        "max_unreadable_fraction": run.max_unreadable_fraction,
+    }
+
+
+def check(report: dict[str, Any]) -> None:
+    """Raises `ConversionError` if too many files are unreadable or a split is empty."""
+    bad = report["unreadable"]
+    if report["unreadable_fraction"] > report["max_unreadable_fraction"]:
+        total = report["examples"] + len(bad) + len(report["skipped"])
+        raise ConversionError(
+            f"{len(bad)} of {total} examples are unreadable ({report['unreadable_fraction']:.1%}"
+            f" > --max_unreadable_fraction={report['max_unreadable_fraction']:g}); first: "
+            f"{bad[0]['reason']} -- fix or remove the files listed in the report, or raise "
+            "--max_unreadable_fraction; nothing was written"
+        )
+    for split, entry in report["splits"].items():
+        if entry["examples"] == 0:
+            raise ConversionError(
+                f"split {split!r} has no readable example (see the report): check the raw "
+                "files of that split; nothing was written"
+            )
+
+
+def format_report(report: dict[str, Any], path: pathlib.Path) -> str:
+    """A few lines for the terminal: examples per split and class, problems, where it went."""
+    lines = [
+        f"{report['dataset']}: {report['examples']} examples -> {report.get('output', '-')} "
+        f"(decoded {report['decoded']}, from cache {report['from_cache']}, "
+        f"{report['decode_seconds']:.1f} s decoding)"
+    ]
+    for split, entry in report["splits"].items():
+        counts = [n for n in entry["per_class"].values()]
+        lines.append(
+            f"  {split:<10} {entry['examples']:>6} examples, per class min {min(counts)} / "
+            f"max {max(counts)}, {sum(1 for n in counts if n)} of {len(counts)} classes"
+        )
+    for kind in ("skipped", "unreadable"):
+        listed = report[kind]
+        if listed:
+            lines.append(f"  {kind}: {len(listed)}, e.g. {listed[0]['reason']}")
+    lines.append(f"  report: {path}")
+    return "\n".join(lines)
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """Parses ``--frame_size``: ``224`` (square) or ``<height>x<width>``."""
+    try:
+        sizes = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        sizes = ()
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 224 or 112x160")
+    return sizes
+
+
+def parser(description: str, *, raw_dir: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the flags every converter has."""
+    p = argparse.ArgumentParser(description=description)
+    if raw_dir:
+        p.add_argument(
+            "--raw_dir",
+            required=True,
+            type=pathlib.Path,
+            help="the unpacked raw download (layout in data_prep/README.md)",
+        )
+    p.add_argument(
+        "--out_dir",
+        required=True,
+        type=pathlib.Path,
+        help="TFDS data_dir; the dataset goes to <out_dir>/<name>/<config>/<version>",
+    )
+    p.add_argument(
+        "--frame_size",
+        type=frame_size,
+        default=REFERENCE_FRAME_SIZE,
+        help="stored frame size, 224 or HxW (default: the reference 224x224)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=RunOptions.workers,
+        help="decode processes (default: all cores)",
+    )
+    p.add_argument(
+        "--max_unreadable_fraction",
+        type=float,
+        default=0.05,
+        help="fail if more of the examples cannot be read (default 0.05)",
+    )
+    p.add_argument(
+        "--keep_cache",
+        action="store_true",
+        help="keep <out_dir>/decode_cache after success (to convert another "
+        "fold/split without decoding again)",
+    )
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The `RunOptions` of parsed `parser` flags."""
+    return RunOptions(
+        workers=args.workers,
+        max_unreadable_fraction=args.max_unreadable_fraction,
+        keep_cache=args.keep_cache,
+        progress=not args.no_progress,
+    )
+
+
+def sized_name(base: str, size: tuple[int, int]) -> str:
+    """Config name: `base`, plus ``_<H>x<W>`` when frames are not the reference 224x224."""
+    return base if tuple(size) == REFERENCE_FRAME_SIZE else f"{base}_{size[0]}x{size[1]}"
+
+
+def convert(
+    builder_cls: type[ConvertingBuilder],
+    config: ConverterConfig,
+    *,
+    raw_dir: pathlib.Path,
+    out_dir: pathlib.Path,
+    run: RunOptions,
+) -> pathlib.Path:
+    """Converts a raw dataset (or finds it converted) and returns its version directory.
+
+    Raises:
+        DataError: `raw_dir` is not a directory, or the builder's checks failed.
+    """
+    if not raw_dir.is_dir():
+        raise DataError(
+            f"raw directory {raw_dir} does not exist: pass the unpacked download "
+            f"({builder_cls.name} layout in data_prep/README.md)"
+        )
+    if not run.progress:
+        import_tfds().disable_progress_bar()  # TFDS's bars are global to the process
+    return prepare(
+        functools.partial(builder_cls, run=run),
+        data_dir=out_dir,
+        config=config,
+        manual_dir=raw_dir,
+    )
+
+
+def main(
+    run_cli: Callable[[Sequence[str] | None], pathlib.Path], argv: Sequence[str] | None
+) -> int:
+    """Runs a converter CLI; bad input or an OS error becomes one ``error:`` line and exit 1.
+
+    Args:
+        run_cli: parses `argv` and converts; returns the version directory.
+        argv: command-line arguments without the program name; None = sys.argv[1:].
+
+    Returns:
+        The process exit status.
+    """
+    # TFDS logs a long line per custom config and more; the CLI's own output says what matters.
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        run_cli(argv)
+    except (DataError, OSError) as e:  # OSError: unwritable out_dir, full disk, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
