@@ -23,8 +23,11 @@ _GREEN, _BLUE = 128, 64
 
 
 def second_value(second: int) -> int:
-    """Red-channel value of every frame shown during whole second `second` of a fake video."""
-    return 20 + 40 * second
+    """Red-channel value of every frame shown during whole second `second` of a fake video.
+
+    Distinct for seconds 0-5 (20, 60, ..., 220); later seconds wrap around modulo 256.
+    """
+    return (20 + 40 * second) % 256
 
 
 def tone(seconds: float, sample_rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
