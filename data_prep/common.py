@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import absl.logging
 import numpy as np
@@ -92,7 +92,7 @@ class Outcome:
     """
 
     example: Example
-    status: str
+    status: Literal["decoded", "cached", "skipped", "unreadable"]
     reason: str = ""
     cache_file: pathlib.Path | None = None
 
@@ -454,7 +454,7 @@ def format_report(report: dict[str, Any], path: pathlib.Path) -> str:
         f"{report['decode_seconds']:.1f} s decoding)"
     ]
     for split, entry in report["splits"].items():
-        counts = [n for n in entry["per_class"].values()]
+        counts = list(entry["per_class"].values())
         lines.append(
             f"  {split:<10} {entry['examples']:>6} examples, per class min {min(counts)} / "
             f"max {max(counts)}, {sum(1 for n in counts if n)} of {len(counts)} classes"
@@ -483,6 +483,28 @@ def frame_size(text: str) -> tuple[int, int]:
     return sizes
 
 
+def fraction(text: str) -> float:
+    """Parses a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Parses an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
 def parser(description: str, *, raw_dir: bool = True) -> argparse.ArgumentParser:
     """An argument parser with the flags every converter has."""
     p = argparse.ArgumentParser(description=description)
@@ -507,15 +529,15 @@ def parser(description: str, *, raw_dir: bool = True) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=RunOptions.workers,
         help="decode processes (default: all cores)",
     )
     p.add_argument(
         "--max_unreadable_fraction",
-        type=float,
-        default=0.05,
-        help="fail if more of the examples cannot be read (default 0.05)",
+        type=fraction,
+        default=RunOptions.max_unreadable_fraction,
+        help="fail if a larger fraction of the examples cannot be read (default 0.05)",
     )
     p.add_argument(
         "--keep_cache",

@@ -288,8 +288,8 @@ def sample_frames(
 
     Seconds ceil(start_s), ceil(start_s) + 1, ... up to end_s inclusive (the reference's
     "[Start, End]" for AVE); the frame of second k is the first one at or after k s, frame i
-    being at i / (average frame rate).
-    Only the first `settings.num_frames` such seconds are kept. With fewer seconds and
+    being at i / (average frame rate). Only the first `settings.num_frames` such seconds are
+    kept. With fewer seconds and
     `settings.top_up`, frames evenly spaced over the other frames in [start_s, end_s) are
     added, and the result is in time order.
 
@@ -308,11 +308,10 @@ def sample_frames(
     """
     path = pathlib.Path(path)
     stop = math.inf if end_s is None else end_s + 1  # frames at or after `stop` are not needed
-    first_second = math.ceil(start_s)
     picked: dict[int, np.ndarray] = {}  # decode index -> frame
     window: list[int] = []  # decode indices of the frames in [start_s, end_s)
     with _open(path) as container:
-        next_second = first_second
+        next_second = math.ceil(start_s)
         for i, (t, frame) in enumerate(_frame_times(container, path)):
             if t >= stop or len(picked) == settings.num_frames:
                 break
