@@ -1,7 +1,6 @@
 """data_prep converters: fake raw copies of each dataset in its exact layout -> TFRecords."""
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -319,12 +318,13 @@ def test_bad_input_is_one_line_and_writes_nothing(raw, tmp_path, capsys, case):
 
 def test_cli_process_fails_with_one_line(tmp_path):
     module, argv = _manifest_short_video(None, tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", module.__name__, *argv, f"--out_dir={tmp_path / 'out'}", *SIZE],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False,
+        [sys.executable, "-m", module.__name__, *argv, f"--out_dir={out}", *SIZE],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 1
+    assert_nothing_written(out)
     assert result.stderr.strip().splitlines() == [
         "error: 1 of 1 examples are unreadable (100.0% > --max_unreadable_fraction=0.05); "
         f"first: {tmp_path / 'data' / 'a.mp4'}: video is too short: 3 frames at 1 fps (10 "
