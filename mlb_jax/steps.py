@@ -30,12 +30,14 @@ class TrainState(NamedTuple):
       params: nnx.State of the model's Params.
       rest: nnx.State of everything else (BatchNorm statistics, RNG counters).
       opt_state: the optimiser state (balancing state included).
+      method_state: the method's per-epoch state (arrays; {} for most methods).
     """
 
     step: jax.Array
     params: PyTree
     rest: PyTree
     opt_state: PyTree
+    method_state: PyTree
 
 
 def make_train_step(
@@ -57,36 +59,36 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         labels = batch["label"]
 
-        def loss_fn(params):
+        def losses_fn(params):
             # Fresh Variable objects at this trace level: NNX refuses to update BatchNorm
             # statistics held by Variables created in the enclosing jit trace.
             rest = jax.tree.map(lambda x: x, state.rest)
             model = nnx.merge(graphdef, params, rest)
-            outputs = model(batch["inputs"], train=True)
-            loss, parts = method.loss(outputs, labels)
+            outputs = method.forward(
+                model, batch["inputs"], train=True, method_state=state.method_state
+            )
+            losses = method.losses(outputs, labels, state.method_state)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
-            return loss, (outputs, new_rest, parts)
+            return losses, (outputs, new_rest)
 
-        (loss, (outputs, new_rest, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        update_kwargs = method.update_kwargs(outputs, labels)
+        (loss, losses, (outputs, new_rest)), grads = method.value_and_grad(losses_fn, state.params)
+        update_kwargs = method.update_kwargs(outputs, labels, state.method_state)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **update_kwargs)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(parts)
+        metrics = {f"loss/{k}": v for k, v in losses.items()}
         metrics["loss"] = loss
         metrics["accuracy/fused"] = _accuracy(outputs.logits, labels)
         for name, logits in outputs.unimodal_logits.items():
             metrics[f"accuracy/{name}"] = _accuracy(logits, labels)
         with contextlib.suppress(ValueError):  # methods without a balancing state
             metrics |= balancing_metrics(opt_state)
-        new_state = TrainState(state.step + 1, params, new_rest, opt_state)
+        new_state = TrainState(state.step + 1, params, new_rest, opt_state, state.method_state)
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[TrainState, dict], dict]:
+def make_eval_step(graphdef: nnx.GraphDef, method: Method) -> Callable[[TrainState, dict], dict]:
     """Builds `eval_step(state, batch) -> outputs` in eval mode (not yet jitted).
 
     Returns:
@@ -96,7 +98,9 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[TrainState, dict], dict]
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         model = nnx.merge(graphdef, state.params, state.rest)
-        outputs = model(batch["inputs"], train=False)
+        outputs = method.forward(
+            model, batch["inputs"], train=False, method_state=state.method_state
+        )
         return {
             "logits": outputs.logits,
             "unimodal_logits": dict(outputs.unimodal_logits),

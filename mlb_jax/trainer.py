@@ -173,10 +173,11 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     balancing = method.gradient_transform(params, model.modality_patterns())
     tx, _ = make_optimizer(config.train, steps_per_epoch, balancing, method.placement)
     replicated = jax.NamedSharding(mesh, jax.P())
-    state = TrainState(jnp.zeros([], jnp.int32), params, rest, tx.init(params))
+    method_state = method.init_state(modalities, meta.num_classes)
+    state = TrainState(jnp.zeros([], jnp.int32), params, rest, tx.init(params), method_state)
     state = jax.device_put(state, replicated)
     train_step = jax.jit(make_train_step(graphdef, method, tx), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdef))
+    eval_step = jax.jit(make_eval_step(graphdef, method))
     run = Run(
         config, meta, mesh, graphdef, method, train_step, eval_step, steps_per_epoch, modalities
     )
@@ -318,6 +319,12 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show):
     record = {"epoch": epoch, "step": int(state.step), **train_means}
     for prefix, split in (("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         record |= evaluate_outputs(predict(run, state, split), prefix)
+    new_method_state = run.method.end_of_epoch(
+        jax.device_get(state.method_state), _EpochContext(run, state, epoch)
+    )
+    state = state._replace(
+        method_state=jax.device_put(new_method_state, jax.NamedSharding(run.mesh, jax.P()))
+    )
     record["epoch_seconds"] = time.time() - start
     writer.scalars(int(state.step), {k: v for k, v in record.items() if "/" in k})
     history["epochs"].append(record)
@@ -327,6 +334,18 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show):
     if jax.process_index() == 0:
         print(_summary_line(epoch, cfg.train.epochs, record, run.modalities), flush=True)
     return state, history
+
+
+@dataclasses.dataclass
+class _EpochContext:
+    """What a method's `end_of_epoch` may use (see `mlb_jax.methods.base.EpochContext`)."""
+
+    run: Run
+    state: TrainState
+    epoch: int
+
+    def predict(self, split: str) -> dict[str, Any]:
+        return predict(self.run, self.state, split)
 
 
 def _check_finite(loss: float, step: int, epoch: int, history: dict) -> None:

@@ -34,8 +34,9 @@ class MLB(MultiLoss):
     score: str = "probability"
     score_ema: float = 0.0
 
-    def update_kwargs(self, outputs: Any, labels: jax.Array) -> dict[str, Any]:
+    def update_kwargs(self, outputs: Any, labels: jax.Array, method_state: Any) -> dict[str, Any]:
         """The step's modality scores from the unimodal heads."""
+        del method_state
         return {
             "modality_scores": modality_scores(outputs.unimodal_logits, labels, kind=self.score)
         }

@@ -5,7 +5,7 @@ from typing import Any
 
 import jax
 
-from mlb_jax.methods.base import Method, cross_entropy
+from mlb_jax.methods.base import Losses, Method, cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,15 +19,18 @@ class MultiLoss(Method):
     name: str = "multiloss"
     unimodal_weight: float = 1.0
 
-    def loss(self, outputs: Any, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Fused plus weighted unimodal cross-entropies; parts reported per modality."""
-        fused = cross_entropy(outputs.logits, labels)
-        parts = {"loss/fused": fused}
-        total = fused
+    def losses(self, outputs: Any, labels: jax.Array, method_state: Any) -> Losses:
+        """{'fused': CE(fused), '<m>': CE(unimodal head m) for every modality}."""
+        del method_state
+        losses = {"fused": cross_entropy(outputs.logits, labels)}
         for name, logits in outputs.unimodal_logits.items():
-            parts[f"loss/{name}"] = cross_entropy(logits, labels)
-            total = total + self.unimodal_weight * parts[f"loss/{name}"]
-        return total, parts
+            losses[name] = cross_entropy(logits, labels)
+        return losses
+
+    def combine(self, losses: Losses) -> jax.Array:
+        """CE(fused) + w * sum of the unimodal cross-entropies."""
+        unimodal = sum(v for k, v in losses.items() if k != "fused")
+        return losses["fused"] + self.unimodal_weight * unimodal
 
 
 def make_multiloss(config) -> MultiLoss:
