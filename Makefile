@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m mlb_jax.examples.balancing_demo
+	$(BIN)/python -m mlb_jax.train --config=configs/synthetic_av.py --workdir=runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.test_split = "test"  # reported accuracy comes from this split
     c.data.synthetic = ml_collections.ConfigDict()  # generator knobs, see mlb_jax/data/README.md
     c.data.synthetic.seed = 0  # generator seed (the dataset, not the run)
+    c.data.synthetic.num_classes = 8  # K, a multiple of group_size
+    c.data.synthetic.group_size = 2  # classes per audio group: audio alone tells only the group
+    c.data.synthetic.n_train = 2400  # training examples
+    c.data.synthetic.n_val = 400  # validation examples (model selection)
+    c.data.synthetic.n_test = 800  # test examples (reported)
+    c.data.synthetic.spectrogram_shape = (64, 48)  # audio (F, T)
+    c.data.synthetic.frames_shape = (3, 64, 64, 3)  # video (T, H, W, 3)
+    c.data.synthetic.audio_strength = 3.0  # height of the group's frequency band (easy cue)
+    c.data.synthetic.audio_noise = 1.0  # std of the audio background noise
+    c.data.synthetic.audio_within_strength = 0.0  # faint within-group audio cue (0 = none)
+    c.data.synthetic.video_strength = 0.04  # amplitude of the class grating (slow cue)
+    c.data.synthetic.video_noise = 0.25  # std of the per-pixel video noise
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = {  # name -> encoder kind and input channels

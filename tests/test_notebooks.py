@@ -10,7 +10,10 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipy
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, tmp_path):
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    # The kernel inherits the environment: where the repository is, where to cache data.
+    monkeypatch.setenv("MLB_JAX_ROOT", str(path.parents[1]))
+    monkeypatch.setenv("MLB_JAX_DATA_CACHE", str(tmp_path / "data"))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
