@@ -1,0 +1,165 @@
+"""The real-dataset configs: MLB hyper-parameters as in METHODS.md §4.1, and one train step each.
+
+Each config is run through the real code path on a tiny fake raw copy of its dataset (the
+layouts of tests/fake_media.py), converted by its data_prep converter at a tiny frame size;
+only the model width, batch and device count are shrunk.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from fake_media import make_fake_ave, make_fake_cremad, make_fake_ucf
+from test_data_prep import SIZE, _manifest
+
+from data_prep import ave, cremad, ucf51
+from mlb_jax import trainer
+from mlb_jax.data.schema import DataError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# METHODS.md §4.1 (newer run.sh), MLB row: (alpha, beta_max, lr). CREMA-D's MLB line passes no
+# --lr, so the default config's 1e-4 applies (§4.1 "Default configs").
+REFERENCE_MLB = {
+    "cremad_resnet": (0.5, 10.0, 1e-4),
+    "ave_resnet": (2.0, 1.0, 1e-3),
+    "ucf51_resnet": (2.0, 0.5, 1e-3),
+}
+ALL_CONFIGS = [*REFERENCE_MLB, "custom_resnet"]
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def flat_keys(config: ml_collections.ConfigDict) -> set[str]:
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "modalities":
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    return set(walk(config.to_dict(), ""))
+
+
+@pytest.mark.parametrize("name", REFERENCE_MLB)
+def test_mlb_hyperparameters_are_the_papers(name):
+    config = load_config(name)
+    alpha, beta_max, lr = REFERENCE_MLB[name]
+    assert config.method.alpha == alpha
+    assert config.method.beta_max == beta_max
+    assert config.train.lr == lr
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_resnet_recipe_and_field_structure(name):
+    config = load_config(name)
+    assert flat_keys(config) == flat_keys(load_config("synthetic_av"))
+    assert (config.method.name, config.method.placement) == ("mlb", "gradients")
+    assert (config.model.base_width, config.model.fusion) == (64, "late_linear")
+    assert config.model.modalities.to_dict() == {
+        "audio": {"kind": "audio", "in_channels": 1},
+        "video": {"kind": "video", "in_channels": 3},
+    }
+    train = config.train
+    assert (train.optimizer, train.weight_decay, train.batch_size) == ("adam", 1e-4, 32)
+    assert (train.schedule, train.warmup_steps) == ("mlb_warm_restarts", 780)
+    assert 0 < train.epochs < 1500
+    assert (config.data.train_split, config.data.val_split, config.data.test_split) == (
+        "train",
+        "validation",
+        "test",
+    )
+    assert config.data.cache is False
+    trainer.validate_config(config)
+    # data.dir defaults to '' and the trainer asks for it.
+    with pytest.raises(DataError, match="--config.data.dir"):
+        trainer.load_dataset(config)
+
+
+# ----------------------------------------------------------------------------- one train step
+
+
+def _cremad(tmp):
+    make_fake_cremad(tmp / "CREMA-D")
+    return cremad, [f"--raw_dir={tmp / 'CREMA-D'}"]
+
+
+def _ave(tmp):
+    make_fake_ave(tmp / "AVE_Dataset")
+    return ave, [f"--raw_dir={tmp / 'AVE_Dataset'}"]
+
+
+def _ucf(tmp):
+    make_fake_ucf(tmp / "UCF101", ucf51.CLASS_NAMES)
+    return ucf51, [f"--raw_dir={tmp / 'UCF101'}"]
+
+
+def _custom(tmp):
+    rows = [f"c{i},train,{('cat', 'dog')[i % 2]},a.wav,a.mp4" for i in range(4)]
+    rows += ["v0,validation,cat,a.wav,a.mp4", "t0,test,dog,a.wav,a.mp4"]
+    return _manifest(tmp, rows)
+
+
+# config -> (fake raw copy + converter, classes, spectrogram shape, frames shape at 12x16)
+CASES = {
+    "cremad_resnet": (_cremad, 6, (257, 188), (3, 12, 16, 3)),
+    "ave_resnet": (_ave, 28, (257, 1004), (4, 12, 16, 3)),
+    "ucf51_resnet": (_ucf, 51, (257, 136), (4, 12, 16, 3)),
+    "custom_resnet": (_custom, 2, (257, 136), (3, 12, 16, 3)),  # manifest defaults, 1-s wav
+}
+# The fake training splits hold 3-6 examples: a batch of 2 on 2 of the 8 fake devices.
+BATCH, DEVICES = 2, 2
+
+
+def param_paths(params) -> dict[str, np.ndarray]:
+    """'/'-joined parameter path -> a host copy (train_step donates the state's buffers)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.array(x)
+        for path, x in leaves
+    }
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_one_train_step_on_converted_fake_data(name, tmp_path):
+    make_raw, num_classes, audio_shape, video_shape = CASES[name]
+    converter, argv = make_raw(tmp_path)
+    out = tmp_path / "out"
+    assert converter.main([*argv, f"--out_dir={out}", "--workers=1", *SIZE]) == 0
+
+    config = load_config(name)
+    config.data.dir = str(out)
+    config.model.base_width = 2
+    config.train.batch_size = BATCH
+    config.train.num_devices = DEVICES
+    config.train.epochs = 1
+    meta = trainer.load_dataset(config)
+    assert meta.num_classes == num_classes
+    assert meta.modalities["audio"].shape == audio_shape
+    assert meta.modalities["video"].shape == video_shape
+
+    run, state = trainer.setup(config, meta)
+    before = param_paths(state.params)
+    batch = next(trainer._epoch_batches(run, 0, 0))
+    assert batch["inputs"]["audio"].shape == (BATCH, *audio_shape)
+    assert batch["inputs"]["video"].shape == (BATCH, *video_shape)
+    state, metrics = run.train_step(state, trainer.pipeline.to_global(batch, run.mesh))
+    metrics = jax.device_get(metrics)
+
+    assert np.isfinite(metrics["loss"])
+    assert np.isfinite(metrics["k/audio"]) and np.isfinite(metrics["k/video"])  # MLB ran
+    assert int(state.step) == 1
+    after = param_paths(state.params)
+    assert after.keys() == before.keys()
+    assert all(np.isfinite(v).all() for v in after.values())
+    changed = [p for p in before if not np.array_equal(before[p], after[p])]
+    for group in ("encoders/audio/", "encoders/video/", "heads/audio/", "heads/video/", "fusion/"):
+        assert any(p.startswith(group) for p in changed), (group, sorted(after)[:5])
