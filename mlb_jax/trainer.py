@@ -266,8 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     validate_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    meta = load_dataset(config)  # before config.json: a bad data.dir must leave no trace
     check_run_config(workdir, config)
-    meta = load_dataset(config)
     run, state = setup(config, meta)
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")
