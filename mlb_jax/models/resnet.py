@@ -198,31 +198,43 @@ class ResNet18(nnx.Module):
         return x
 
 
-class AudioEncoder(nnx.Module):
-    """Spectrogram encoder: ResNet-18 then global average pooling (METHODS.md 2.2).
+class _PooledResNet(nnx.Module):
+    """A ResNet-18 trunk with the input checks and pooling left to the subclass."""
 
-    The spectrogram's frequency axis is the image height and time the width (METHODS.md 7.11).
-    """
+    DEFAULT_NAME = ""
 
-    def __init__(
-        self, in_channels: int = 1, *, base_width: int = 64, name: str = "audio", rngs: nnx.Rngs
-    ):
+    def __init__(self, in_channels: int, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs):
         """Builds the encoder.
 
         Args:
-            in_channels: spectrogram channels (1 for a magnitude spectrogram).
+            in_channels: input channels (1 for a spectrogram, 3 for RGB, 2 for optical flow).
             base_width: ResNet base width; the feature width is ``8 * base_width``.
             name: modality name, used in error messages.
             rngs: parameter random streams.
         """
         self.resnet = ResNet18(in_channels, base_width=base_width, rngs=rngs)
         self.in_channels = in_channels
-        self.name = name
+        self.name = name or self.DEFAULT_NAME
 
     @property
     def out_features(self) -> int:
         """Feature width D = 8 * base_width."""
         return self.resnet.out_features
+
+
+class AudioEncoder(_PooledResNet):
+    """Spectrogram encoder: ResNet-18 then global average pooling (METHODS.md 2.2).
+
+    The spectrogram's frequency axis is the image height and time the width (METHODS.md 7.11).
+    """
+
+    DEFAULT_NAME = "audio"
+
+    def __init__(
+        self, in_channels: int = 1, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs
+    ):
+        """Builds the encoder (see `_PooledResNet`); 1 channel for a magnitude spectrogram."""
+        super().__init__(in_channels, base_width=base_width, name=name, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of spectrograms.
@@ -254,32 +266,20 @@ class AudioEncoder(nnx.Module):
         return jnp.mean(self.resnet(x, train=train), axis=(1, 2))
 
 
-class VideoEncoder(nnx.Module):
+class VideoEncoder(_PooledResNet):
     """Frame encoder: frames folded into the batch, ResNet-18, mean over time and space.
 
     As in the reference (METHODS.md 2.3) every frame goes through the 2-D ResNet independently,
     so BatchNorm statistics are taken over all B*T frames, and there is no temporal modelling.
     """
 
+    DEFAULT_NAME = "video"
+
     def __init__(
-        self, in_channels: int = 3, *, base_width: int = 64, name: str = "video", rngs: nnx.Rngs
+        self, in_channels: int = 3, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs
     ):
-        """Builds the encoder.
-
-        Args:
-            in_channels: frame channels (3 for RGB, 2 for optical flow).
-            base_width: ResNet base width; the feature width is ``8 * base_width``.
-            name: modality name, used in error messages.
-            rngs: parameter random streams.
-        """
-        self.resnet = ResNet18(in_channels, base_width=base_width, rngs=rngs)
-        self.in_channels = in_channels
-        self.name = name
-
-    @property
-    def out_features(self) -> int:
-        """Feature width D = 8 * base_width."""
-        return self.resnet.out_features
+        """Builds the encoder (see `_PooledResNet`); 3 channels for RGB, 2 for optical flow."""
+        super().__init__(in_channels, base_width=base_width, name=name, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of clips.
