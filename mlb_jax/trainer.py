@@ -263,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Raises:
       RunError, DataError, ValueError: bad input, each with one clear message.
     """
+    started = time.time()
     validate_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             ckpts.save(int(state.step), state, history)
             if history["best"]["epoch"] == epoch:
                 ckpts.save_best(int(state.step), state)
-        results = finish(run, ckpts, state, history, workdir)
+        results = finish(run, ckpts, state, history, workdir, started)
     finally:
         writer.close()
         ckpts.close()
@@ -361,8 +362,18 @@ def _check_finite(loss: float, step: int, epoch: int, history: dict) -> None:
 # ----------------------------------------------------------------------------- results
 
 
-def finish(run: Run, ckpts: RunCheckpoints, state, history: dict, workdir: pathlib.Path) -> dict:
-    """Best-on-validation model: test metrics, probes, results.json and plots."""
+def finish(
+    run: Run,
+    ckpts: RunCheckpoints,
+    state,
+    history: dict,
+    workdir: pathlib.Path,
+    started: float,
+) -> dict:
+    """Best-on-validation model: test metrics, probes, results.json and plots.
+
+    `started` is when this invocation began (time.time()); results record its wall time.
+    """
     cfg = run.config
     best_state = ckpts.restore_best(state)
     test = predict(run, best_state, cfg.data.test_split)
@@ -395,6 +406,7 @@ def finish(run: Run, ckpts: RunCheckpoints, state, history: dict, workdir: pathl
         "dataset": run.meta.name,
         "num_test_examples": len(test["labels"]),
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
+        "wall_seconds": time.time() - started,  # this invocation only (a resume restarts it)
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)
