@@ -92,8 +92,10 @@ def main(argv: list[str]) -> None:
     """Runs the comparison and writes comparison.md and comparison.png."""
     del argv
     from mlb_jax.plots import plot_comparison
+    from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, setup_process
     from mlb_jax.trainer import write_json_atomic
 
+    setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
     workdir = pathlib.Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in _SEEDS.value]

@@ -12,8 +12,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, setup_process
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -26,28 +28,16 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 _CACHE = flags.DEFINE_string(
     "compilation_cache",
-    os.path.join("~", ".cache", "mlb_jax", "jax"),
+    DEFAULT_COMPILATION_CACHE,
     "persistent XLA compilation cache directory ('' disables it)",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def setup_process(distributed: bool, compilation_cache: str) -> None:
-    """Process-wide set-up shared by the CLIs: distributed init and compilation cache."""
-    import jax
-
-    if distributed:
-        jax.distributed.initialize()
-    if compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str]) -> None:
     """Runs one training job; user errors become one line on stderr and exit status 2."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)  # keep Orbax / TFDS chatter out of the output
     setup_process(_DISTRIBUTED.value, _CACHE.value)
     from mlb_jax.trainer import train_and_evaluate
 
