@@ -58,6 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.score = "probability"  # MLB score: probability (paper) | accuracy
     c.method.score_ema = 0.0  # EMA decay of MLB scores (0 = per-step, as the paper)
     c.method.placement = "gradients"  # gradients (reference code) | updates (per-modality LR)
+    c.method.ogm = ml_collections.ConfigDict()  # OGM and OGM-GE (METHODS.md 3.4)
+    c.method.ogm.alpha = 0.3  # strength: k = 1 - tanh(alpha * rho) on the dominant modality
+    c.method.ogm.scope = "conv"  # scaled params: conv (official: conv kernels) | encoder (MLB)
+    c.method.ogm.start_epoch = 0  # first modulated epoch (0-based, inclusive)
+    c.method.ogm.end_epoch = 50  # last modulated epoch (inclusive; official 0-50)
+    c.method.ogm.noise_seed = 0  # seed of the OGM-GE gradient noise (ogm_ge only)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

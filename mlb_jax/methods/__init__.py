@@ -6,11 +6,14 @@ from mlb_jax.methods.base import Method, cross_entropy
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
+from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
 
 METHODS: dict[str, Callable[..., Method]] = {
     "joint": make_joint,
     "multiloss": make_multiloss,
     "mlb": make_mlb,
+    "ogm": make_ogm,
+    "ogm_ge": make_ogm_ge,
 }
 
 
