@@ -64,6 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.ogm.start_epoch = 0  # first modulated epoch (0-based, inclusive)
     c.method.ogm.end_epoch = 50  # last modulated epoch (inclusive; official 0-50)
     c.method.ogm.noise_seed = 0  # seed of the OGM-GE gradient noise (ogm_ge only)
+    c.method.agm = ml_collections.ConfigDict()  # AGM (METHODS.md 3.6)
+    c.method.agm.alpha = 1.0  # strength: k_m = exp(alpha * min(r^_m - r_m, max_exponent))
+    c.method.agm.max_exponent = 10.0  # cap of r^ - r (MLB: 10 for two modalities, 7 for three)
+    c.method.agm.clip_threshold = 1.0  # fusion-kernel grad element beyond +-this clips (0 = off)
+    c.method.agm.clip_norm = 1.0  # global gradient norm after a triggered clip (MLB 3-mod.: 5)
+    c.method.agm.clip_pattern = r"^fusion/.*kernel$"  # watched parameters (regex on param paths)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from mlb_jax.methods.agm import make_agm
 from mlb_jax.methods.base import Method, cross_entropy
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
@@ -14,6 +15,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "mlb": make_mlb,
     "ogm": make_ogm,
     "ogm_ge": make_ogm_ge,
+    "agm": make_agm,
 }
 
 
