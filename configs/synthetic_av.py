@@ -70,6 +70,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.agm.clip_threshold = 1.0  # fusion-kernel grad element beyond +-this clips (0 = off)
     c.method.agm.clip_norm = 1.0  # global gradient norm after a triggered clip (MLB 3-mod.: 5)
     c.method.agm.clip_pattern = r"^fusion/.*kernel$"  # watched parameters (regex on param paths)
+    c.method.pmr = ml_collections.ConfigDict()  # PMR (METHODS.md 3.7)
+    c.method.pmr.alpha = 1.0  # weight of the weak modality's prototype CE (MLB 1.5-3, BB 0.6)
+    c.method.pmr.momentum = 0.0  # prototype momentum (0 = replace each epoch, MLB; BB 0.5)
+    c.method.pmr.fraction = 0.1  # fraction of the training split the prototypes come from
+    c.method.pmr.normalize = True  # affine-free batch-statistics normalisation (MLB) | raw (BB)
+    c.method.pmr.split = "train"  # split the prototypes come from (= data.train_split)
+    c.method.pmr.subset_seed = 0  # seed of the per-epoch prototype subset
+    c.method.pmr.max_feature_dim = 512  # stored prototype width (>= every feature width D)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

@@ -8,6 +8,7 @@ from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
 from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
+from mlb_jax.methods.pmr import make_pmr
 
 METHODS: dict[str, Callable[..., Method]] = {
     "joint": make_joint,
@@ -16,6 +17,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "ogm": make_ogm,
     "ogm_ge": make_ogm_ge,
     "agm": make_agm,
+    "pmr": make_pmr,
 }
 
 
