@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.pmr.split = "train"  # split the prototypes come from (= data.train_split)
     c.method.pmr.subset_seed = 0  # seed of the per-epoch prototype subset
     c.method.pmr.max_feature_dim = 512  # stored prototype width (>= every feature width D)
+    c.method.mmcosine = ml_collections.ConfigDict()  # MMCosine (METHODS.md 3.8)
+    c.method.mmcosine.scaling = 10.0  # s in u_m = s * cos(x_m, w_{m,k}) (MLB 10, BB 15)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

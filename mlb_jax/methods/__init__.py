@@ -6,6 +6,7 @@ from mlb_jax.methods.agm import make_agm
 from mlb_jax.methods.base import Method, cross_entropy
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
+from mlb_jax.methods.mmcosine import make_mmcosine
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
 from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
 from mlb_jax.methods.pmr import make_pmr
@@ -18,6 +19,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "ogm_ge": make_ogm_ge,
     "agm": make_agm,
     "pmr": make_pmr,
+    "mmcosine": make_mmcosine,
 }
 
 
