@@ -80,6 +80,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.pmr.max_feature_dim = 512  # stored prototype width (>= every feature width D)
     c.method.mmcosine = ml_collections.ConfigDict()  # MMCosine (METHODS.md 3.8)
     c.method.mmcosine.scaling = 10.0  # s in u_m = s * cos(x_m, w_{m,k}) (MLB 10, BB 15)
+    c.method.reconboost = ml_collections.ConfigDict()  # ReconBoost (METHODS.md 3.10)
+    c.method.reconboost.alpha = 0.5  # weight of the agreement term GA (has a gradient here)
+    c.method.reconboost.w1 = 5.0  # weight of the boosted modality's log-likelihood
+    c.method.reconboost.w2 = 1.0  # weight of the ensemble-confidence discount
+    c.method.reconboost.boost_epochs = 1  # E: consecutive boosting epochs per modality
+    c.method.reconboost.ensemble_epochs = 1  # S: ensemble epochs after each modality's boosting
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

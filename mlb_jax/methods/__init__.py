@@ -10,6 +10,7 @@ from mlb_jax.methods.mmcosine import make_mmcosine
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
 from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
 from mlb_jax.methods.pmr import make_pmr
+from mlb_jax.methods.reconboost import make_reconboost
 
 METHODS: dict[str, Callable[..., Method]] = {
     "joint": make_joint,
@@ -20,6 +21,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "agm": make_agm,
     "pmr": make_pmr,
     "mmcosine": make_mmcosine,
+    "reconboost": make_reconboost,
 }
 
 
