@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tiny_run import epoch_means, run_tiny, tiny_config
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
 from mlb_jax.balancing import balancing_state
 from mlb_jax.methods import make_method
@@ -300,6 +306,15 @@ def test_config_errors_name_the_field():
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, outputs = trace_three_modality_step("agm")
+    assert_same_shapes(state, new_state)
+    names = {"audio", "video", "audio2"}
+    assert {f"k/{m}" for m in names} | {f"smoothed_score/{m}" for m in names} <= set(metrics)
+    assert set(outputs["unimodal_logits"]) == names
+    assert outputs["logits"].shape == (8, 4)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,13 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_run import epoch_means, run_tiny, tiny_config
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
 from mlb_jax import trainer
 from mlb_jax.methods import make_method
@@ -95,6 +101,13 @@ def test_other_fusions_are_refused():
         MMCosine().forward(
             model, {A: jnp.ones((1, 2)), V: jnp.ones((1, 2))}, train=True, method_state={}
         )
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, outputs = trace_three_modality_step("mmcosine")
+    assert_same_shapes(state, new_state)
+    assert set(outputs["unimodal_logits"]) == {"audio", "video", "audio2"}
+    assert outputs["logits"].shape == (8, 4) and "loss/fused" in metrics
 
 
 @pytest.fixture(scope="module")

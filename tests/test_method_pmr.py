@@ -8,7 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 from test_train import final_params
-from tiny_run import epoch_means, restore_latest, run_tiny, tiny_config
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    restore_latest,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
 from mlb_jax import trainer
 from mlb_jax.checkpointing import RunCheckpoints
@@ -179,6 +186,14 @@ def test_config_fields_and_errors():
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, outputs = trace_three_modality_step("pmr")
+    assert_same_shapes(state, new_state)
+    assert {f"loss/prototype_{m}" for m in ("audio", "video", "audio2")} <= set(metrics)
+    assert state.method_state["prototypes"]["audio2"].shape == (4, 512)
+    assert outputs["features"]["audio2"].shape == (8, 16)
 
 
 @pytest.fixture(scope="module")

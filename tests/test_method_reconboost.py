@@ -8,7 +8,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from tiny_run import epoch_means, run_tiny, tiny_config
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
 from mlb_jax import trainer
 from mlb_jax.checkpointing import RunCheckpoints
@@ -142,6 +148,17 @@ def test_config_fields_and_errors():
     config.reconboost.boost_epochs = 0
     with pytest.raises(ValueError, match=r"config.method.reconboost"):
         make_method(config)
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, _ = trace_three_modality_step("reconboost")
+    assert_same_shapes(state, new_state)
+    assert {f"loss/boost_{m}" for m in ("audio", "video", "audio2")} <= set(metrics)
+    assert {m: int(s) for m, s in state.method_state["slot"].items()} == {
+        "audio": 0,
+        "video": 1,
+        "audio2": 2,
+    }
 
 
 @pytest.fixture(scope="module")
