@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from tiny_run import (
     assert_same_shapes,
     epoch_means,
@@ -29,6 +30,7 @@ from mlb_jax.methods.agm import (
     shapley_values,
 )
 from mlb_jax.methods.base import cross_entropy
+from mlb_jax.models import ModalitySpec, MultimodalClassifier
 
 A, V, T = "audio", "video", "text"
 
@@ -211,6 +213,27 @@ def test_shapley_scores_by_hand():
     assert float(s[A]) == pytest.approx(-(math.log(0.7) + math.log(0.2)) / 2, rel=1e-5)
     # Probability 0 is floored at 1e-8.
     assert float(s[V]) == pytest.approx(-math.log(1e-8), rel=1e-5)
+
+
+def test_padded_passes_write_no_batchnorm_statistics():
+    # A real (tiny) model: after AGM's train-mode forward, BatchNorm running statistics are
+    # exactly those of the plain forward; the eval-mode zero-input passes wrote nothing.
+    rngs = nnx.Rngs(params=jax.random.key(0, impl="rbg"), dropout=1)
+    specs = {A: ModalitySpec("audio"), V: ModalitySpec("video")}
+    plain = MultimodalClassifier(specs, 3, base_width=2, rngs=rngs)
+    agm_model = nnx.clone(plain)
+    rng = np.random.default_rng(0)
+    inputs = {
+        A: jnp.asarray(rng.normal(size=(4, 16, 12)), jnp.float32),
+        V: jnp.asarray(rng.normal(size=(4, 2, 16, 16, 3)), jnp.float32),
+    }
+    expected = plain(inputs, train=True)
+    out = AGM().forward(agm_model, inputs, train=True, method_state={})
+    np.testing.assert_allclose(out.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    stats = [nnx.state(m, nnx.BatchStat) for m in (plain, agm_model)]
+    assert jax.tree.leaves(stats[0])
+    for a, b in zip(jax.tree.leaves(stats[0]), jax.tree.leaves(stats[1])):
+        np.testing.assert_array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- coefficients
