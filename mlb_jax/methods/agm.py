@@ -42,7 +42,9 @@ Deliberate differences from the reference:
 * `unimodal_logits` are the Shapley-style logits o_m (as MLB's `c`, `g` outputs), so the
   per-modality accuracies of an AGM run are those of the contributions, not of the unused
   unimodal heads.
-* The method's transform needs raw gradients, so its placement is always 'gradients'.
+* The method's transform needs raw gradients, so its placement is always 'gradients'. Leave
+  `train.grad_clip_norm` at 0 with AGM: that clip runs first and would scale the summed
+  gradient but not the path gradients; AGM's own conditional clipping replaces it.
 """
 
 import dataclasses
