@@ -64,6 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.ogm.start_epoch = 0  # first modulated epoch (0-based, inclusive)
     c.method.ogm.end_epoch = 50  # last modulated epoch (inclusive; official 0-50)
     c.method.ogm.noise_seed = 0  # seed of the OGM-GE gradient noise (ogm_ge only)
+    c.method.mslr = ml_collections.ConfigDict()  # MSLR (METHODS.md 3.5)
+    c.method.mslr.init_lr = {"audio": 0.7, "video": 1.3}  # static multiplier per modality
+    c.method.mslr.keep_memory = 5  # K: past validation accuracies averaged for the ratio
+    c.method.mslr.unimodal_weight = 0.0  # weight of unimodal CEs (0 = CE(fused) only, as ref.)
+    c.method.mslr.unimodal_logits = "split"  # unimodal CEs on: split (fusion-split) | heads
+    c.method.mslr.split = "validation"  # split whose accuracies drive MSLR (= data.val_split)
     c.method.agm = ml_collections.ConfigDict()  # AGM (METHODS.md 3.6)
     c.method.agm.alpha = 1.0  # strength: k_m = exp(alpha * min(r^_m - r_m, max_exponent))
     c.method.agm.max_exponent = 10.0  # cap of r^ - r (MLB: 10 for two modalities, 7 for three)
