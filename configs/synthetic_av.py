@@ -70,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.mslr.unimodal_weight = 0.0  # weight of unimodal CEs (0 = CE(fused) only, as ref.)
     c.method.mslr.unimodal_logits = "split"  # unimodal CEs on: split (fusion-split) | heads
     c.method.mslr.split = "validation"  # split whose accuracies drive MSLR (= data.val_split)
+    c.method.mmpareto = ml_collections.ConfigDict()  # MMPareto (METHODS.md 3.9)
+    c.method.mmpareto.alpha = 1.5  # gamma: multiplier of the combined encoder gradients
     c.method.agm = ml_collections.ConfigDict()  # AGM (METHODS.md 3.6)
     c.method.agm.alpha = 1.0  # strength: k_m = exp(alpha * min(r^_m - r_m, max_exponent))
     c.method.agm.max_exponent = 10.0  # cap of r^ - r (MLB: 10 for two modalities, 7 for three)

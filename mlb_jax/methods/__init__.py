@@ -7,6 +7,7 @@ from mlb_jax.methods.base import Method, cross_entropy
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
 from mlb_jax.methods.mmcosine import make_mmcosine
+from mlb_jax.methods.mmpareto import make_mmpareto
 from mlb_jax.methods.mslr import make_mslr
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
 from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
@@ -20,6 +21,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "ogm": make_ogm,
     "ogm_ge": make_ogm_ge,
     "mslr": make_mslr,
+    "mmpareto": make_mmpareto,
     "agm": make_agm,
     "pmr": make_pmr,
     "mmcosine": make_mmcosine,
