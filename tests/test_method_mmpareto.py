@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 from test_train import load_tiny
+from tiny_run import assert_same_shapes, trace_three_modality_step
 
 from mlb_jax import trainer
 from mlb_jax.checkpointing import RunCheckpoints
@@ -168,6 +169,12 @@ def test_config():
     config.mmpareto.gamma = 1.0
     with pytest.raises(ValueError, match="gamma"):
         make_method(config)
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, _ = trace_three_modality_step("mmpareto")
+    assert_same_shapes(state, new_state)
+    assert {"loss/fused", "loss/audio", "loss/video", "loss/audio2"} <= set(metrics)
 
 
 # ----------------------------------------------------------------------------- training

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_train import load_tiny
+from tiny_run import assert_same_shapes, trace_three_modality_step
 
 from mlb_jax import trainer
 from mlb_jax.balancing import balancing_metrics, parameter_paths
@@ -191,6 +192,14 @@ def test_config_errors():
     config.mslr = ml_collections.ConfigDict({"keep_memroy": 1})
     with pytest.raises(ValueError, match="keep_memroy"):
         make_method(config)
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, _ = trace_three_modality_step("mslr")
+    assert_same_shapes(state, new_state)
+    assert {"k/audio", "k/video", "k/audio2"} <= set(metrics)
+    # audio2 is not in the demo's init_lr: multiplier 1.
+    assert float(state.method_state["multipliers"]["audio2"]) == 1.0
 
 
 # ----------------------------------------------------------------------------- training, resume

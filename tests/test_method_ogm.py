@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_train import load_tiny
+from tiny_run import assert_same_shapes, trace_three_modality_step
 
 from mlb_jax import trainer
 from mlb_jax.balancing import balancing_metrics, parameter_paths
@@ -286,6 +287,14 @@ def test_other_fusions_are_refused_clearly():
         method.gradient_transform(params, model.modality_patterns())
     with pytest.raises(ValueError, match="late_linear"):
         method.forward(model, {}, train=True, method_state={})
+
+
+def test_three_modalities_through_the_generic_step():
+    state, new_state, metrics, outputs = trace_three_modality_step("ogm_ge")
+    assert_same_shapes(state, new_state)
+    names = {"audio", "video", "audio2"}
+    assert {f"k/{m}" for m in names} | {f"score/{m}" for m in names} <= set(metrics)
+    assert set(outputs["unimodal_logits"]) == names
 
 
 # ----------------------------------------------------------------------------- training
