@@ -74,10 +74,18 @@ def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
     if path.exists():
         old = _flatten(json.loads(path.read_text()))
         new = _flatten(resolved)
+        # Hyper-parameter blocks of other methods (method.<name>.*) cannot change this run.
+        other_methods = tuple(
+            f"method.{k.split('.')[1]}."
+            for k in new
+            if k.count(".") >= 2 and k.split(".")[1] != config.method.name
+        )
         diffs = [
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
             for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_DIFFER)
+            if old.get(k) != new.get(k)
+            and not k.startswith(RESUME_MAY_DIFFER)
+            and not (k.startswith("method.") and k.startswith(other_methods))
         ]
         if diffs:
             raise RunError(

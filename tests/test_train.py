@@ -159,6 +159,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_cache, tmp_path):
     ckpts.close()
 
 
+def test_other_methods_hyperparameters_do_not_block_resume(reference_run, data_cache):
+    workdir, _ = reference_run
+    config = load_tiny(data_cache)
+    config.method.agm.alpha = 123.0  # the run is MLB: AGM's block cannot affect it
+    trainer.check_run_config(workdir, config)
+    config.method.alpha = 123.0  # MLB's own alpha does
+    with pytest.raises(trainer.RunError, match=r"method.alpha: 1.0 -> 123.0"):
+        trainer.check_run_config(workdir, config)
+
+
 def test_incompatible_workdir_is_refused(reference_run, data_cache):
     workdir, _ = reference_run
     config = load_tiny(data_cache)
