@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_train import load_tiny
-from tiny_run import assert_same_shapes, trace_three_modality_step
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
-from mlb_jax import trainer
-from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.methods import make_method
 from mlb_jax.methods.mmpareto import MMPareto, mmpareto_combine, mmpareto_gradients
 
@@ -181,15 +184,9 @@ def test_three_modalities_through_the_generic_step():
 
 
 def test_training_run_loss_decreases(tmp_path_factory):
-    config = load_tiny(tmp_path_factory.mktemp("data"))
-    config.method.name = "mmpareto"
-    workdir = tmp_path_factory.mktemp("mmpareto")
-    results = trainer.train_and_evaluate(config, workdir)
+    config = tiny_config(tmp_path_factory.mktemp("data"), "mmpareto")
+    results, _, history = run_tiny(config, tmp_path_factory.mktemp("mmpareto"))
     assert results["method"] == "mmpareto" and results["steps"] == 16
-    _, state = trainer.setup(config, trainer.load_dataset(config))
-    ckpts = RunCheckpoints(workdir)
-    _, history = ckpts.restore(state)
-    ckpts.close()
-    losses = [e["train/loss"] for e in history["epochs"]]
+    losses = epoch_means(history, "loss")
     assert losses[1] < losses[0]
     assert {"train/loss/fused", "train/loss/audio", "train/loss/video"} <= set(history["epochs"][0])

@@ -8,8 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import load_tiny
-from tiny_run import assert_same_shapes, trace_three_modality_step
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    restore_latest,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
 from mlb_jax import trainer
 from mlb_jax.balancing import balancing_metrics, parameter_paths
@@ -211,33 +217,20 @@ def data_cache(tmp_path_factory):
 
 
 def mslr_config(data_cache):
-    config = load_tiny(data_cache)
-    config.method.name = "mslr"
+    config = tiny_config(data_cache, "mslr")
     config.method.mslr.keep_memory = 1  # the second end_of_epoch already uses the history
     return config
 
 
-def latest(config, workdir):
-    _, state = trainer.setup(config, trainer.load_dataset(config))
-    ckpts = RunCheckpoints(workdir)
-    try:
-        return ckpts.restore(state)
-    finally:
-        ckpts.close()
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_cache):
-    workdir = tmp_path_factory.mktemp("mslr")
-    config = mslr_config(data_cache)
-    results = trainer.train_and_evaluate(config, workdir)
-    return results, *latest(config, workdir)
+    return run_tiny(mslr_config(data_cache), tmp_path_factory.mktemp("mslr"))
 
 
 def test_training_run_loss_decreases(reference_run):
     results, state, history = reference_run
     assert results["method"] == "mslr" and results["steps"] == 16
-    losses = [e["train/loss"] for e in history["epochs"]]
+    losses = epoch_means(history, "loss")
     assert losses[1] < losses[0]
     # Epochs 1 and 2 trained with the static multipliers 0.7 / 1.3 (r = 1 while K = 1 value
     # is not yet stored), and they were logged every logged step.
@@ -269,7 +262,7 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
     resumed = trainer.train_and_evaluate(mslr_config(data_cache), tmp_path)
     for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
         assert resumed[key] == ref_results[key], key
-    state, _ = latest(mslr_config(data_cache), tmp_path)
+    state, _ = restore_latest(mslr_config(data_cache), tmp_path)
     # The restored history drives the second end_of_epoch: same multipliers as uninterrupted.
     assert as_floats(jax.device_get(state.method_state)) == as_floats(
         jax.device_get(ref_state.method_state)

@@ -9,12 +9,15 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import load_tiny
-from tiny_run import assert_same_shapes, trace_three_modality_step
+from tiny_run import (
+    assert_same_shapes,
+    epoch_means,
+    run_tiny,
+    tiny_config,
+    trace_three_modality_step,
+)
 
-from mlb_jax import trainer
 from mlb_jax.balancing import balancing_metrics, parameter_paths
-from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.methods import make_method
 from mlb_jax.methods.ogm import (
     OGM,
@@ -301,17 +304,10 @@ def test_three_modalities_through_the_generic_step():
 
 
 def test_ogm_ge_training_run_loss_decreases(tmp_path_factory):
-    config = load_tiny(tmp_path_factory.mktemp("data"))
-    config.method.name = "ogm_ge"
-    workdir = tmp_path_factory.mktemp("ogm_ge")
-    results = trainer.train_and_evaluate(config, workdir)
+    config = tiny_config(tmp_path_factory.mktemp("data"), "ogm_ge")
+    results, restored, history = run_tiny(config, tmp_path_factory.mktemp("ogm_ge"))
     assert results["method"] == "ogm_ge" and results["steps"] == 16
-    meta = trainer.load_dataset(config)
-    _, state = trainer.setup(config, meta)
-    ckpts = RunCheckpoints(workdir)
-    restored, history = ckpts.restore(state)
-    ckpts.close()
-    losses = [e["train/loss"] for e in history["epochs"]]
+    losses = epoch_means(history, "loss")
     assert losses[1] < losses[0]
     assert int(restored.method_state["epoch"]) == 2
     # The dominant modality was slowed at some logged step (k < 1), the other kept k = 1.
