@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.1  # dropout in the fusion MLP / transformer
 
     c.method = ml_collections.ConfigDict()
-    c.method.name = "mlb"  # joint | multiloss | mlb
+    c.method.name = "mlb"  # any of mlb_jax.methods.METHODS: joint, multiloss, mlb, ogm, ...
     c.method.unimodal_weight = 1.0  # weight of each unimodal CE (multiloss, mlb)
     c.method.alpha = 1.0  # MLB tanh steepness
     c.method.beta_max = 4.0  # MLB acceleration cap (2 = paper's default rule)

@@ -356,6 +356,9 @@ class _EpochContext:
     def predict(self, split: str) -> dict[str, Any]:
         return predict(self.run, self.state, split)
 
+    def model(self) -> Any:
+        return nnx.merge(self.run.graphdef, self.state.params, self.state.rest)
+
 
 def _check_finite(loss: float, step: int, epoch: int, history: dict) -> None:
     if not math.isfinite(loss):

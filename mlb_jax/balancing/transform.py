@@ -53,7 +53,7 @@ def _resolve(mask: MaskOrFn, tree: PyTree) -> PyTree:
     return mask(tree) if callable(mask) else mask
 
 
-def _flat_masks(
+def flat_masks(
     masks: Mapping[str, MaskOrFn], tree: PyTree
 ) -> tuple[jax.tree_util.PyTreeDef, dict[str, list[bool]]]:
     """Flattens every modality's mask against the structure of `tree`, with clear errors."""
@@ -74,7 +74,8 @@ def _flat_masks(
     return treedef, flat
 
 
-def _check_disjoint(tree: PyTree, flat: Mapping[str, list[bool]]) -> None:
+def check_disjoint(tree: PyTree, flat: Mapping[str, list[bool]]) -> None:
+    """Raises ValueError naming every leaf selected by two flattened masks (see `flat_masks`)."""
     paths = parameter_paths(tree)
     clashes = [
         f"{path} ({' and '.join(n for n in flat if flat[n][i])})"
@@ -133,8 +134,8 @@ def mlb_gradient_transform(
         raise ValueError(f"score_ema must be in [0, 1), got {score_ema}")
 
     def init_fn(params: PyTree) -> MLBState:
-        _, flat = _flat_masks(modality_masks, params)
-        _check_disjoint(params, flat)
+        _, flat = flat_masks(modality_masks, params)
+        check_disjoint(params, flat)
         zeros = {n: jnp.zeros([], jnp.float32) for n in names}
         return MLBState(
             count=jnp.zeros([], jnp.int32),
@@ -176,7 +177,7 @@ def mlb_gradient_transform(
             beta_max=_value_at(beta_max, state.count),
         )
 
-        treedef, flat = _flat_masks(modality_masks, params if params is not None else updates)
+        treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
         leaves = treedef.flatten_up_to(updates)
         scaled = list(leaves)
         for n in names:

@@ -41,12 +41,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class EpochContext(Protocol):
-    """What `end_of_epoch` may use: the epoch index and eval-mode predictions of a split."""
+    """What `end_of_epoch` may use: the epoch index, predictions of a split, the model."""
 
     epoch: int
 
     def predict(self, split: str) -> dict[str, Any]:
         """{'labels', 'logits', 'unimodal_logits', 'features'} of every example of `split`."""
+        ...
+
+    def model(self) -> Any:
+        """The model with the current parameters and statistics (for eval-mode use)."""
         ...
 
 

@@ -26,8 +26,7 @@ Deliberate differences from the reference (`Bias_Infusion_MSLR` of kkontras/MLB)
     learning rate the paper describes.
 
 `end_of_epoch` needs the model's fusion parameters to compute u_m from the validation features;
-it takes the eval model from `context.model()` when the trainer's epoch context provides it,
-otherwise merges it from the current trainer's `context.run.graphdef` and `context.state`.
+it takes the eval model from the epoch context's `model()`.
 """
 
 import dataclasses
@@ -38,10 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from mlb_jax.balancing import MLBState
-from mlb_jax.balancing.transform import _check_disjoint, _flat_masks
+from mlb_jax.balancing.transform import check_disjoint, flat_masks
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
 from mlb_jax.methods.ogm import (
     MaskOrFn,
@@ -127,8 +125,8 @@ def modality_scale_transform(
     names = list(modality_masks)
 
     def init_fn(params: PyTree) -> MLBState:
-        _, flat = _flat_masks(modality_masks, params)
-        _check_disjoint(params, flat)
+        _, flat = flat_masks(modality_masks, params)
+        check_disjoint(params, flat)
         zeros = {n: jnp.zeros([], jnp.float32) for n in names}
         return MLBState(
             count=jnp.zeros([], jnp.int32),
@@ -155,7 +153,7 @@ def modality_scale_transform(
                 f"missing {missing}, unknown {unknown}"
             )
         k = {n: jnp.asarray(modality_multipliers[n], jnp.float32) for n in names}
-        treedef, flat = _flat_masks(modality_masks, params if params is not None else updates)
+        treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
         leaves = treedef.flatten_up_to(updates)
         out = list(leaves)
         for n in names:
@@ -182,16 +180,8 @@ def modality_scale_transform(
 
 
 def _epoch_model(context: EpochContext) -> Any:
-    """The eval model at the end of the epoch (see the module docstring)."""
-    if hasattr(context, "model"):
-        return context.model()
-    try:
-        return nnx.merge(context.run.graphdef, context.state.params, context.state.rest)
-    except AttributeError as err:
-        raise TypeError(
-            "MSLR needs the model's fusion parameters at the end of an epoch: the epoch "
-            "context must provide model() (or run.graphdef and state)"
-        ) from err
+    """The eval model at the end of the epoch."""
+    return context.model()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from mlb_jax.balancing import MLBState, modality_masks, parameter_paths
-from mlb_jax.balancing.transform import _check_disjoint, _flat_masks
+from mlb_jax.balancing.transform import check_disjoint, flat_masks
 from mlb_jax.methods.base import EpochContext, Method
 from mlb_jax.models.fusion import LateLinearFusion
 
@@ -282,8 +282,8 @@ def ogm_gradient_transform(
         raise ValueError(f"alpha must be >= 0, got {alpha}")
 
     def init_fn(params: PyTree) -> OGMState:
-        _, flat = _flat_masks(modality_masks, params)
-        _check_disjoint(params, flat)
+        _, flat = flat_masks(modality_masks, params)
+        check_disjoint(params, flat)
         zeros = {n: jnp.zeros([], jnp.float32) for n in names}
         record = MLBState(
             count=jnp.zeros([], jnp.int32),
@@ -316,7 +316,7 @@ def ogm_gradient_transform(
         k = ogm_coefficients(scores, alpha=_value_at(alpha, count))
         k = {n: jnp.where(on, v, 1.0) for n, v in k.items()}
 
-        treedef, flat = _flat_masks(modality_masks, params if params is not None else updates)
+        treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
         leaves = treedef.flatten_up_to(updates)
         out = list(leaves)
         modulated = []  # flat indices of the selected leaves
