@@ -33,47 +33,21 @@ on the raw gradient before Adam; METHODS.md §7.1). For a small dataset, a small
 780-step constant phase is counted in steps, not epochs.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from mlb_jax.config_base import reference_resnet
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns synthetic_av's fields set for a manifest dataset with full ResNet-18 encoders."""
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_av", pathlib.Path(__file__).with_name("synthetic_av.py")
-    )
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = reference_resnet("manifest")  # --config.data.dir=DATA/manifest/<name> is required
 
-    c.data.name = "manifest"  # converted by data_prep.manifest (informational; data.dir is read)
-    c.data.dir = ""  # required: --config.data.dir=DATA/manifest/<name> (or a parent of one)
-    c.data.cache = False  # stream from disk (set True for a dataset that fits in memory)
     c.data.train_split = "train"  # a value of the manifest's split column
     c.data.val_split = "validation"  # a value of the split column; selects the best epoch
     c.data.test_split = "test"  # a value of the split column; the reported accuracy
 
-    c.model.modalities = {  # the manifest's audio (1-channel spectrogram) and video (RGB frames)
-        "audio": {"kind": "audio", "in_channels": 1},
-        "video": {"kind": "video", "in_channels": 3},
-    }
-    c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
-    c.model.fusion = "late_linear"  # MLB's default `cls_type: linear` (concat + one Linear)
-
-    c.method.name = "mlb"  # override with --config.method.name=joint|multiloss
     c.method.alpha = 1.0  # tanh steepness; the reference used 0.5-2 per dataset: tune it
     c.method.beta_max = 2.0  # the paper's default (uncapped) rule; reference: 0.5-10: tune it
-    c.method.placement = "gradients"  # raw gradient before Adam: the reference code's behaviour
 
-    c.train.epochs = 100  # fixed budget; best-on-validation checkpoint is reported
-    c.train.batch_size = 32  # the reference's ResNet batch
-    c.train.eval_batch_size = 128  # any multiple of the device count; no effect on results
-    c.train.optimizer = "adam"  # Adam (0.9, 0.999, eps 1e-7), as the reference
     c.train.lr = 1e-3  # the reference's ResNet LR for Joint / Multi-Loss (and MLB on AVE, UCF)
-    c.train.momentum = 0.9  # unused by Adam
-    c.train.weight_decay = 1e-4  # coupled L2 (PyTorch Adam weight_decay), as the reference
-    c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts (§1.2)
-    c.train.warmup_steps = 780  # constant-LR steps before the restarts (reference: 780)
     return c

@@ -3,20 +3,14 @@
 python -m mlb_jax.train --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from mlb_jax.config_base import synthetic_av
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns synthetic_av with tiny data, model and schedule."""
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_av", pathlib.Path(__file__).with_name("synthetic_av.py")
-    )
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = synthetic_av()
     c.progress = False
     c.model.base_width = 2
     c.train.epochs = 2

@@ -35,47 +35,21 @@ Where this differs from the reference, and why:
 * Seeds are JAX seeds (`--config.seed`); the reference's PyTorch seeds cannot be matched.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from mlb_jax.config_base import reference_resnet
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns synthetic_av's fields set for UCF101-51 with full ResNet-18 encoders."""
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_av", pathlib.Path(__file__).with_name("synthetic_av.py")
-    )
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = reference_resnet("ucf51")
 
-    c.data.name = "ucf51"  # converted by data_prep.ucf51 (informational; data.dir is read)
-    c.data.dir = ""  # required: --config.data.dir=DATA/ucf51/split1 (or a parent of one)
-    c.data.cache = False  # stream from disk: 224x224 frames are too large to keep decoded
     c.data.train_split = "train"  # data_prep.ucf51 splits: train / validation / test
     c.data.val_split = "validation"  # 10 % of the training groups; selects the best epoch
     c.data.test_split = "test"  # official testlist0<k>.txt; the reported accuracy
 
-    c.model.modalities = {  # audio: log-STFT [257, 136], 1 channel; video: 4 RGB frames
-        "audio": {"kind": "audio", "in_channels": 1},
-        "video": {"kind": "video", "in_channels": 3},
-    }
-    c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
-    c.model.fusion = "late_linear"  # MLB's default `cls_type: linear` (concat + one Linear)
-
-    c.method.name = "mlb"  # override with --config.method.name=joint|multiloss
     c.method.alpha = 2.0  # METHODS.md §4.1, UCF MLB
     c.method.beta_max = 0.5  # METHODS.md §4.1, UCF MLB (mode "2": slows both)
-    c.method.placement = "gradients"  # raw gradient before Adam: the reference code's behaviour
 
-    c.train.epochs = 100  # fixed budget instead of the reference's early stopping (see above)
-    c.train.batch_size = 32  # the reference's ResNet batch
-    c.train.eval_batch_size = 128  # any multiple of the device count; no effect on results
-    c.train.optimizer = "adam"  # Adam (0.9, 0.999, eps 1e-7), as the reference
     c.train.lr = 1e-3  # UCF LR of MLB, Joint and Multi-Loss (METHODS.md §4.1)
-    c.train.momentum = 0.9  # unused by Adam
-    c.train.weight_decay = 1e-4  # coupled L2 (PyTorch Adam weight_decay), `run.sh --wd 0.0001`
-    c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts (§1.2)
-    c.train.warmup_steps = 780  # constant-LR steps before the restarts (reference: 780)
     return c

@@ -1,0 +1,147 @@
+"""Shared experiment configs: the synthetic demo and the reference ResNet-18 recipe.
+
+The files under configs/ are thin: each calls one of these and overrides what is its own, so
+a field and its one-line comment live in exactly one place.
+"""
+
+import ml_collections
+
+
+def synthetic_av() -> ml_collections.ConfigDict:
+    """The demo config (configs/synthetic_av.py): MLB on the embedded synthetic dataset."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds model init, dropout and the data order
+    c.progress = True  # show a progress bar per epoch
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic_av"  # 'synthetic_av' (generated) or any converted dataset
+    c.data.dir = ""  # converted dataset directory (unused for synthetic_av)
+    c.data.cache_dir = "~/.cache/mlb_jax/data"  # where the synthetic dataset is cached
+    c.data.cache = True  # keep decoded splits in memory (small datasets only)
+    c.data.train_split = "train"  # split names as written by the converter
+    c.data.val_split = "validation"  # model selection (best epoch) uses this split
+    c.data.test_split = "test"  # reported accuracy comes from this split
+    c.data.synthetic = ml_collections.ConfigDict()  # generator knobs, see mlb_jax/data/README.md
+    c.data.synthetic.seed = 0  # generator seed (the dataset, not the run)
+    c.data.synthetic.num_classes = 8  # K, a multiple of group_size
+    c.data.synthetic.group_size = 2  # classes per audio group: audio alone tells only the group
+    c.data.synthetic.n_train = 2400  # training examples
+    c.data.synthetic.n_val = 400  # validation examples (model selection)
+    c.data.synthetic.n_test = 800  # test examples (reported)
+    c.data.synthetic.spectrogram_shape = (64, 48)  # audio (F, T)
+    c.data.synthetic.frames_shape = (3, 64, 64, 3)  # video (T, H, W, 3)
+    c.data.synthetic.audio_strength = 3.0  # height of the group's frequency band (easy cue)
+    c.data.synthetic.audio_noise = 1.0  # std of the audio background noise
+    c.data.synthetic.audio_within_strength = 0.0  # faint within-group audio cue (0 = none)
+    c.data.synthetic.video_strength = 0.04  # amplitude of the class grating (slow cue)
+    c.data.synthetic.video_noise = 0.25  # std of the per-pixel video noise
+
+    c.model = ml_collections.ConfigDict()
+    c.model.modalities = {  # name -> encoder kind and input channels
+        "audio": {"kind": "audio", "in_channels": 1},
+        "video": {"kind": "video", "in_channels": 3},
+    }
+    c.model.base_width = 8  # ResNet-18 width (64 = standard); 8 keeps the demo CPU-sized
+    c.model.fusion = "late_linear"  # late_linear | mid_mlp | film | gated | transformer
+    c.model.fusion_hidden = 64  # hidden width of mid_mlp / transformer fusion
+    c.model.dropout = 0.1  # dropout in the fusion MLP / transformer
+
+    c.method = ml_collections.ConfigDict()
+    c.method.name = "mlb"  # any of mlb_jax.methods.METHODS: joint, multiloss, mlb, ogm, ...
+    c.method.unimodal_weight = 1.0  # weight of each unimodal CE (multiloss, mlb)
+    c.method.alpha = 1.0  # MLB tanh steepness
+    c.method.beta_max = 4.0  # MLB acceleration cap (2 = paper's default rule)
+    c.method.score = "probability"  # MLB score: probability (paper) | accuracy
+    c.method.score_ema = 0.0  # EMA decay of MLB scores (0 = per-step, as the paper)
+    c.method.placement = "gradients"  # gradients (reference code) | updates (per-modality LR)
+    c.method.ogm = ml_collections.ConfigDict()  # OGM and OGM-GE (METHODS.md 3.4)
+    c.method.ogm.alpha = 0.3  # strength: k = 1 - tanh(alpha * rho) on the dominant modality
+    c.method.ogm.scope = "conv"  # scaled params: conv (official: conv kernels) | encoder (MLB)
+    c.method.ogm.start_epoch = 0  # first modulated epoch (0-based, inclusive)
+    c.method.ogm.end_epoch = 50  # last modulated epoch (inclusive; official 0-50)
+    c.method.ogm.noise_seed = 0  # seed of the OGM-GE gradient noise (ogm_ge only)
+    c.method.mslr = ml_collections.ConfigDict()  # MSLR (METHODS.md 3.5)
+    c.method.mslr.init_lr = {"audio": 0.7, "video": 1.3}  # static multiplier per modality
+    c.method.mslr.keep_memory = 5  # K: past validation accuracies averaged for the ratio
+    c.method.mslr.unimodal_weight = 0.0  # weight of unimodal CEs (0 = CE(fused) only, as ref.)
+    c.method.mslr.unimodal_logits = "split"  # unimodal CEs on: split (fusion-split) | heads
+    c.method.mslr.split = "validation"  # split whose accuracies drive MSLR (= data.val_split)
+    c.method.mmpareto = ml_collections.ConfigDict()  # MMPareto (METHODS.md 3.9)
+    c.method.mmpareto.alpha = 1.5  # gamma: multiplier of the combined encoder gradients
+    c.method.agm = ml_collections.ConfigDict()  # AGM (METHODS.md 3.6)
+    c.method.agm.alpha = 1.0  # strength: k_m = exp(alpha * min(r^_m - r_m, max_exponent))
+    c.method.agm.max_exponent = 10.0  # cap of r^ - r (MLB: 10 for two modalities, 7 for three)
+    c.method.agm.clip_threshold = 1.0  # fusion-kernel grad element beyond +-this clips (0 = off)
+    c.method.agm.clip_norm = 1.0  # global gradient norm after a triggered clip (MLB 3-mod.: 5)
+    c.method.agm.clip_pattern = r"^fusion/.*kernel$"  # watched parameters (regex on param paths)
+    c.method.pmr = ml_collections.ConfigDict()  # PMR (METHODS.md 3.7)
+    c.method.pmr.alpha = 1.0  # weight of the weak modality's prototype CE (MLB 1.5-3, BB 0.6)
+    c.method.pmr.momentum = 0.0  # prototype momentum (0 = replace each epoch, MLB; BB 0.5)
+    c.method.pmr.fraction = 0.1  # fraction of the training split the prototypes come from
+    c.method.pmr.normalize = True  # affine-free batch-statistics normalisation (MLB) | raw (BB)
+    c.method.pmr.split = "train"  # split the prototypes come from (= data.train_split)
+    c.method.pmr.subset_seed = 0  # seed of the per-epoch prototype subset
+    c.method.pmr.max_feature_dim = 512  # stored prototype width (>= every feature width D)
+    c.method.mmcosine = ml_collections.ConfigDict()  # MMCosine (METHODS.md 3.8)
+    c.method.mmcosine.scaling = 10.0  # s in u_m = s * cos(x_m, w_{m,k}) (MLB 10, BB 15)
+    c.method.reconboost = ml_collections.ConfigDict()  # ReconBoost (METHODS.md 3.10)
+    c.method.reconboost.alpha = 0.5  # weight of the agreement term GA (has a gradient here)
+    c.method.reconboost.w1 = 5.0  # weight of the boosted modality's log-likelihood
+    c.method.reconboost.w2 = 1.0  # weight of the ensemble-confidence discount
+    c.method.reconboost.boost_epochs = 1  # E: consecutive boosting epochs per modality
+    c.method.reconboost.ensemble_epochs = 1  # S: ensemble epochs after each modality's boosting
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 12  # training epochs
+    c.train.batch_size = 64  # global batch (divisible by the device count)
+    c.train.eval_batch_size = 200  # global eval batch (padded; divisible by device count)
+    c.train.optimizer = "sgd"  # sgd (momentum; the paper's Eq. 2) | adam
+    c.train.lr = 0.01  # base learning rate
+    c.train.momentum = 0.9  # SGD momentum
+    c.train.weight_decay = 1e-4  # coupled L2 weight decay
+    c.train.schedule = "cosine"  # constant | cosine | step | mlb_warm_restarts
+    c.train.warmup_epochs = 0  # linear warm-up epochs (cosine)
+    c.train.step_epochs = 10  # step schedule: epochs between decays
+    c.train.step_gamma = 0.1  # step schedule: decay factor
+    c.train.warmup_steps = 0  # mlb_warm_restarts: constant-LR steps before the restarts
+    c.train.grad_clip_norm = 0.0  # global-norm clipping (0 = off)
+    c.train.log_every = 10  # steps between logged train metrics (TensorBoard, plots)
+    c.train.num_devices = 0  # devices in the ('data',) mesh (0 = all)
+    c.train.keep_checkpoints = 2  # latest checkpoints kept
+
+    c.probe = ml_collections.ConfigDict()
+    c.probe.steps = 500  # full-batch Adam steps of the linear probes
+    c.probe.lr = 0.05  # probe learning rate
+    return c
+
+
+def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
+    """`synthetic_av` set to the reference ResNet-18 recipe for a converted dataset.
+
+    The newer MLB release's `run.sh` (reference/METHODS.md §4.1, §1.2): Adam (0.9, 0.999,
+    eps 1e-7) with coupled L2 1e-4, batch 32, constant LR for 780 steps then cosine warm
+    restarts over global steps. Each dataset config sets its own MLB alpha / beta_max and LR.
+
+    Args:
+      dataset: the converter's dataset name (informational; `data.dir` is what is read).
+    """
+    c = synthetic_av()
+    c.data.name = dataset  # converted by data_prep.<dataset> (informational; data.dir is read)
+    c.data.dir = ""  # required: --config.data.dir=<converted version dir, or a parent of one>
+    c.data.cache = False  # stream from disk: 224x224 frames are too large to keep decoded
+
+    c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
+    c.model.fusion = "late_linear"  # MLB's default `cls_type: linear` (concat + one Linear)
+
+    c.method.name = "mlb"  # override with --config.method.name=joint|multiloss|...
+    c.method.placement = "gradients"  # raw gradient before Adam: the reference code's behaviour
+
+    c.train.epochs = 100  # fixed budget instead of the reference's early stopping
+    c.train.batch_size = 32  # the reference's ResNet batch
+    c.train.eval_batch_size = 128  # any multiple of the device count; no effect on results
+    c.train.optimizer = "adam"  # Adam (0.9, 0.999, eps 1e-7), as the reference
+    c.train.momentum = 0.9  # unused by Adam
+    c.train.weight_decay = 1e-4  # coupled L2 (PyTorch Adam weight_decay), `run.sh --wd 0.0001`
+    c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts (§1.2)
+    c.train.warmup_steps = 780  # constant-LR steps before the restarts (reference: 780)
+    return c
