@@ -86,6 +86,40 @@ def check_disjoint(tree: PyTree, flat: Mapping[str, list[bool]]) -> None:
         raise ValueError("parameters selected by two modality masks: " + "; ".join(clashes))
 
 
+def initial_state(names: list[str]) -> MLBState:
+    """The state before any update: zero scores, unit coefficients, count 0."""
+    zeros = {n: jnp.zeros([], jnp.float32) for n in names}
+    return MLBState(
+        count=jnp.zeros([], jnp.int32),
+        scores=zeros,
+        smoothed_scores=dict(zeros),
+        coefficients={n: jnp.ones([], jnp.float32) for n in names},
+    )
+
+
+def scale_selected(
+    leaves: list[Any], flat: Mapping[str, list[bool]], coefficients: Mapping[str, jax.Array]
+) -> tuple[list[Any], list[int]]:
+    """Multiplies each leaf selected by modality m's flattened mask by coefficients[m].
+
+    Args:
+      leaves: flattened updates (see `flat_masks`); None leaves are left alone.
+      flat: modality -> flattened boolean mask.
+      coefficients: modality -> scalar, cast to each leaf's dtype.
+
+    Returns:
+      (the new leaves, the indices of the leaves that were scaled).
+    """
+    out = list(leaves)
+    selected_indices = []
+    for name, mask in flat.items():
+        for i, selected in enumerate(mask):
+            if selected and leaves[i] is not None:
+                out[i] = leaves[i] * coefficients[name].astype(leaves[i].dtype)
+                selected_indices.append(i)
+    return out, selected_indices
+
+
 def _value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
     return value(count) if callable(value) else value
 
@@ -136,13 +170,7 @@ def mlb_gradient_transform(
     def init_fn(params: PyTree) -> MLBState:
         _, flat = flat_masks(modality_masks, params)
         check_disjoint(params, flat)
-        zeros = {n: jnp.zeros([], jnp.float32) for n in names}
-        return MLBState(
-            count=jnp.zeros([], jnp.int32),
-            scores=zeros,
-            smoothed_scores=dict(zeros),
-            coefficients={n: jnp.ones([], jnp.float32) for n in names},
-        )
+        return initial_state(names)
 
     def update_fn(
         updates: PyTree,
@@ -178,12 +206,7 @@ def mlb_gradient_transform(
         )
 
         treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
-        leaves = treedef.flatten_up_to(updates)
-        scaled = list(leaves)
-        for n in names:
-            for i, selected in enumerate(flat[n]):
-                if selected and leaves[i] is not None:
-                    scaled[i] = leaves[i] * coefficients[n].astype(leaves[i].dtype)
+        scaled, _ = scale_selected(treedef.flatten_up_to(updates), flat, coefficients)
         new_state = MLBState(
             count=optax.safe_increment(state.count),
             scores=scores,

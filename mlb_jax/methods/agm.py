@@ -60,6 +60,7 @@ import ml_collections
 import optax
 
 from mlb_jax.balancing import MLBState, parameter_paths, path_string
+from mlb_jax.balancing.transform import initial_state
 from mlb_jax.methods.base import Losses, Method, cross_entropy
 
 PyTree = Any
@@ -255,13 +256,7 @@ def agm_gradient_transform(
 
     def init_fn(params: PyTree) -> MLBState:
         del params
-        zeros = {n: jnp.zeros([], jnp.float32) for n in names}
-        return MLBState(
-            count=jnp.zeros([], jnp.int32),
-            scores=zeros,
-            smoothed_scores=dict(zeros),
-            coefficients={n: jnp.ones([], jnp.float32) for n in names},
-        )
+        return initial_state(names)
 
     def update_fn(
         updates: PyTree,

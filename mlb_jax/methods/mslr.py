@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from mlb_jax.balancing import MLBState
-from mlb_jax.balancing.transform import check_disjoint, flat_masks
+from mlb_jax.balancing.transform import check_disjoint, flat_masks, initial_state, scale_selected
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
 from mlb_jax.methods.ogm import (
     MaskOrFn,
@@ -127,13 +127,7 @@ def modality_scale_transform(
     def init_fn(params: PyTree) -> MLBState:
         _, flat = flat_masks(modality_masks, params)
         check_disjoint(params, flat)
-        zeros = {n: jnp.zeros([], jnp.float32) for n in names}
-        return MLBState(
-            count=jnp.zeros([], jnp.int32),
-            scores=zeros,
-            smoothed_scores=dict(zeros),
-            coefficients={n: jnp.ones([], jnp.float32) for n in names},
-        )
+        return initial_state(names)
 
     def update_fn(
         updates: PyTree,
@@ -154,12 +148,7 @@ def modality_scale_transform(
             )
         k = {n: jnp.asarray(modality_multipliers[n], jnp.float32) for n in names}
         treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
-        leaves = treedef.flatten_up_to(updates)
-        out = list(leaves)
-        for n in names:
-            for i, selected in enumerate(flat[n]):
-                if selected and leaves[i] is not None:
-                    out[i] = leaves[i] * k[n].astype(leaves[i].dtype)
+        out, _ = scale_selected(treedef.flatten_up_to(updates), flat, k)
         scores = (
             state.scores
             if modality_scores is None

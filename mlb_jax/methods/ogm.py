@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from mlb_jax.balancing import MLBState, modality_masks, parameter_paths
-from mlb_jax.balancing.transform import check_disjoint, flat_masks
+from mlb_jax.balancing.transform import check_disjoint, flat_masks, initial_state, scale_selected
 from mlb_jax.methods.base import EpochContext, Method
 from mlb_jax.models.fusion import LateLinearFusion
 
@@ -284,14 +284,7 @@ def ogm_gradient_transform(
     def init_fn(params: PyTree) -> OGMState:
         _, flat = flat_masks(modality_masks, params)
         check_disjoint(params, flat)
-        zeros = {n: jnp.zeros([], jnp.float32) for n in names}
-        record = MLBState(
-            count=jnp.zeros([], jnp.int32),
-            scores=zeros,
-            smoothed_scores=dict(zeros),
-            coefficients={n: jnp.ones([], jnp.float32) for n in names},
-        )
-        return OGMState(record, jax.random.key_data(jax.random.key(seed)))
+        return OGMState(initial_state(names), jax.random.key_data(jax.random.key(seed)))
 
     def update_fn(
         updates: PyTree,
@@ -318,13 +311,7 @@ def ogm_gradient_transform(
 
         treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
         leaves = treedef.flatten_up_to(updates)
-        out = list(leaves)
-        modulated = []  # flat indices of the selected leaves
-        for n in names:
-            for i, selected in enumerate(flat[n]):
-                if selected and leaves[i] is not None:
-                    out[i] = leaves[i] * k[n].astype(leaves[i].dtype)
-                    modulated.append(i)
+        out, modulated = scale_selected(leaves, flat, k)  # modulated: flat indices scaled
         if noise and modulated:
             step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), count)
 
