@@ -427,11 +427,12 @@ def torch_name(path: tuple[str, ...]) -> tuple[str, bool]:
 def copy_jax_to_torch(torch: Any, state: Any, model: Any) -> None:
     """Loads the JAX train state's params and BatchNorm statistics into the PyTorch model."""
     import jax
+    from flax import nnx
 
     target = model.state_dict()
     loaded = set()
     for tree in (state.params, state.rest):
-        for path, value in jax.tree_util.tree_leaves_with_path(tree.to_pure_dict()):
+        for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(tree)):
             keys = tuple(str(getattr(k, "key", k)) for k in path)
             if keys[-1] not in ("kernel", "scale", "bias", "mean", "var"):
                 continue  # RNG counters
