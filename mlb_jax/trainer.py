@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mlb_jax.checkpointing import RunCheckpoints
@@ -92,7 +93,8 @@ def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
                 f"{workdir} holds a run with a different config ({'; '.join(diffs[:5])}): "
                 "use a new --workdir, or delete it to start over"
             )
-    write_json_atomic(path, resolved)
+    if jax.process_index() == 0:  # one writer: processes share the workdir
+        write_json_atomic(path, resolved)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -206,12 +208,13 @@ def predict(run: Run, state: TrainState, split: str) -> dict[str, Any]:
     for batch in pipeline.eval_batches(
         run.meta, split, global_batch_size=cfg.train.eval_batch_size, cache=cfg.data.cache
     ):
-        mask = batch["mask"]
-        out = run.eval_step(state, pipeline.to_global(batch, run.mesh))
-        out = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), out)
-        chunks.append(
-            jax.tree.map(lambda x, mask=mask: x[mask], out) | {"labels": batch["label"][mask]}
+        global_batch = pipeline.to_global(batch, run.mesh)
+        out = run.eval_step(state, global_batch)
+        # The whole global batch on every process (with several, outputs span all of them).
+        out, mask, labels = multihost_utils.process_allgather(
+            (out, global_batch["mask"], global_batch["label"]), tiled=True
         )
+        chunks.append(jax.tree.map(lambda x, mask=mask: x[mask], out) | {"labels": labels[mask]})
     return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
 
 
