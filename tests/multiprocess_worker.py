@@ -8,8 +8,8 @@ builds the tiny config's run through ``mlb_jax.trainer.setup`` (a mesh over ever
 devices), reads this process's part of the training data through the trainer's own batch
 iterator, compiles the trainer's jitted step, runs STEPS train steps and writes to OUT.npz:
 the labels it read (``labels``, [STEPS, local batch]), every step's metrics
-(``metric/<name>``, [STEPS]) and the parameters after every step (``param/<path>``,
-[STEPS, ...]).
+(``metric/<name>``, [STEPS]), the parameters after every step (``param/<path>``,
+[STEPS, ...]) and ``trainer.predict`` of the test split after the last (``predict/<key>``).
 """
 
 import os
@@ -44,6 +44,14 @@ def flat_params(params) -> dict[str, np.ndarray]:
     return {
         "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(value)
         for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params))
+    }
+
+
+def flat_outputs(predicted: dict) -> dict[str, np.ndarray]:
+    """`trainer.predict` outputs as {'labels': ..., 'logits': ..., 'unimodal_logits/audio': ...}."""
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(value)
+        for path, value in jax.tree_util.tree_leaves_with_path(predicted)
     }
 
 
@@ -82,9 +90,12 @@ def main(argv: list[str]) -> None:
         metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
         params.append(flat_params(state.params))
     labels = [batch["label"] for batch in batches]
+    # Evaluation gathers outputs that span both processes' devices.
+    predicted = trainer.predict(run, state, config.data.test_split)
     arrays = {"labels": np.stack(labels), "num_devices": np.int32(run.mesh.size)}
     arrays |= {f"metric/{k}": np.array([m[k] for m in metrics]) for k in metrics[0]}
     arrays |= {f"param/{k}": np.stack([p[k] for p in params]) for k in params[0]}
+    arrays |= {f"predict/{k}": v for k, v in flat_outputs(predicted).items()}
     tmp = f"{out}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, out)
