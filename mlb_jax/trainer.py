@@ -293,9 +293,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     try:
         for epoch in range(len(history["epochs"]), epochs):
             state, history = _train_epoch(run, state, history, epoch, writer, log_every, show)
-            ckpts.save(int(state.step), state, history)
+            # Best first: once the latest checkpoint names epoch e as best, its weights are on
+            # disk; a kill in between only repeats epoch e, which re-saves it.
             if history["best"]["epoch"] == epoch:
                 ckpts.save_best(int(state.step), state)
+            ckpts.save(int(state.step), state, history)
         results = finish(run, ckpts, state, history, workdir, started)
     finally:
         writer.close()
