@@ -24,9 +24,31 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "comparison directory")
-_METHODS = flags.DEFINE_list("methods", ["joint", "multiloss", "mlb"], "methods to compare")
+_METHODS = flags.DEFINE_list(
+    "methods", ["joint", "multiloss", "mlb"], "methods to compare ('all': every registered one)"
+)
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def expand_methods(names: list[str]) -> list[str]:
+    """The method names to run: 'all' stands for every registered method, in registry order.
+
+    Raises:
+        ValueError: naming an unknown method (before anything runs).
+    """
+    from mlb_jax.methods import METHODS
+
+    out: list[str] = []
+    for name in names:
+        for method in list(METHODS) if name == "all" else [name]:
+            if method not in METHODS:
+                raise ValueError(
+                    f"unknown method {method!r} in --methods; choose from all, {', '.join(METHODS)}"
+                )
+            if method not in out:
+                out.append(method)
+    return out
 
 
 def run_all(config, workdir: pathlib.Path, methods: list[str], seeds: list[int]) -> dict:
@@ -100,7 +122,7 @@ def main(argv: list[str]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in _SEEDS.value]
     try:
-        results = run_all(_CONFIG.value, workdir, list(_METHODS.value), seeds)
+        results = run_all(_CONFIG.value, workdir, expand_methods(list(_METHODS.value)), seeds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

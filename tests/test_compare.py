@@ -44,3 +44,13 @@ def test_finished_runs_are_reused_and_summarised(tmp_path):
         in text
     )
     assert "seeds [0, 1]" in text
+
+
+def test_methods_all_expands_to_the_registry_and_unknown_names_fail_first():
+    from mlb_jax.methods import METHODS
+
+    assert compare.expand_methods(["all"]) == list(METHODS)
+    assert compare.expand_methods(["mlb", "all"])[:2] == ["mlb", "joint"]
+    assert len(compare.expand_methods(["mlb", "all"])) == len(METHODS)
+    with pytest.raises(ValueError, match=r"unknown method 'mlbb' in --methods"):
+        compare.expand_methods(["joint", "mlbb"])
