@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mlb_jax.models.conv import conv_general_dilated
+
 # PyTorch BatchNorm momentum 0.1 weights the new batch; Flax's momentum weights the running value.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -67,6 +69,7 @@ class ConvBN(nnx.Module):
             padding=((padding, padding), (padding, padding)),
             use_bias=False,
             kernel_init=_conv_init,
+            conv_general_dilated=conv_general_dilated,
             rngs=rngs,
         )
         self.bn = nnx.BatchNorm(

@@ -1,0 +1,255 @@
+"""2-D convolution with a per-layer choice of algorithm for each pass, for XLA's CPU backend.
+
+XLA's CPU convolution is near PyTorch/oneDNN speed on large feature maps in the forward and
+input-gradient passes, but slow in two places (benchmarks/README.md has the per-layer table):
+
+* the kernel gradient, which XLA computes as another convolution whose "kernel" is the output
+  gradient (as large as the feature map) and whose output is the small k x k kernel: 3-9x
+  PyTorch's time on ResNet-18's stem, first stage and 1x1 downsample layers;
+* feature maps not larger than the kernel's reach (e.g. 2x2 maps under a padded 3x3 kernel,
+  ResNet-18's last stage on 56x56 frames): 10-30x an equivalent matrix product.
+
+:func:`conv_general_dilated` is a drop-in for ``jax.lax.conv_general_dilated``
+(``nnx.Conv(conv_general_dilated=...)``) that keeps XLA's convolution where it is fast and uses
+im2col matrix products elsewhere:
+
+    patches[n, y, x, (i, j, c)] = xpad[n, s*y + i, s*x + j, c]        (built by strided slices)
+    forward:          y  = patches @ W.reshape(k*k*C_in, C_out)
+    input gradient:   dx = im2col^T(dy @ W.reshape(k*k*C_in, C_out)^T)  (slices transposed)
+    kernel gradient:  dW = patches^T @ dy
+
+For stride-1 kernel gradients of large maps the patches are not built at all: each of the
+k*k taps is one product of contiguous row ranges of the flattened padded input and output
+gradient (`_shifted_kernel_grad`).
+
+The choice is static, per layer and per pass, from the shapes (`plan`); nothing extra is kept
+from the forward pass (the patches are rebuilt in the backward pass). The mathematics is
+unchanged: same function, same gradients up to float32 summation order.
+
+Whether the choice is made is decided when the step is traced, by the environment variable
+``MLB_JAX_CONV``: ``auto`` (default: the per-layer plan on the CPU backend; XLA's convolution
+everywhere on GPUs and TPUs, whose convolution libraries are fast at every pass), ``im2col``
+(the plan on any backend) or ``xla`` (XLA's convolution everywhere). Calls other than 2-D
+NHWC/HWIO with explicit padding, no dilation and one feature group always go to
+``lax.conv_general_dilated``.
+"""
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+ENV = "MLB_JAX_CONV"
+# Output maps with at most this many positions (8x8) use matrix products in every pass.
+SMALL_MAP = 64
+# Kernel gradients of maps with at least this many positions (16x16) and this many output
+# channels use the patches product (and of 1x1 kernels always).
+LARGE_MAP = 256
+WIDE_OUTPUT = 32
+
+
+class Plan(NamedTuple):
+    """Which algorithm each pass of one convolution uses (True: im2col matrix product)."""
+
+    forward: bool
+    input_grad: bool
+    kernel_grad: bool
+
+
+def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], out_hw: tuple[int, int]) -> Plan:
+    """The per-pass algorithm choice for one convolution, from its static shapes.
+
+    The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer table):
+    small output maps are faster as matrix products in every pass; the kernel gradient is
+    faster as a patches product for 1x1 kernels and for large maps with enough output channels.
+
+    Args:
+        x_shape: [N, H, W, C_in].
+        kernel_shape: [kh, kw, C_in, C_out].
+        out_hw: (H', W') of the output.
+
+    Returns:
+        The plan.
+    """
+    positions = out_hw[0] * out_hw[1]
+    small = positions <= SMALL_MAP
+    one_by_one = tuple(kernel_shape[:2]) == (1, 1)
+    large = positions >= LARGE_MAP and kernel_shape[3] >= WIDE_OUTPUT
+    return Plan(forward=small, input_grad=small, kernel_grad=small or one_by_one or large)
+
+
+def enabled() -> bool:
+    """Whether traced convolutions follow `plan` (see the module doc).
+
+    Raises:
+        ValueError: for a value of ``MLB_JAX_CONV`` other than auto, im2col, xla.
+    """
+    choice = os.environ.get(ENV, "auto")
+    if choice not in ("auto", "im2col", "xla"):
+        raise ValueError(f"{ENV}={choice!r}: use auto, im2col or xla")
+    return choice == "im2col" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Array:
+    """Patches of a convolution's input, one row per output position.
+
+    Args:
+        x: [N, H, W, C] input.
+        kernel_hw: (kh, kw).
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)) zero padding.
+
+    Returns:
+        [N, H', W', kh * kw * C], the last axis ordered (i, j, c) like an HWIO kernel's
+        leading axes, so that ``patches @ kernel.reshape(-1, C_out)`` is the convolution.
+    """
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    cols = [
+        lax.slice(
+            x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+def _matmul_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    patches = im2col(x, kernel.shape[:2], strides, padding)
+    return patches @ kernel.reshape(-1, kernel.shape[3])
+
+
+def _shifted_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, padding) -> jax.Array:
+    """Kernel gradient of a stride-1 convolution as k*k products of row-shifted flat views.
+
+    With the padded input flattened to rows [N*Hp*Wp, C] and dy placed at the top-left of a
+    padded-size map and flattened the same way, output position (n, y, x) and input position
+    (n, y+i, x+j) are exactly i*Wp + j rows apart, so tap (i, j) of the kernel gradient is one
+    product of contiguous row ranges: no patches are built.
+    """
+    kh, kw, c, co = kernel_shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    n, hp, wp, _ = xp.shape
+    oh, ow = dy.shape[1:3]
+    rows = n * hp * wp
+    length = rows - ((kh - 1) * wp + kw - 1)
+    xf = xp.reshape(rows, c)
+    dyt = jnp.pad(dy, ((0, 0), (0, hp - oh), (0, wp - ow), (0, 0))).reshape(rows, co)[:length].T
+    taps = [
+        dyt @ lax.slice_in_dim(xf, i * wp + j, i * wp + j + length)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(taps).reshape(kh, kw, co, c).transpose(0, 1, 3, 2)
+
+
+def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:
+    return tuple(
+        (x_shape[1 + a] + sum(padding[a]) - kernel_shape[a]) // strides[a] + 1 for a in (0, 1)
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    p = plan(x.shape, kernel.shape, _out_hw(x.shape, kernel.shape, strides, padding))
+    return (_matmul_conv if p.forward else _xla_conv)(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    p = plan(x.shape, kernel.shape, dy.shape[1:3])
+    kernel_2d = kernel.reshape(-1, kernel.shape[3])
+    if p.input_grad:
+        _, patches_vjp = jax.vjp(lambda x_: im2col(x_, kernel.shape[:2], strides, padding), x)
+        (dx,) = patches_vjp(dy @ kernel_2d.T)
+    else:
+        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)
+        (dx,) = input_vjp(dy)
+    if p.kernel_grad and strides == (1, 1) and not p.forward:
+        dkernel = _shifted_kernel_grad(x, dy, kernel.shape, padding)
+    elif p.kernel_grad:
+        patches = im2col(x, kernel.shape[:2], strides, padding)
+        dkernel = jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
+    else:
+        _, kernel_vjp = jax.vjp(lambda k_: _xla_conv(x, k_, strides, padding), kernel)
+        (dkernel,) = kernel_vjp(dy)
+    return dx, dkernel
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+    return tuple(dimension_numbers) == _NHWC
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` with a per-layer, per-pass algorithm (see module doc).
+
+    Args and return: as ``jax.lax.conv_general_dilated``. When `enabled`, 2-D NHWC/HWIO
+    convolutions with explicit padding pairs, no dilation, one group, default precision and
+    no output sharding follow `plan`; every other call is forwarded unchanged.
+    """
+    planned = (
+        enabled()
+        and lhs.ndim == 4
+        and _is_nhwc(dimension_numbers)
+        and not isinstance(padding, str)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+        and out_sharding is None
+    )
+    if not planned:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            out_sharding=out_sharding,
+        )
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding)

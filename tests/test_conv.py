@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from mlb_jax.models import conv
+from mlb_jax.models.resnet import AudioEncoder
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (kernel, stride, padding, C_in, C_out, (H, W)) -> the plan each one must get.
+CASES = [
+    # large map, wide output, stride 1: XLA forward/input grad, shifted-rows kernel grad
+    ((3, 1, 1, 4, 32, (17, 16)), conv.Plan(False, False, True)),
+    # large map, 7x7 stride-2 stem with a wide output: patches kernel grad
+    ((7, 2, 3, 3, 32, (33, 40)), conv.Plan(False, False, True)),
+    # large map, narrow output: XLA everywhere
+    ((7, 2, 3, 3, 8, (33, 40)), conv.Plan(False, False, False)),
+    # mid-sized map (10x9 = 90 positions), 3x3: XLA everywhere
+    ((3, 1, 1, 8, 8, (10, 9)), conv.Plan(False, False, False)),
+    # 1x1 stride-2 downsample on a mid-sized map: patches kernel grad only
+    ((1, 2, 0, 8, 16, (20, 18)), conv.Plan(False, False, True)),
+    # 2x2 map under a padded 3x3 kernel: matrix products in every pass
+    ((3, 1, 1, 16, 16, (2, 2)), conv.Plan(True, True, True)),
+    # strided 3x3 on a small map (odd sizes)
+    ((3, 2, 1, 8, 8, (7, 5)), conv.Plan(True, True, True)),
+]
+
+
+def _conv_fn(x, kernel, stride, pad):
+    return conv.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC
+    )
+
+
+def _lax_fn(x, kernel, stride, pad):
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC
+    )
+
+
+@pytest.mark.parametrize(("case", "expected"), CASES)
+def test_plan_and_values_and_gradients_equal_lax(case, expected, monkeypatch):
+    k, stride, pad, cin, cout, hw = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.1, jnp.float32)
+    out_hw = tuple((hw[a] + 2 * pad - k) // stride + 1 for a in (0, 1))
+    assert conv.plan(x.shape, kernel.shape, out_hw) == expected
+    weights = jnp.asarray(rng.standard_normal((2, *out_hw, cout)), jnp.float32)
+
+    def loss(fn):
+        return lambda x_, k_: jnp.sum(jnp.tanh(fn(x_, k_, stride, pad)) * weights)
+
+    monkeypatch.setenv(conv.ENV, "im2col")
+    got = jax.jit(jax.value_and_grad(loss(_conv_fn), argnums=(0, 1)))(x, kernel)
+    want = jax.value_and_grad(loss(_lax_fn), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1][1], want[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_plan_on_resnet18_layers():
+    # ResNet-18 on 112x112 frames: stem 56x56 out, stage 1 at 28x28, last stage at 4x4.
+    assert conv.plan((48, 112, 112, 3), (7, 7, 3, 64), (56, 56)) == conv.Plan(False, False, True)
+    assert conv.plan((48, 28, 28, 64), (3, 3, 64, 64), (28, 28)) == conv.Plan(False, False, True)
+    assert conv.plan((48, 14, 14, 128), (3, 3, 128, 128), (14, 14)) == conv.Plan(
+        False, False, False
+    )
+    assert conv.plan((48, 4, 4, 512), (3, 3, 512, 512), (4, 4)) == conv.Plan(True, True, True)
+
+
+def test_xla_mode_and_unsupported_calls_are_lax_bit_for_bit(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)
+
+    def grads(fn, **kw):
+        return jax.grad(lambda x_, k_: jnp.sum(fn(x_, k_, (1, 1), **kw) ** 2), (0, 1))(x, kernel)
+
+    monkeypatch.setenv(conv.ENV, "xla")
+    pad = ((1, 1), (1, 1))
+    for a, b in zip(
+        grads(conv.conv_general_dilated, padding=pad, dimension_numbers=NHWC),
+        grads(lax.conv_general_dilated, padding=pad, dimension_numbers=NHWC),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv(conv.ENV, "im2col")
+    for kw in ({"padding": "SAME"}, {"padding": pad, "rhs_dilation": (2, 2)}):
+        for a, b in zip(
+            grads(conv.conv_general_dilated, dimension_numbers=NHWC, **kw),
+            grads(lax.conv_general_dilated, dimension_numbers=NHWC, **kw),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_planned_calls_use_the_custom_gradient_and_xla_mode_does_not(monkeypatch):
+    x = jnp.zeros((1, 8, 8, 2))
+    kernel = jnp.zeros((3, 3, 2, 4))
+
+    def jaxpr():
+        return str(jax.make_jaxpr(lambda a, b: _conv_fn(a, b, 1, 1))(x, kernel))
+
+    monkeypatch.setenv(conv.ENV, "im2col")
+    assert "custom_vjp_call" in jaxpr()
+    monkeypatch.setenv(conv.ENV, "xla")
+    assert "custom_vjp_call" not in jaxpr()
+
+
+def test_auto_follows_the_backend(monkeypatch):
+    monkeypatch.setenv(conv.ENV, "auto")
+    assert conv.enabled() is (jax.default_backend() == "cpu")
+    monkeypatch.setenv(conv.ENV, "xla")
+    assert conv.enabled() is False
+
+
+def test_bad_mode_names_the_variable(monkeypatch):
+    monkeypatch.setenv(conv.ENV, "fast")
+    with pytest.raises(ValueError, match=r"MLB_JAX_CONV='fast': use auto, im2col or xla"):
+        conv.enabled()
+
+
+def test_encoder_gradients_match_xla_convolutions(monkeypatch):
+    encoder = AudioEncoder(base_width=4, rngs=nnx.Rngs(0))
+    spec = jnp.asarray(np.random.default_rng(2).standard_normal((2, 40, 36)), jnp.float32)
+
+    def loss(model):
+        return jnp.sum(model(spec, train=True) ** 2)
+
+    grads = {}
+    for mode in ("xla", "im2col"):
+        monkeypatch.setenv(conv.ENV, mode)
+        # A fresh jit per mode: the mode is read when the step is traced.
+        grads[mode] = jax.tree.leaves(nnx.jit(lambda m: nnx.grad(loss)(m))(encoder))
+    for a, b in zip(grads["xla"], grads["im2col"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
