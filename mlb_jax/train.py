@@ -26,6 +26,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
     False,
     "call jax.distributed.initialize() (multi-host: Cloud TPU pods, multi-node GPU)",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "with --distributed: 'host:port' of process 0 ('' = detected)"
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", 0, "with --distributed: processes in the job (0 = detected)"
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", -1, "with --distributed: this process's index (-1 = detected)"
+)
 _CACHE = flags.DEFINE_string(
     "compilation_cache",
     DEFAULT_COMPILATION_CACHE,
@@ -38,7 +47,17 @@ def main(argv: list[str]) -> None:
     """Runs one training job; user errors become one line on stderr and exit status 2."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_process(_DISTRIBUTED.value, _CACHE.value)
+    try:
+        setup_process(
+            _DISTRIBUTED.value,
+            _CACHE.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     from mlb_jax.trainer import train_and_evaluate
 
     try:

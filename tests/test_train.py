@@ -221,3 +221,26 @@ def test_cli_missing_data_dir(tmp_path):
     )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and str(tmp_path / "nothing") in proc.stderr
+
+
+def test_cli_process_flags_without_distributed_one_line(tmp_path):
+    proc = run_cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", "--num_processes=2")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == ["error: --num_processes given without --distributed; add --distributed"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_setup_process_passes_only_the_given_process_arguments(monkeypatch):
+    from mlb_jax import runtime
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    runtime.setup_process(True, "")
+    runtime.setup_process(
+        True, "", coordinator_address="10.0.0.1:1234", num_processes=4, process_id=0
+    )
+    assert calls == [
+        {},
+        {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 0},
+    ]
