@@ -290,22 +290,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     epochs = config.train.epochs
     log_every = max(1, config.train.log_every)
     show = config.get("progress", True) and jax.process_index() == 0
+    timing: dict[str, float] = {}
     try:
         for epoch in range(len(history["epochs"]), epochs):
-            state, history = _train_epoch(run, state, history, epoch, writer, log_every, show)
+            state, history = _train_epoch(
+                run, state, history, epoch, writer, log_every, show, timing
+            )
             # Best first: once the latest checkpoint names epoch e as best, its weights are on
             # disk; a kill in between only repeats epoch e, which re-saves it.
             if history["best"]["epoch"] == epoch:
                 ckpts.save_best(int(state.step), state)
             ckpts.save(int(state.step), state, history)
-        results = finish(run, ckpts, state, history, workdir, started)
+        results = finish(run, ckpts, state, history, workdir, started, timing)
     finally:
         writer.close()
         ckpts.close()
     return results
 
 
-def _train_epoch(run, state, history, epoch, writer, log_every, show):
+def _train_epoch(run, state, history, epoch, writer, log_every, show, timing):
     cfg = run.config
     start = time.time()
     sums: dict[str, float] = {}
@@ -318,8 +321,15 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show):
         leave=False,
     )
     for batch in bar:
+        step_start = time.time()
         state, metrics = run.train_step(state, pipeline.to_global(batch, run.mesh))
-        step = int(state.step)
+        step = int(state.step)  # waits for the step
+        if not timing:
+            # The process's first step traces and compiles the step (or loads it from the
+            # persistent compilation cache) before running it.
+            timing["first_step_seconds"] = time.time() - step_start
+            if show:
+                tqdm.write(f"first train step (incl. compilation): {time.time() - step_start:.1f}s")
         if step % log_every == 0 or count == 0:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(host["loss"], step, epoch, history)
@@ -385,10 +395,12 @@ def finish(
     history: dict,
     workdir: pathlib.Path,
     started: float,
+    timing: dict[str, float] | None = None,
 ) -> dict:
     """Best-on-validation model: test metrics, probes, results.json and plots.
 
     `started` is when this invocation began (time.time()); results record its wall time.
+    `timing` may hold `first_step_seconds` (compilation + one step, this invocation).
     """
     cfg = run.config
     best_state = ckpts.restore_best(state)
@@ -423,6 +435,7 @@ def finish(
         "num_test_examples": len(test["labels"]),
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
         "wall_seconds": time.time() - started,  # this invocation only (a resume restarts it)
+        "first_step_seconds": (timing or {}).get("first_step_seconds"),  # None: no step ran
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)

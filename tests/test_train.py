@@ -66,6 +66,8 @@ def test_results_contract_and_loss_decreases(reference_run):
     assert set(on_disk["probe_accuracy"]) == {"audio", "video"}
     assert on_disk["method"] == "mlb" and on_disk["seed"] == 0
     assert on_disk["steps"] == 2 * (128 // 16)  # 2 epochs of 8 steps
+    # The first step (compilation included) is part of the first epoch's time.
+    assert 0 < on_disk["first_step_seconds"] <= on_disk["train_seconds"]
     # Every test example counted exactly once despite the padded last eval batch (40 / 32).
     assert on_disk["num_test_examples"] == 40
     epochs = json.loads((workdir / "config.json").read_text())["train"]["epochs"]
