@@ -329,7 +329,9 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show, timing):
             # persistent compilation cache) before running it.
             timing["first_step_seconds"] = time.time() - step_start
             if show:
-                tqdm.write(f"first train step (incl. compilation): {time.time() - step_start:.1f}s")
+                tqdm.write(
+                    f"first train step (incl. compilation): {timing['first_step_seconds']:.1f}s"
+                )
         if step % log_every == 0 or count == 0:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(host["loss"], step, epoch, history)
