@@ -15,6 +15,7 @@ step times, measured within one process run.
     python benchmarks/step_speed.py --quick          # small shapes, a minute
     python benchmarks/step_speed.py --device=gpu     # JAX CUDA against torch CUDA
     python benchmarks/step_speed.py --check          # same weights: do the two agree?
+    python benchmarks/step_speed.py --with-xla-conv  # also JAX with XLA's convolution only
 
 Peak memory: on the CPU each framework is run again alone in a child process and its peak
 resident set size is read from Linux's ``VmHWM`` (``/proc/self/status``; ``ru_maxrss`` would
@@ -322,7 +323,7 @@ def describe_times(name: str, seconds: list[float], batch_size: int) -> str:
     """One line: median and min step time and samples/s."""
     median = statistics.median(seconds)
     return (
-        f"  {name:<8} step {1000 * median:8.1f} ms median ({1000 * min(seconds):.1f} min) "
+        f"  {name:<11} step {1000 * median:8.1f} ms median ({1000 * min(seconds):.1f} min) "
         f"= {batch_size / median:7.2f} samples/s"
     )
 
@@ -487,6 +488,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument(
+        "--with-xla-conv",
+        action="store_true",
+        help="also time the JAX step with XLA's convolution everywhere (MLB_JAX_CONV=xla)",
+    )
     parser.add_argument("--check", action="store_true", help="only the equivalence check")
     parser.add_argument("--probe", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-shape", help=argparse.SUPPRESS)
@@ -521,10 +527,23 @@ def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
         "jax": lambda: jax_step.run(device_batch),
         "pytorch": torch_runner(torch, step, inputs, args.device),
     }
+    if args.with_xla_conv:
+        # mlb_jax.models.conv reads MLB_JAX_CONV when the step is traced.
+        previous = os.environ.get("MLB_JAX_CONV")
+        os.environ["MLB_JAX_CONV"] = "xla"
+        xla_step, _ = build_jax_step(args.method, args.base_width, device_batch)
+        if previous is None:
+            del os.environ["MLB_JAX_CONV"]
+        else:
+            os.environ["MLB_JAX_CONV"] = previous
+        runners["jax-xlaconv"] = lambda: xla_step.run(device_batch)
     times = alternate(runners, args.reps, args.warmup)
     for name, seconds in times.items():
         print(describe_times(name, seconds, args.batch))
     print("  " + ratio_summary(times, "jax", "pytorch"), flush=True)
+    if args.with_xla_conv:
+        print("  " + ratio_summary(times, "jax-xlaconv", "pytorch"))
+        print("  " + ratio_summary(times, "jax", "jax-xlaconv"), flush=True)
     if args.device == "gpu":
         jax_peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0)
         torch_peak = torch.cuda.max_memory_allocated()
