@@ -10,22 +10,26 @@ from mlb_jax.models.resnet import AudioEncoder
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
+X, P, S, W = conv.XLA, conv.PATCHES, conv.SHIFTED, conv.WINOGRAD
 # (kernel, stride, padding, C_in, C_out, (H, W)) -> the plan each one must get.
 CASES = [
-    # large map, wide output, stride 1: XLA forward/input grad, shifted-rows kernel grad
-    ((3, 1, 1, 4, 32, (17, 16)), conv.Plan(False, False, True)),
+    # large map, wide output, stride 1, too few channels for Winograd: shifted-rows kernel grad
+    ((3, 1, 1, 4, 32, (17, 16)), conv.Plan(X, X, S)),
     # large map, 7x7 stride-2 stem with a wide output: patches kernel grad
-    ((7, 2, 3, 3, 32, (33, 40)), conv.Plan(False, False, True)),
+    ((7, 2, 3, 3, 32, (33, 40)), conv.Plan(X, X, P)),
     # large map, narrow output: XLA everywhere
-    ((7, 2, 3, 3, 8, (33, 40)), conv.Plan(False, False, False)),
-    # mid-sized map (10x9 = 90 positions), 3x3: XLA everywhere
-    ((3, 1, 1, 8, 8, (10, 9)), conv.Plan(False, False, False)),
+    ((7, 2, 3, 3, 8, (33, 40)), conv.Plan(X, X, X)),
+    # mid-sized map (10x9 = 90 positions), 3x3, narrow: XLA everywhere
+    ((3, 1, 1, 8, 8, (10, 9)), conv.Plan(X, X, X)),
     # 1x1 stride-2 downsample on a mid-sized map: patches kernel grad only
-    ((1, 2, 0, 8, 16, (20, 18)), conv.Plan(False, False, True)),
+    ((1, 2, 0, 8, 16, (20, 18)), conv.Plan(X, X, P)),
     # 2x2 map under a padded 3x3 kernel: matrix products in every pass
-    ((3, 1, 1, 16, 16, (2, 2)), conv.Plan(True, True, True)),
+    ((3, 1, 1, 16, 16, (2, 2)), conv.Plan(P, P, P)),
     # strided 3x3 on a small map (odd sizes)
-    ((3, 2, 1, 8, 8, (7, 5)), conv.Plan(True, True, True)),
+    ((3, 2, 1, 8, 8, (7, 5)), conv.Plan(P, P, P)),
+    # stride-1 3x3 with 32 channels: Winograd, map sides not multiples of the 4x4 tile
+    ((3, 1, 1, 32, 32, (9, 7)), conv.Plan(W, W, W)),
+    ((3, 1, 1, 32, 48, (13, 10)), conv.Plan(W, W, W)),
 ]
 
 
@@ -48,7 +52,7 @@ def test_plan_and_values_and_gradients_equal_lax(case, expected, monkeypatch):
     x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.1, jnp.float32)
     out_hw = tuple((hw[a] + 2 * pad - k) // stride + 1 for a in (0, 1))
-    assert conv.plan(x.shape, kernel.shape, out_hw) == expected
+    assert conv.plan(x.shape, kernel.shape, (stride,) * 2, ((pad, pad),) * 2) == expected
     weights = jnp.asarray(rng.standard_normal((2, *out_hw, cout)), jnp.float32)
 
     def loss(fn):
@@ -63,13 +67,17 @@ def test_plan_and_values_and_gradients_equal_lax(case, expected, monkeypatch):
 
 
 def test_plan_on_resnet18_layers():
+    def plan(x_shape, kernel_shape, stride, pad):
+        return conv.plan(x_shape, kernel_shape, (stride,) * 2, ((pad, pad),) * 2)
+
     # ResNet-18 on 112x112 frames: stem 56x56 out, stage 1 at 28x28, last stage at 4x4.
-    assert conv.plan((48, 112, 112, 3), (7, 7, 3, 64), (56, 56)) == conv.Plan(False, False, True)
-    assert conv.plan((48, 28, 28, 64), (3, 3, 64, 64), (28, 28)) == conv.Plan(False, False, True)
-    assert conv.plan((48, 14, 14, 128), (3, 3, 128, 128), (14, 14)) == conv.Plan(
-        False, False, False
-    )
-    assert conv.plan((48, 4, 4, 512), (3, 3, 512, 512), (4, 4)) == conv.Plan(True, True, True)
+    assert plan((48, 112, 112, 3), (7, 7, 3, 64), 2, 3) == conv.Plan(X, X, P)
+    assert plan((48, 28, 28, 64), (3, 3, 64, 64), 1, 1) == conv.Plan(W, W, W)
+    assert plan((48, 28, 28, 64), (3, 3, 64, 128), 2, 1) == conv.Plan(X, X, X)
+    assert plan((48, 14, 14, 128), (3, 3, 128, 128), 1, 1) == conv.Plan(W, W, W)
+    assert plan((48, 4, 4, 512), (3, 3, 512, 512), 1, 1) == conv.Plan(P, P, P)
+    # 224x224 frames: the last stage at 7x7 keeps Winograd for the kernel gradient only.
+    assert plan((48, 7, 7, 512), (3, 3, 512, 512), 1, 1) == conv.Plan(P, P, W)
 
 
 def test_xla_mode_and_unsupported_calls_are_lax_bit_for_bit(monkeypatch):
@@ -125,8 +133,10 @@ def test_bad_mode_names_the_variable(monkeypatch):
 
 
 def test_encoder_gradients_match_xla_convolutions(monkeypatch):
-    encoder = AudioEncoder(base_width=4, rngs=nnx.Rngs(0))
-    spec = jnp.asarray(np.random.default_rng(2).standard_normal((2, 40, 36)), jnp.float32)
+    # Width 8 on 112x100: stage 3 (32 channels, 7x7) takes Winograd, stages 1-2 XLA or
+    # shifted rows, the strided and 1x1 layers patches, stage 4 (4x4) matrix products.
+    encoder = AudioEncoder(base_width=8, rngs=nnx.Rngs(0))
+    spec = jnp.asarray(np.random.default_rng(2).standard_normal((2, 112, 100)), jnp.float32)
 
     def loss(model):
         return jnp.sum(model(spec, train=True) ** 2)

@@ -1,7 +1,8 @@
 """2-D convolution with a per-layer choice of algorithm for each pass, for XLA's CPU backend.
 
-XLA's CPU convolution is near PyTorch/oneDNN speed on large feature maps in the forward and
-input-gradient passes, but slow in two places (benchmarks/README.md has the per-layer table):
+XLA's CPU convolution is about 2x PyTorch/oneDNN on large 64/128-channel feature maps in the
+forward and input-gradient passes, and slower still in two places (benchmarks/README.md has
+the per-layer tables):
 
 * the kernel gradient, which XLA computes as another convolution whose "kernel" is the output
   gradient (as large as the feature map) and whose output is the small k x k kernel: 3-9x
@@ -10,28 +11,34 @@ input-gradient passes, but slow in two places (benchmarks/README.md has the per-
   ResNet-18's last stage on 56x56 frames): 10-30x an equivalent matrix product.
 
 :func:`conv_general_dilated` is a drop-in for ``jax.lax.conv_general_dilated``
-(``nnx.Conv(conv_general_dilated=...)``) that keeps XLA's convolution where it is fast and uses
-im2col matrix products elsewhere:
+(``nnx.Conv(conv_general_dilated=...)``) that picks, per layer and per pass, among XLA's
+convolution and three other formulations of the same sums:
 
-    patches[n, y, x, (i, j, c)] = xpad[n, s*y + i, s*x + j, c]        (built by strided slices)
+* Winograd F(4x4, 3x3) (`mlb_jax.models.winograd`) for every pass of the stride-1, padding-1
+  3x3 layers that make up most of ResNet-18's work: 4x fewer multiply-adds than the direct
+  convolution, as cheap transforms and 36 matrix products;
+* im2col patches, one row per output position (built by strided slices)::
+
+    patches[n, y, x, (i, j, c)] = xpad[n, s*y + i, s*x + j, c]
     forward:          y  = patches @ W.reshape(k*k*C_in, C_out)
     input gradient:   dx = im2col^T(dy @ W.reshape(k*k*C_in, C_out)^T)  (slices transposed)
     kernel gradient:  dW = patches^T @ dy
 
-For stride-1 kernel gradients of large maps the patches are not built at all: each of the
-k*k taps is one product of contiguous row ranges of the flattened padded input and output
-gradient (`_shifted_kernel_grad`).
+* for stride-1 kernel gradients, no patches at all: each of the k*k taps is one product of
+  contiguous row ranges of the flattened padded input and output gradient
+  (`_shifted_kernel_grad`).
 
-The choice is static, per layer and per pass, from the shapes (`plan`); nothing extra is kept
-from the forward pass (the patches are rebuilt in the backward pass). The mathematics is
-unchanged: same function, same gradients up to float32 summation order.
+The choice is static, from the shapes (`plan`); nothing extra is kept from the forward pass
+(patches and transforms are rebuilt in the backward pass). The mathematics is unchanged:
+same function, same gradients up to float32 rounding (~1e-5 relative for Winograd, whose
+transform coefficients reach 8; summation order for the others).
 
 Whether the choice is made is decided when the step is traced, by the environment variable
 ``MLB_JAX_CONV``: ``auto`` (default: the per-layer plan on the CPU backend; XLA's convolution
 everywhere on GPUs and TPUs, whose convolution libraries are fast at every pass), ``im2col``
-(the plan on any backend) or ``xla`` (XLA's convolution everywhere). Calls other than 2-D
-NHWC/HWIO with explicit padding, no dilation and one feature group always go to
-``lax.conv_general_dilated``.
+(the plan on any backend; the name predates Winograd) or ``xla`` (XLA's convolution
+everywhere). Calls other than 2-D NHWC/HWIO with explicit padding, no dilation and one
+feature group always go to ``lax.conv_general_dilated``.
 """
 
 import functools
@@ -43,44 +50,87 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mlb_jax.models import winograd
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 ENV = "MLB_JAX_CONV"
+# Algorithms a pass can use (`Plan`).
+XLA = "xla"  # lax.conv_general_dilated and its autodiff
+PATCHES = "patches"  # matrix products over im2col patches
+SHIFTED = "shifted"  # kernel gradient only: products of row-shifted flat views (stride 1)
+WINOGRAD = "winograd"  # F(4x4, 3x3), mlb_jax.models.winograd (3x3, stride 1, padding 1)
 # Output maps with at most this many positions (8x8) use matrix products in every pass.
 SMALL_MAP = 64
 # Kernel gradients of maps with at least this many positions (16x16) and this many output
 # channels use the patches product (and of 1x1 kernels always).
 LARGE_MAP = 256
 WIDE_OUTPUT = 32
+# Winograd needs enough channels for its 36 products to beat the transforms and enough map
+# for its 4x4 tiles not to waste most of their work; its forward and input-gradient products
+# lose to XLA's convolution above 256 channels (the [36, C, C] transformed kernel).
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_SIDE = 7
+WINOGRAD_MAX_CHANNELS = 256
+
+
+def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:
+    return tuple(
+        (x_shape[1 + a] + sum(padding[a]) - kernel_shape[a]) // strides[a] + 1 for a in (0, 1)
+    )
 
 
 class Plan(NamedTuple):
-    """Which algorithm each pass of one convolution uses (True: im2col matrix product)."""
+    """Which algorithm (XLA, PATCHES, SHIFTED or WINOGRAD) each pass of one convolution uses."""
 
-    forward: bool
-    input_grad: bool
-    kernel_grad: bool
+    forward: str
+    input_grad: str
+    kernel_grad: str
 
 
-def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], out_hw: tuple[int, int]) -> Plan:
+def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding) -> Plan:
     """The per-pass algorithm choice for one convolution, from its static shapes.
 
-    The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer table):
-    small output maps are faster as matrix products in every pass; the kernel gradient is
-    faster as a patches product for 1x1 kernels and for large maps with enough output channels.
+    The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer tables):
+    Winograd F(4x4, 3x3) in every pass of stride-1, padding-1 3x3 layers with >= 32 channels
+    on maps of >= 7x7 (forward and input gradient only up to 256 channels); otherwise small
+    output maps are faster as matrix products in every pass, and the kernel gradient is faster
+    as a patches (or, stride 1, shifted-rows) product for 1x1 kernels and for large maps with
+    enough output channels.
 
     Args:
         x_shape: [N, H, W, C_in].
         kernel_shape: [kh, kw, C_in, C_out].
-        out_hw: (H', W') of the output.
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
 
     Returns:
         The plan.
     """
-    positions = out_hw[0] * out_hw[1]
-    small = positions <= SMALL_MAP
+    out_hw = _out_hw(x_shape, kernel_shape, strides, padding)
+    channels = kernel_shape[2:]
+    winograd = (
+        tuple(kernel_shape[:2]) == (3, 3)
+        and tuple(strides) == (1, 1)
+        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+        and min(channels) >= WINOGRAD_MIN_CHANNELS
+        and min(out_hw) >= WINOGRAD_MIN_SIDE
+    )
+    small = out_hw[0] * out_hw[1] <= SMALL_MAP
+    if winograd and max(channels) <= WINOGRAD_MAX_CHANNELS:
+        forward = WINOGRAD
+    else:
+        forward = PATCHES if small else XLA
     one_by_one = tuple(kernel_shape[:2]) == (1, 1)
-    large = positions >= LARGE_MAP and kernel_shape[3] >= WIDE_OUTPUT
-    return Plan(forward=small, input_grad=small, kernel_grad=small or one_by_one or large)
+    large = out_hw[0] * out_hw[1] >= LARGE_MAP and kernel_shape[3] >= WIDE_OUTPUT
+    if winograd:
+        kernel_grad = WINOGRAD
+    elif small:
+        kernel_grad = PATCHES
+    elif one_by_one or large:
+        kernel_grad = SHIFTED if tuple(strides) == (1, 1) else PATCHES
+    else:
+        kernel_grad = XLA
+    return Plan(forward=forward, input_grad=forward, kernel_grad=kernel_grad)
 
 
 def enabled() -> bool:
@@ -155,16 +205,12 @@ def _shifted_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, padding) -> 
     return jnp.stack(taps).reshape(kh, kw, co, c).transpose(0, 1, 3, 2)
 
 
-def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:
-    return tuple(
-        (x_shape[1 + a] + sum(padding[a]) - kernel_shape[a]) // strides[a] + 1 for a in (0, 1)
-    )
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-    p = plan(x.shape, kernel.shape, _out_hw(x.shape, kernel.shape, strides, padding))
-    return (_matmul_conv if p.forward else _xla_conv)(x, kernel, strides, padding)
+    algorithm = plan(x.shape, kernel.shape, strides, padding).forward
+    if algorithm == WINOGRAD:
+        return winograd.conv3x3(x, kernel)
+    return (_matmul_conv if algorithm == PATCHES else _xla_conv)(x, kernel, strides, padding)
 
 
 def _conv_fwd(x, kernel, strides, padding):
@@ -173,17 +219,20 @@ def _conv_fwd(x, kernel, strides, padding):
 
 def _conv_bwd(strides, padding, residuals, dy):
     x, kernel = residuals
-    p = plan(x.shape, kernel.shape, dy.shape[1:3])
-    kernel_2d = kernel.reshape(-1, kernel.shape[3])
-    if p.input_grad:
+    p = plan(x.shape, kernel.shape, strides, padding)
+    if p.input_grad == WINOGRAD:
+        dx = winograd.conv3x3_input_grad(dy, kernel)
+    elif p.input_grad == PATCHES:
         _, patches_vjp = jax.vjp(lambda x_: im2col(x_, kernel.shape[:2], strides, padding), x)
-        (dx,) = patches_vjp(dy @ kernel_2d.T)
+        (dx,) = patches_vjp(dy @ kernel.reshape(-1, kernel.shape[3]).T)
     else:
         _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)
         (dx,) = input_vjp(dy)
-    if p.kernel_grad and strides == (1, 1) and not p.forward:
+    if p.kernel_grad == WINOGRAD:
+        dkernel = winograd.conv3x3_kernel_grad(x, dy)
+    elif p.kernel_grad == SHIFTED:
         dkernel = _shifted_kernel_grad(x, dy, kernel.shape, padding)
-    elif p.kernel_grad:
+    elif p.kernel_grad == PATCHES:
         patches = im2col(x, kernel.shape[:2], strides, padding)
         dkernel = jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
     else:
