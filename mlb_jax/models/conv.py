@@ -108,7 +108,7 @@ def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding) 
     """
     out_hw = _out_hw(x_shape, kernel_shape, strides, padding)
     channels = kernel_shape[2:]
-    winograd = (
+    fits_winograd = (
         tuple(kernel_shape[:2]) == (3, 3)
         and tuple(strides) == (1, 1)
         and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
@@ -116,13 +116,13 @@ def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding) 
         and min(out_hw) >= WINOGRAD_MIN_SIDE
     )
     small = out_hw[0] * out_hw[1] <= SMALL_MAP
-    if winograd and max(channels) <= WINOGRAD_MAX_CHANNELS:
+    if fits_winograd and max(channels) <= WINOGRAD_MAX_CHANNELS:
         forward = WINOGRAD
     else:
         forward = PATCHES if small else XLA
     one_by_one = tuple(kernel_shape[:2]) == (1, 1)
     large = out_hw[0] * out_hw[1] >= LARGE_MAP and kernel_shape[3] >= WIDE_OUTPUT
-    if winograd:
+    if fits_winograd:
         kernel_grad = WINOGRAD
     elif small:
         kernel_grad = PATCHES
