@@ -148,3 +148,29 @@ def test_encoder_gradients_match_xla_convolutions(monkeypatch):
         grads[mode] = jax.tree.leaves(nnx.jit(lambda m: nnx.grad(loss)(m))(encoder))
     for a, b in zip(grads["xla"], grads["im2col"], strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("index", [0, 5, 7])  # shifted rows, patches everywhere, Winograd
+def test_batch_sharded_over_eight_devices_equals_one_device(index, monkeypatch):
+    # The plan reshapes the batch axis into matrix rows (and Winograd into tiles); with the
+    # batch sharded over the trainer's ('data',) mesh the results must not change.
+    (k, stride, pad, cin, cout, hw), expected = CASES[index]
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((8, *hw, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.1, jnp.float32)
+    assert conv.plan(x.shape, kernel.shape, (stride,) * 2, ((pad, pad),) * 2) == expected
+
+    def loss(x_, k_):
+        return jnp.sum(jnp.tanh(_conv_fn(x_, k_, stride, pad)) ** 2)
+
+    monkeypatch.setenv(conv.ENV, "im2col")
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(x, jax.NamedSharding(mesh, jax.P("data")))
+    assert len(sharded.sharding.device_set) == 8
+    one = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+    eight = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(sharded, kernel)
+    # Only the order of the batch sums differs (per device, then across devices): float32
+    # rounding relative to each result's scale.
+    for got, want in zip(jax.tree.leaves(eight), jax.tree.leaves(one), strict=True):
+        scale = float(jnp.max(jnp.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
