@@ -163,6 +163,81 @@ def test_eval_over_two_processes_covers_the_split_once(meta, cache):
     assert sorted(rows[0] + rows[1]) == list(range(13))
 
 
+def _stored_order(meta) -> list[int]:
+    """Example ids in the split's stored order (TFDS's, not the generation order)."""
+    batches = list(eval_batches(meta, "test", global_batch_size=16))
+    return _flat(_rows(b) for b in batches)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_eval_index_is_the_position_in_the_stored_order(meta, cache):
+    stored = _stored_order(meta)
+    assert sorted(stored) == list(range(13)) and stored != list(range(13))  # TFDS reorders
+    for p, (start, stop) in enumerate([(0, 7), (7, 13)]):  # tfds.even_splits: 7 then 6
+        batches = list(
+            eval_batches(
+                meta, "test", global_batch_size=4, process_index=p, process_count=2, cache=cache
+            )
+        )
+        index = np.concatenate([b["index"][b["mask"]] for b in batches])
+        np.testing.assert_array_equal(index, np.arange(start, stop))
+        assert _flat(_rows(b) for b in batches) == stored[start:stop]
+        assert all((b["index"][~b["mask"]] == -1).all() for b in batches)
+        assert batches[0]["index"].dtype == np.int32
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_eval_subset_yields_exactly_the_chosen_examples_in_order(meta, cache):
+    stored = _stored_order(meta)
+    indices = np.array([0, 3, 4, 9, 12])
+    batches = list(eval_batches(meta, "test", global_batch_size=4, indices=indices, cache=cache))
+    assert len(batches) == eval_batch_count(meta, "test", 4, indices=indices) == 2
+    assert [int(b["mask"].sum()) for b in batches] == [4, 1]
+    assert _flat(_rows(b) for b in batches) == [stored[i] for i in indices]
+    np.testing.assert_array_equal(batches[0]["index"], [0, 3, 4, 9])
+    np.testing.assert_array_equal(batches[1]["index"], [12, -1, -1, -1])
+
+    # Two processes: positions 0-6 belong to process 0 (0, 3, 4), 7-12 to process 1 (9, 12);
+    # local batch 2, so both yield 2 batches and process 1 pads one row.
+    parts = [
+        list(
+            eval_batches(
+                meta,
+                "test",
+                global_batch_size=4,
+                indices=indices,
+                process_index=p,
+                process_count=2,
+                cache=cache,
+            )
+        )
+        for p in range(2)
+    ]
+    assert [len(p) for p in parts] == [2, 2]
+    assert eval_batch_count(meta, "test", 4, process_count=2, indices=indices) == 2
+    assert _flat(_rows(b) for b in parts[0]) == [stored[i] for i in (0, 3, 4)]
+    assert _flat(_rows(b) for b in parts[1]) == [stored[i] for i in (9, 12)]
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in parts[1]]), [9, 12, -1, -1])
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        ([], "non-empty 1-D integer array"),
+        ([0.0, 1.0], "non-empty 1-D integer array"),
+        ([3, 1], r"strictly increasing positions in \[0, 13\)"),
+        ([1, 1], "strictly increasing"),
+        ([-1, 2], "strictly increasing"),
+        ([12, 13], "strictly increasing"),
+    ],
+)
+def test_bad_eval_subsets_are_one_clear_error(meta, indices, message):
+    with pytest.raises(DataError, match=message):
+        eval_batches(meta, "test", global_batch_size=4, indices=indices)
+    with pytest.raises(DataError, match=message):
+        eval_batch_count(meta, "test", 4, indices=indices)
+
+
 def test_cached_and_streamed_eval_batches_are_identical(meta):
     streamed = list(eval_batches(meta, "test", global_batch_size=4))
     cached = list(eval_batches(meta, "test", global_batch_size=4, cache=True))
@@ -190,7 +265,7 @@ def test_to_global_shards_the_batch_over_the_data_axis(meta):
     local = next(eval_batches(meta, "test", global_batch_size=8))
     batch = to_global(local, mesh)
     leaves = jax.tree.leaves(batch)
-    assert len(leaves) == 4
+    assert len(leaves) == 5  # audio, video, label, mask, index
     for array, expected in zip(leaves, jax.tree.leaves(local), strict=True):
         assert isinstance(array, jax.Array)
         assert array.shape == expected.shape and array.dtype == expected.dtype

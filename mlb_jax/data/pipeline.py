@@ -4,11 +4,14 @@ Each process reads only its own part of a split (``tfds.split_for_jax_process``)
 parallel with tf.data and yields local numpy batches; `to_global` assembles them into arrays
 sharded over the ``'data'`` axis of a mesh. Training batches depend only on (seed, epoch), so a
 run killed mid-epoch resumes exactly with ``start_batch``; evaluation batches cover every example
-once, padded with masked-out rows.
+(or a chosen subset) once, padded with masked-out rows.
 
 Batch format (numpy; ``B`` = global batch size // process count)::
 
     {'inputs': {<modality>: float32 array}, 'label': int32 [B], 'mask': bool [B]}
+
+evaluation batches also carry ``'index'``: int32 [B], each row's position in the split's stored
+order (-1 on padding rows), so outputs gathered from several processes can be put back in order.
 
 spectrograms are ``[B, F, T]`` as stored; frames are ``[B, T, H, W, 3]``, scaled to [0, 1] and
 normalised per channel, ``(x / 255 - mean) / std``.
@@ -55,7 +58,12 @@ def batches_per_epoch(meta: DatasetMeta, split: str, global_batch_size: int) -> 
 
 
 def eval_batch_count(
-    meta: DatasetMeta, split: str, global_batch_size: int, *, process_count: int | None = None
+    meta: DatasetMeta,
+    split: str,
+    global_batch_size: int,
+    *,
+    process_count: int | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
 ) -> int:
     """Number of batches `eval_batches` yields on every process.
 
@@ -64,15 +72,23 @@ def eval_batch_count(
         split: Split name.
         global_batch_size: Examples per step over all processes.
         process_count: Number of processes; defaults to ``jax.process_count()``.
+        indices: The subset `eval_batches` is given (None: the whole split).
 
     Returns:
         Enough batches for the process holding the most examples (the others pad).
 
     Raises:
-        DataError: Unknown split or a batch size that does not split over the processes.
+        DataError: Unknown split, a batch size that does not split over the processes, or bad
+            ``indices`` (see `eval_batches`).
     """
     _, process_count, local_batch = _process_args(meta, split, global_batch_size, 0, process_count)
-    most_local = -(-meta.split_sizes[split] // process_count)
+    total = meta.split_sizes[split]
+    if indices is None:
+        most_local = -(-total // process_count)
+    else:
+        indices = _check_indices(indices, total, split)
+        bounds = _process_bounds(total, process_count)
+        most_local = int(np.diff(np.searchsorted(indices, bounds)).max())
     return -(-most_local // local_batch)
 
 
@@ -166,21 +182,28 @@ def eval_batches(
     split: str,
     *,
     global_batch_size: int,
+    indices: Sequence[int] | np.ndarray | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     cache: bool = False,
     frame_mean: Sequence[float] = IMAGENET_MEAN,
     frame_std: Sequence[float] = IMAGENET_STD,
 ) -> Iterator[dict[str, Any]]:
-    """Every example of this process's part of a split once, in a fixed order.
+    """Every example of this process's part of a split (or of a subset of it) once, in order.
 
-    The last batches are padded with zero rows whose ``mask`` is False; every process yields
+    Process ``p`` owns a contiguous part of the split's stored order (``tfds.even_splits``: the
+    first ``size % process_count`` processes hold one example more). The last batches are padded
+    with zero rows whose ``mask`` is False and whose ``index`` is -1; every process yields
     `eval_batch_count` batches, so all take part in every step.
 
     Args:
         meta: The dataset (from `load_meta`); only ``meta.modalities`` are read.
         split: Split name, e.g. ``'test'``.
         global_batch_size: Examples per step over all processes (may exceed the split).
+        indices: Optional subset: strictly increasing positions in the split's stored order
+            (the same array on every process). Only those examples are yielded, each by the
+            process whose part holds it, in increasing order; the others are read but never
+            decoded. None: the whole split.
         process_index: This process; defaults to ``jax.process_index()``.
         process_count: Number of processes; defaults to ``jax.process_count()``.
         cache: Keep the decoded split in memory across calls (small datasets).
@@ -188,30 +211,45 @@ def eval_batches(
         frame_std: Per-channel std of frames scaled to [0, 1].
 
     Returns:
-        An iterator over batches in the format of the module docstring.
+        An iterator over batches in the format of the module docstring, with ``'index'``.
 
     Raises:
-        DataError: Unknown split or bad batch size / process arguments.
+        DataError: Unknown split, bad batch size / process arguments, or ``indices`` that are
+            empty, not increasing, or outside the split.
     """
     process_index, process_count, local_batch = _process_args(
         meta, split, global_batch_size, process_index, process_count
     )
+    total = meta.split_sizes[split]
     to_batch = _batch_formatter(meta, frame_mean, frame_std)
     subsplit = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count, drop_remainder=False
     )
+    start, stop = _process_bounds(total, process_count)[process_index : process_index + 2]
+    if indices is None:
+        local = np.arange(stop - start)
+    else:
+        indices = _check_indices(indices, total, split)
+        local = indices[(indices >= start) & (indices < stop)] - start
     if cache:
         examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
-        local_size = len(examples["label"])
-        ds = _gather(examples, np.arange(local_size))
+        ds = _gather(examples, local)
     else:
-        total = meta.split_sizes[split]
-        local_size = total // process_count + (process_index < total % process_count)
         ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=None)
+        if indices is not None:
+            # Keep the chosen examples before decoding: the others are never decoded.
+            keep = np.zeros(stop - start, bool)
+            keep[local] = True
+            keep = tf.constant(keep)
+            ds = ds.enumerate().filter(lambda i, _: tf.gather(keep, i)).map(lambda _, ex: ex)
         ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
-    num_batches = eval_batch_count(meta, split, global_batch_size, process_count=process_count)
+    positions = tf.data.Dataset.from_tensor_slices((local + start).astype(np.int32))
+    ds = tf.data.Dataset.zip((ds, positions)).map(lambda ex, i: ex | {"index": i})
+    num_batches = eval_batch_count(
+        meta, split, global_batch_size, process_count=process_count, indices=indices
+    )
     padding = tf.data.Dataset.from_tensors(_padding_example(meta.modalities)).repeat(
-        num_batches * local_batch - local_size
+        num_batches * local_batch - len(local)
     )
     ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
     return _finish(ds, to_batch)
@@ -254,6 +292,33 @@ def _split_size(meta: DatasetMeta, split: str) -> int:
             "fix the split name in the config"
         )
     return meta.split_sizes[split]
+
+
+def _process_bounds(total: int, process_count: int) -> np.ndarray:
+    """Where each process's part of a split starts, and the end: int64 [process_count + 1].
+
+    The parts of ``tfds.even_splits(split, process_count, drop_remainder=False)``: contiguous,
+    the first ``total % process_count`` one example longer.
+    """
+    sizes = np.full(process_count, total // process_count)
+    sizes[: total % process_count] += 1
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def _check_indices(indices: Sequence[int] | np.ndarray, total: int, split: str) -> np.ndarray:
+    """The subset positions as int64, checked: non-empty, strictly increasing, in the split."""
+    array = np.asarray(indices)
+    if array.ndim != 1 or not len(array) or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(
+            f"indices of split {split!r} must be a non-empty 1-D integer array, got "
+            f"shape {array.shape} dtype {array.dtype}"
+        )
+    if (np.diff(array) <= 0).any() or array[0] < 0 or array[-1] >= total:
+        raise DataError(
+            f"indices of split {split!r} must be strictly increasing positions in "
+            f"[0, {total}): sort them and drop duplicates"
+        )
+    return array.astype(np.int64)
 
 
 def _process_args(
@@ -326,8 +391,8 @@ def _decoder(modalities: Mapping[str, ModalitySpec]) -> Any:
 
 
 def _padding_example(modalities: Mapping[str, ModalitySpec]) -> dict[str, Any]:
-    """A zero example with ``mask`` False, in the format `_decoder` produces."""
-    example: dict[str, Any] = {"label": np.int32(0), "mask": np.bool_(False)}
+    """A zero example with ``mask`` False and ``index`` -1, as `eval_batches` builds them."""
+    example: dict[str, Any] = {"label": np.int32(0), "mask": np.bool_(False), "index": np.int32(-1)}
     for name, spec in modalities.items():
         dtype = np.uint8 if spec.kind == "frames" else np.float32
         example[name] = np.zeros(spec.shape, dtype)
@@ -380,7 +445,10 @@ def _batch_formatter(
                 inputs[name] = tf.cast(raw[name], tf.float32) * scale + offset
             else:
                 inputs[name] = raw[name]
-        return {"inputs": inputs, "label": raw["label"], "mask": raw["mask"]}
+        batch = {"inputs": inputs, "label": raw["label"], "mask": raw["mask"]}
+        if "index" in raw:  # evaluation batches
+            batch["index"] = raw["index"]
+        return batch
 
     return to_batch
 
