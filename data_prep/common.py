@@ -1,12 +1,13 @@
-"""Shared machinery of the raw-media converters: parallel cached decoding, accounting, the CLI.
+"""Shared machinery of the raw-media converters: the builder base, accounting, the CLI.
 
 A converter is a `ConvertingBuilder` subclass (a TFDS builder reading the raw download from
 ``manual_dir``) that only lists its examples (`Example`: split, id, label, media files, event
-window). This module decodes them in a process pool with a progress bar, caches every decoded
-example on disk (written atomically, so a re-run after a crash decodes only what is missing),
-counts unreadable and skipped files, refuses to write the dataset when too many files are
-unreadable, hands the cached examples to TFDS (which writes atomically) and writes a report
-beside the output. `main` wraps a converter's CLI so that bad input ends in one line.
+window). This module has them decoded (`data_prep.decode`: spawned worker processes, progress
+bar, an on-disk cache written atomically, so a re-run after a crash decodes only what is
+missing), counts unreadable and skipped files, refuses to write the dataset when too many files
+are unreadable (naming the options that fix them), hands the cached examples to TFDS (which
+writes atomically) and writes a report beside the output. `main` wraps a converter's CLI so
+that bad input ends in one line.
 """
 
 from __future__ import annotations
@@ -14,25 +15,22 @@ from __future__ import annotations
 import abc
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import absl.logging
 import numpy as np
-import tqdm
 
 from data_prep import media
+from data_prep.decode import Example, Outcome, atomic_write, decode_all
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.schema import DataError, ModalitySpec
@@ -50,51 +48,6 @@ CACHE_NAME = "decode_cache"
 
 class ConversionError(DataError):
     """The raw data cannot be converted as a whole (too many unreadable files, empty split)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One example to convert, as listed from the raw layout.
-
-    Attributes:
-        split: split name.
-        id: unique within the split; the TFDS key and the stored ``id``.
-        label: class index.
-        audio: file whose (first) audio track is used.
-        video: file whose (first) video track is used; may be the same file.
-        start_s: start of the event segment in seconds (AVE), else 0.
-        end_s: end of the event segment in seconds: audio [start_s, end_s), frames
-            [start_s, end_s]; None = to the end of the file.
-        skip_reason: set when the listing itself excludes the example (it is reported as
-            skipped, never decoded).
-    """
-
-    split: str
-    id: str
-    label: int
-    audio: pathlib.Path
-    video: pathlib.Path
-    start_s: float = 0.0
-    end_s: float | None = None
-    skip_reason: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What happened to one example.
-
-    Attributes:
-        example: the example.
-        status: 'decoded' (now), 'cached' (by an earlier run), 'skipped' (excluded by a rule of
-            the dataset, e.g. a UCF101 clip without audio) or 'unreadable'.
-        reason: why it was skipped or unreadable (names the file).
-        cache_file: the decoded arrays, for 'decoded' and 'cached'.
-    """
-
-    example: Example
-    status: Literal["decoded", "cached", "skipped", "unreadable"]
-    reason: str = ""
-    cache_file: pathlib.Path | None = None
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -144,7 +97,8 @@ class ConvertingBuilder(AudioVideoBuilder):
 
     A subclass sets ``name``, ``MANUAL_DOWNLOAD_INSTRUCTIONS`` and implements
     `list_examples(raw_dir)`; it may set `SKIP_ERRORS`, the media errors that its dataset's
-    rules exclude rather than count as unreadable.
+    rules exclude rather than count as unreadable, and override `fix_hints` to name the CLI
+    options that fix a kind of unreadable file.
     """
 
     SKIP_ERRORS: ClassVar[tuple[type[media.MediaError], ...]] = ()
@@ -162,6 +116,16 @@ class ConvertingBuilder(AudioVideoBuilder):
         Raises:
             DataError: the layout or a split file is wrong (one line: what and how to fix).
         """
+
+    def fix_hints(self) -> dict[str, str]:
+        """What fixes each kind of unreadable file, for the error message.
+
+        Returns:
+            Error class name (`Outcome.error`, e.g. 'TooFewFramesError') -> a phrase that
+            follows "<n> of them" in the message: what is wrong and which options fix it.
+            The base class knows no dataset-specific fix and returns {}.
+        """
+        return {}
 
     @property
     def report_path(self) -> pathlib.Path:
@@ -196,10 +160,12 @@ class ConvertingBuilder(AudioVideoBuilder):
         start = time.time()
         outcomes = decode_all(
             examples,
-            self.builder_config,
-            self._cache_dir,
-            self.run,
+            audio=self.builder_config.audio,
+            frames=self.builder_config.frames,
+            cache_dir=self._cache_dir,
+            workers=self.run.workers,
             skip_errors=self.SKIP_ERRORS,
+            progress=self.run.progress,
             desc=f"{self.name}/{self.builder_config.name}",
         )
         report = make_report(
@@ -211,7 +177,7 @@ class ConvertingBuilder(AudioVideoBuilder):
         )
         report["decode_seconds"] = round(time.time() - start, 2)
         try:
-            check(report)
+            check(report, self.fix_hints())
         except ConversionError:
             _write_json(self.report_path, {**report, "status": "failed"})
             raise
@@ -236,134 +202,9 @@ class ConvertingBuilder(AudioVideoBuilder):
                 )
 
 
-# --- Decoding -------------------------------------------------------------------------------
-
-
-def decode_all(
-    examples: Sequence[Example],
-    config: ConverterConfig,
-    cache_dir: pathlib.Path,
-    run: RunOptions,
-    *,
-    skip_errors: tuple[type[media.MediaError], ...] = (),
-    desc: str = "decoding",
-) -> list[Outcome]:
-    """Decodes every example into `cache_dir` (or finds it there), in parallel.
-
-    Args:
-        examples: what to decode.
-        config: audio and frame settings.
-        cache_dir: where decoded examples are cached, one ``.npz`` per example.
-        run: number of processes and progress bar.
-        skip_errors: media errors that mean "excluded by the dataset's rules".
-        desc: progress-bar label.
-
-    Returns:
-        One `Outcome` per example, in the order of `examples`.
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    work = functools.partial(
-        decode_example,
-        audio=config.audio,
-        frames=config.frames,
-        cache_dir=cache_dir,
-        skip_errors=skip_errors,
-    )
-    bar = tqdm.tqdm(total=len(examples), desc=desc, unit="clip", disable=not run.progress)
-    with bar:
-        if run.workers <= 1 or len(examples) <= 1:
-            return [_advance(bar, work(e)) for e in examples]
-        # fork: workers inherit the imported modules. Spawned ones would re-import the CLI's
-        # module and with it TensorFlow (seconds and ~0.7 GB each); the workers never call TF,
-        # so the idle TF threads present at the fork are harmless.
-        context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(run.workers, mp_context=context) as pool:
-            chunk = max(1, min(16, len(examples) // (4 * run.workers)))
-            return [_advance(bar, o) for o in pool.map(work, examples, chunksize=chunk)]
-
-
-def _advance(bar: tqdm.tqdm, outcome: Outcome) -> Outcome:
-    bar.update()
-    return outcome
-
-
-def decode_example(
-    example: Example,
-    *,
-    audio: media.AudioSettings,
-    frames: media.FrameSettings,
-    cache_dir: pathlib.Path,
-    skip_errors: tuple[type[media.MediaError], ...] = (),
-) -> Outcome:
-    """Decodes one example into the cache, unless an earlier run did.
-
-    The cache file name hashes the settings, the media paths, the window and the files' size
-    and modification time, so a changed file or setting is decoded again. Unreadable files are
-    not cached: a re-run retries them. Rule-based skips are cached as a ``.skip`` file.
-
-    Returns:
-        The example's `Outcome`; never raises for a bad media file.
-    """
-    if example.skip_reason is not None:
-        return Outcome(example, "skipped", example.skip_reason)
-    cache_file = cache_dir / f"{_cache_key(example, audio, frames)}.npz"
-    skip_file = cache_file.with_suffix(".skip")
-    if cache_file.exists():
-        return Outcome(example, "cached", cache_file=cache_file)
-    if skip_file.exists():
-        return Outcome(example, "skipped", skip_file.read_text())
-    try:
-        spectrogram = media.audio_features(
-            example.audio, audio, start_s=example.start_s, end_s=example.end_s
-        )
-        video = media.sample_frames(
-            example.video, frames, start_s=example.start_s, end_s=example.end_s
-        )
-    except skip_errors as e:
-        reason = str(e)
-        _atomic_write(skip_file, lambda f: f.write(reason.encode()))
-        return Outcome(example, "skipped", reason)
-    except media.MediaError as e:
-        return Outcome(example, "unreadable", str(e))
-    except Exception as e:  # a decoder bug on one file must be counted, not fatal
-        where = f"{example.audio}, {example.video}"
-        return Outcome(example, "unreadable", f"{where}: {type(e).__name__}: {e}")
-    _atomic_write(cache_file, lambda f: np.savez(f, audio=spectrogram, video=video))
-    return Outcome(example, "decoded", cache_file=cache_file)
-
-
-def _cache_key(example: Example, audio: media.AudioSettings, frames: media.FrameSettings) -> str:
-    def stat(path: pathlib.Path) -> tuple[int, int] | None:
-        try:
-            s = path.stat()
-        except OSError:
-            return None
-        return s.st_size, s.st_mtime_ns
-
-    parts = (
-        audio,
-        frames,
-        str(example.audio),
-        str(example.video),
-        stat(example.audio),
-        stat(example.video),
-        example.start_s,
-        example.end_s,
-    )
-    return hashlib.sha1(repr(parts).encode()).hexdigest()
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[Any], Any]) -> None:
-    """Writes through a temporary file and renames it, so `path` is complete or absent."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 # --- Accounting -----------------------------------------------------------------------------
@@ -388,7 +229,8 @@ def make_report(
     Returns:
         Keys ``dataset``, ``raw_dir``, ``settings``, ``splits`` ({split: {'examples': n,
         'per_class': {class: n}}}), ``examples``, ``decoded``, ``from_cache``, ``skipped`` and
-        ``unreadable`` (lists of {'split', 'id', 'reason'}), ``unreadable_fraction``,
+        ``unreadable`` (lists of {'split', 'id', 'reason', 'error'}; 'error' is the error's
+        class name, '' when unknown), ``unreadable_fraction``,
         ``max_unreadable_fraction``.
     """
     status = collections.Counter(o.status for o in outcomes)
@@ -404,7 +246,7 @@ def make_report(
 
     def listed(kind: str) -> list[dict[str, str]]:
         return [
-            {"split": o.example.split, "id": o.example.id, "reason": o.reason}
+            {"split": o.example.split, "id": o.example.id, "reason": o.reason, "error": o.error}
             for o in outcomes
             if o.status == kind
         ]
@@ -427,23 +269,41 @@ def make_report(
     }
 
 
-def check(report: dict[str, Any]) -> None:
-    """Raises `ConversionError` if too many files are unreadable or a split is empty."""
+def check(report: dict[str, Any], fix_hints: Mapping[str, str] | None = None) -> None:
+    """Raises `ConversionError` if too many files are unreadable or a split is empty.
+
+    Args:
+        report: from `make_report`.
+        fix_hints: error class name -> what is wrong and which options fix it (see
+            `ConvertingBuilder.fix_hints`); named in the message for the errors that occurred.
+
+    Raises:
+        ConversionError: one line: how many, the first reason, and what to do.
+    """
     bad = report["unreadable"]
     if report["unreadable_fraction"] > report["max_unreadable_fraction"]:
         total = report["examples"] + len(bad) + len(report["skipped"])
         raise ConversionError(
             f"{len(bad)} of {total} examples are unreadable ({report['unreadable_fraction']:.1%}"
             f" > --max_unreadable_fraction={report['max_unreadable_fraction']:g}); first: "
-            f"{bad[0]['reason']} -- fix or remove the files listed in the report, or raise "
-            "--max_unreadable_fraction; nothing was written"
+            f"{bad[0]['reason']} -- {_fixes(bad, fix_hints)}fix or remove the files listed in "
+            "the report, or raise --max_unreadable_fraction; nothing was written"
         )
     for split, entry in report["splits"].items():
         if entry["examples"] == 0:
+            in_split = [u for u in bad if u["split"] == split]
             raise ConversionError(
-                f"split {split!r} has no readable example (see the report): check the raw "
-                "files of that split; nothing was written"
+                f"split {split!r} has no readable example (see the report): "
+                f"{_fixes(in_split, fix_hints)}check the raw files of that split; nothing was "
+                "written"
             )
+
+
+def _fixes(unreadable: Sequence[dict[str, str]], fix_hints: Mapping[str, str] | None) -> str:
+    """'<n> of them <hint>; otherwise ' per hinted error kind present, in order of appearance."""
+    counts = collections.Counter(u.get("error", "") for u in unreadable)
+    hinted = [f"{n} of them {fix_hints[e]}" for e, n in counts.items() if e in (fix_hints or {})]
+    return "".join(f"{h}; " for h in hinted) + ("otherwise " if hinted else "")
 
 
 def format_report(report: dict[str, Any], path: pathlib.Path) -> str:

@@ -109,6 +109,21 @@ class Manifest(common.ConvertingBuilder):
     it names, by paths relative to it.
     """
 
+    def fix_hints(self) -> dict[str, str]:
+        """A clip with too few frames is fixed by topping up (if off) or fewer frames.
+
+        Returns:
+            {'TooFewFramesError': the phrase naming --top_up_frames and --num_frames}.
+        """
+        frames = self.builder_config.frames
+        if frames.top_up:  # even the top-up could not fill them: the clip has fewer frames
+            fix = "pass a smaller --num_frames"
+            what = f"have fewer than --num_frames={frames.num_frames} frames in all"
+        else:
+            fix = "pass --top_up_frames (adds evenly spaced frames) or a smaller --num_frames"
+            what = f"are shorter than --num_frames={frames.num_frames} seconds"
+        return {media.TooFewFramesError.__name__: f"{what}: {fix}"}
+
     def list_examples(self, raw_dir: pathlib.Path) -> list[common.Example]:
         """One example per manifest row; missing media files are reported unreadable."""
         config = self.builder_config

@@ -25,7 +25,8 @@ import numpy as np
 import scipy.signal
 
 # Imported by name, not used as librosa.<fn>: librosa loads its submodules at first attribute
-# access, and loading them here, before the decode pool forks, spares every worker the seconds.
+# access; loading them here makes a decode worker pay that once, when it starts, not inside the
+# timing of its first clip.
 from librosa import resample, stft
 
 # Added before the logarithm, as in the reference code: ln(x + 1e-7).

@@ -1,12 +1,15 @@
 """data_prep converters: fake raw copies of each dataset in its exact layout -> TFRecords."""
 
 import json
+import multiprocessing.spawn
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import warnings
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -23,7 +26,7 @@ from fake_media import (
     write_video,
 )
 
-from data_prep import ave, common, cremad, manifest, media, ucf51
+from data_prep import ave, common, cremad, decode, manifest, media, ucf51
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.schema import DataError, load_meta
 
@@ -282,6 +285,10 @@ def _manifest_short_video(raw, tmp):
     return _manifest(tmp, ["a,train,x,a.wav,a.mp4"], "--num_frames=4")
 
 
+def _manifest_short_video_topped_up(raw, tmp):
+    return _manifest(tmp, ["a,train,x,a.wav,a.mp4"], "--num_frames=11", "--top_up_frames")
+
+
 BAD_INPUTS = {
     "raw dir missing": (lambda raw, tmp: (ave, [f"--raw_dir={tmp / 'nope'}"]),
                         r"raw directory .*nope does not exist"),
@@ -301,7 +308,12 @@ BAD_INPUTS = {
                                r"line 3: label 'dog' is not one of --classes \(cat\)"),
     "empty audio": (_manifest_empty_audio, r"empty\.wav: audio is empty \(0 samples"),
     "short video": (_manifest_short_video,
-                    r"a\.mp4: video is too short: 3 frames at 1 fps .* 4 requested"),
+                    r"a\.mp4: video is too short: 3 frames at 1 fps .* 4 requested -- 1 of them "
+                    r"are shorter than --num_frames=4 seconds: pass --top_up_frames \(adds evenly "
+                    r"spaced frames\) or a smaller --num_frames; otherwise fix or remove"),
+    "short video, topped up": (_manifest_short_video_topped_up,
+                               r"11 requested -- 1 of them have fewer than --num_frames=11 frames "
+                               r"in all: pass a smaller --num_frames; otherwise fix or remove"),
 }  # fmt: skip
 
 
@@ -328,6 +340,69 @@ def test_cli_process_fails_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: 1 of 1 examples are unreadable (100.0% > --max_unreadable_fraction=0.05); "
         f"first: {tmp_path / 'data' / 'a.mp4'}: video is too short: 3 frames at 1 fps (10 "
-        "frames in all) in [0 s, end], 4 requested -- fix or remove the files listed in the "
-        "report, or raise --max_unreadable_fraction; nothing was written"
+        "frames in all) in [0 s, end], 4 requested -- 1 of them are shorter than "
+        "--num_frames=4 seconds: pass --top_up_frames (adds evenly spaced frames) or a smaller "
+        "--num_frames; otherwise fix or remove the files listed in the report, or raise "
+        "--max_unreadable_fraction; nothing was written"
     ]
+
+
+def test_too_short_clips_in_an_empty_split_name_the_frame_options(tmp_path, capsys):
+    # Within the unreadable limit, but the only test clip is too short: the split is empty.
+    module, argv = _manifest(
+        tmp_path, ["a,train,x,a.wav,a.mp4", "b,test,x,a.wav,short.mp4"], "--num_frames=3"
+    )
+    write_video(tmp_path / "data" / "short.mp4", 1.5, fps=4)  # seconds 0 and 1 only
+    out = tmp_path / "out"
+    argv = [*argv, f"--out_dir={out}", "--max_unreadable_fraction=0.5", "--workers=1", *SIZE]
+    assert module.main(argv) == 1
+    assert one_error_line(capsys) == (
+        "error: split 'test' has no readable example (see the report): 1 of them are shorter than "
+        "--num_frames=3 seconds: pass --top_up_frames (adds evenly spaced frames) or a smaller "
+        "--num_frames; otherwise check the raw files of that split; nothing was written"
+    )
+    assert_nothing_written(out)
+
+
+# A worker started by fork would inherit these modules from the test process.
+HEAVY = "sorted(m for m in __import__('sys').modules if m.split('.')[0] in {'jax', 'tensorflow'})"
+
+
+def test_decode_workers_are_spawned_import_no_tf_or_jax_and_match_one_process(raw, tmp_path):
+    jax.devices()  # JAX's threads are running: forking now is what JAX warns about
+    clips = sorted((raw / "CREMA-D" / "AudioWAV").glob("*.wav"))
+    listed = [
+        decode.Example("train", c.stem, 0, c, raw / "CREMA-D" / "VideoFlash" / f"{c.stem}.flv")
+        for c in clips
+    ]
+    settings = {"audio": cremad.AUDIO, "frames": media.FrameSettings(3, 12, 16, top_up=True)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        one = decode.decode_all(
+            listed, **settings, cache_dir=tmp_path / "one", workers=1, progress=False
+        )
+        two = decode.decode_all(
+            listed, **settings, cache_dir=tmp_path / "two", workers=2, progress=False
+        )
+    assert [str(w.message) for w in caught if "fork" in str(w.message)] == []
+    assert decode.START_METHOD != "fork"
+    assert [o.status for o in one] == [o.status for o in two] == ["decoded"] * len(clips)
+    assert [o.example for o in two] == listed  # in the listed order
+    for a, b in zip(one, two, strict=True):
+        with np.load(a.cache_file) as x, np.load(b.cache_file) as y:
+            np.testing.assert_array_equal(x["audio"], y["audio"])
+            np.testing.assert_array_equal(x["video"], y["video"])
+    # One worker runs a real decode, then reports what it has imported: no TF, no JAX, although
+    # this process has both (and its __main__ is not re-run in the worker).
+    (tmp_path / "three").mkdir()
+    with decode.process_pool(1) as pool, decode._without_main_module():
+        outcome = pool.submit(
+            decode.decode_example, listed[0], **settings, cache_dir=tmp_path / "three"
+        ).result()
+        assert outcome.status == "decoded"
+        assert pool.submit(eval, HEAVY).result() == []
+    assert "jax" in sys.modules and "tensorflow" in sys.modules
+    # What a spawned worker is told to re-import before its first task: not the main module.
+    with decode._without_main_module():
+        data = multiprocessing.spawn.get_preparation_data("worker")
+    assert not {"init_main_from_name", "init_main_from_path"} & data.keys()
