@@ -6,7 +6,7 @@ Each row ``Category&VideoID&Quality&StartTime&EndTime`` names an event segment o
 Audio: 16 kHz mono, cut to [Start, End), tiled to 10 s (160,000 samples), scipy spectrogram
 (nperseg 512, noverlap 353: hop 159, Tukey window, PSD), ln(PSD + 1e-7) -> float32 [257, 1004].
 Video: the first frame of the first 4 whole seconds in [Start, End] -> uint8 [4, H, W, 3].
-Rows are deduplicated by VideoID within a split, first row wins (reference/DATASETS.md §2).
+Rows are deduplicated by VideoID within a split, first row wins (data_prep/README.md, "AVE").
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 Audio (AudioWAV/<clip>.wav): 22,050 Hz mono, tiled to 3 s (66,150 samples), STFT 512 / hop 353,
 ln(|X| + 1e-7) -> float32 [257, 188]. Video (VideoFlash/<clip>.flv): the first frame of the
 first 3 seconds -> uint8 [3, H, W, 3]. Label from the file name (MLB order). Splits from the
-VAVL fold file of kkontras/MLB (reference/DATASETS.md §1.5 a).
+VAVL fold file of kkontras/MLB, `datasets/CREMAD/data_splits_VALV.pkl` (JSON text; layout in
+data_prep/README.md, "CREMA-D").
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ import numpy as np
 from data_prep import common, media
 from mlb_jax.data.schema import DataError
 
-# The UCF101 classes that are not in UCF50, in ascending official index (reference/DATASETS.md
-# §3.2): the classes with audio. Label i is CLASS_NAMES[i].
+# The UCF101 classes that are not in UCF50, in ascending official index: the 51 classes with
+# audio (data_prep/README.md, "UCF101-51"). Label i is CLASS_NAMES[i].
 CLASS_NAMES = (
     "ApplyEyeMakeup",
     "ApplyLipstick",

@@ -4,7 +4,7 @@ Media are encoded for real (soundfile for WAV/FLAC, PyAV for MP4/AVI/FLV with mp
 and AAC/MP3/PCM audio), so the converters decode them exactly as they decode the real
 downloads. Every video frame is one flat colour whose red channel encodes the second it
 belongs to (`second_value`), so a test can tell which seconds a converter sampled. The dataset
-layouts, split-file formats and file names follow reference/DATASETS.md.
+layouts, split-file formats and file names follow data_prep/README.md.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def make_fake_ave(
     return AVE_ROWS
 
 
-# The 50 UCF50 classes: in UCF101 but without audio (reference/DATASETS.md §3.2).
+# The 50 UCF50 classes: in UCF101 but without audio (data_prep/README.md, "UCF101-51").
 UCF50 = (
     "BaseballPitch", "Basketball", "BenchPress", "Biking", "Billiards", "BreastStroke",
     "CleanAndJerk", "Diving", "Drumming", "Fencing", "GolfSwing", "HighJump", "HorseRace",

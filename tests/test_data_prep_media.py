@@ -9,7 +9,7 @@ from fake_media import second_value, write_audio, write_corrupt, write_video
 
 from data_prep import media
 
-# Reference front-ends (reference/DATASETS.md): CREMA-D, AVE, UCF101.
+# Reference front-ends (data_prep/README.md, one section per dataset): CREMA-D, AVE, UCF101.
 CREMAD = media.AudioSettings(22050, 3 * 22050, "tile", "log_stft", 512, 353)
 AVE = media.AudioSettings(16000, 160000, "tile", "log_psd", 512, 159)
 UCF = media.AudioSettings(16000, 48000, "pad", "log_stft", 512, 353)
