@@ -42,6 +42,7 @@ def synthetic_av() -> ml_collections.ConfigDict:
         "video": {"kind": "video", "in_channels": 3},
     }
     c.model.base_width = 8  # ResNet-18 width (64 = standard); 8 keeps the demo CPU-sized
+    c.model.conv = "auto"  # convolutions: auto (CPU plan on CPU, XLA elsewhere) | plan | xla
     c.model.fusion = "late_linear"  # late_linear | mid_mlp | film | gated | transformer
     c.model.fusion_hidden = 64  # hidden width of mid_mlp / transformer fusion
     c.model.dropout = 0.1  # dropout in the fusion MLP / transformer

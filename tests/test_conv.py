@@ -1,3 +1,9 @@
+"""Tests of the CPU convolution plan (mlb_jax.models.conv): the per-layer choice, equality
+with lax.conv_general_dilated in every pass, the config choice and its fallbacks."""
+
+import re
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,8 +51,12 @@ def _lax_fn(x, kernel, stride, pad):
     )
 
 
+def _normal(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * scale, jnp.float32)
+
+
 @pytest.mark.parametrize(("case", "expected"), CASES)
-def test_plan_and_values_and_gradients_equal_lax(case, expected, monkeypatch):
+def test_plan_and_values_and_gradients_equal_lax(case, expected):
     k, stride, pad, cin, cout, hw = case
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
@@ -58,7 +68,6 @@ def test_plan_and_values_and_gradients_equal_lax(case, expected, monkeypatch):
     def loss(fn):
         return lambda x_, k_: jnp.sum(jnp.tanh(fn(x_, k_, stride, pad)) * weights)
 
-    monkeypatch.setenv(conv.ENV, "im2col")
     got = jax.jit(jax.value_and_grad(loss(_conv_fn), argnums=(0, 1)))(x, kernel)
     want = jax.value_and_grad(loss(_lax_fn), argnums=(0, 1))(x, kernel)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
@@ -80,78 +89,163 @@ def test_plan_on_resnet18_layers():
     assert plan((48, 7, 7, 512), (3, 3, 512, 512), 1, 1) == conv.Plan(P, P, W)
 
 
-def test_xla_mode_and_unsupported_calls_are_lax_bit_for_bit(monkeypatch):
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)
+def _grads(fn, x, kernel, **kw):
+    return jax.value_and_grad(
+        lambda x_, k_: jnp.sum(fn(x_, k_, (1, 1), **kw).astype(jnp.float32) ** 2), (0, 1)
+    )(x, kernel)
 
-    def grads(fn, **kw):
-        return jax.grad(lambda x_, k_: jnp.sum(fn(x_, k_, (1, 1), **kw) ** 2), (0, 1))(x, kernel)
 
-    monkeypatch.setenv(conv.ENV, "xla")
-    pad = ((1, 1), (1, 1))
+def _assert_same_op(x, kernel, **kw):
+    """Value and both gradients bit-for-bit equal to lax's, and no custom gradient traced."""
     for a, b in zip(
-        grads(conv.conv_general_dilated, padding=pad, dimension_numbers=NHWC),
-        grads(lax.conv_general_dilated, padding=pad, dimension_numbers=NHWC),
+        jax.tree.leaves(_grads(conv.conv_general_dilated, x, kernel, **kw)),
+        jax.tree.leaves(_grads(lax.conv_general_dilated, x, kernel, **kw)),
         strict=True,
     ):
+        assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
-    monkeypatch.setenv(conv.ENV, "im2col")
+    jaxpr = jax.make_jaxpr(lambda a, b: conv.conv_general_dilated(a, b, (1, 1), **kw))(x, kernel)
+    assert "custom_vjp_call" not in str(jaxpr)
+
+
+def test_unsupported_calls_are_lax_bit_for_bit():
+    # 8x8 output: in float32 with explicit padding this would be planned (patches).
+    x, kernel = _normal(3, (2, 8, 8, 4)), _normal(4, (3, 3, 4, 8))
+    pad = ((1, 1), (1, 1))
     for kw in ({"padding": "SAME"}, {"padding": pad, "rhs_dilation": (2, 2)}):
-        for a, b in zip(
-            grads(conv.conv_general_dilated, dimension_numbers=NHWC, **kw),
-            grads(lax.conv_general_dilated, dimension_numbers=NHWC, **kw),
-            strict=True,
-        ):
-            np.testing.assert_array_equal(a, b)
+        _assert_same_op(x, kernel, dimension_numbers=NHWC, **kw)
 
 
-def test_planned_calls_use_the_custom_gradient_and_xla_mode_does_not(monkeypatch):
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_non_float32_falls_back_to_lax(dtype):
+    # The patches case in float32; in 16-bit floats the plan is XLA's convolution in every
+    # pass, and the call is lax.conv_general_dilated itself.
+    shape, kernel_shape, strides, padding = (2, 8, 8, 4), (3, 3, 4, 8), (1, 1), ((1, 1), (1, 1))
+    assert conv.plan(shape, kernel_shape, strides, padding) == conv.Plan(P, P, P)
+    assert conv.plan(shape, kernel_shape, strides, padding, dtype) == conv.ALL_XLA
+    assert conv.plan(shape, kernel_shape, strides, padding, None) == conv.ALL_XLA
+    x = _normal(5, shape).astype(dtype)
+    kernel = _normal(6, kernel_shape).astype(dtype)
+    _assert_same_op(x, kernel, padding=padding, dimension_numbers=NHWC)
+
+
+def test_planned_calls_use_the_custom_gradient_and_xla_choice_is_lax():
     x = jnp.zeros((1, 8, 8, 2))
     kernel = jnp.zeros((3, 3, 2, 4))
 
-    def jaxpr():
-        return str(jax.make_jaxpr(lambda a, b: _conv_fn(a, b, 1, 1))(x, kernel))
+    def jaxpr(fn):
+        return str(
+            jax.make_jaxpr(lambda a, b: fn(a, b, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC))(
+                x, kernel
+            )
+        )
 
-    monkeypatch.setenv(conv.ENV, "im2col")
-    assert "custom_vjp_call" in jaxpr()
-    monkeypatch.setenv(conv.ENV, "xla")
-    assert "custom_vjp_call" not in jaxpr()
-
-
-def test_auto_follows_the_backend(monkeypatch):
-    monkeypatch.setenv(conv.ENV, "auto")
-    assert conv.enabled() is (jax.default_backend() == "cpu")
-    monkeypatch.setenv(conv.ENV, "xla")
-    assert conv.enabled() is False
+    assert conv.conv_function("plan") is conv.conv_general_dilated
+    assert conv.conv_function("xla") is lax.conv_general_dilated
+    assert "custom_vjp_call" in jaxpr(conv.conv_function("plan"))
+    assert "custom_vjp_call" not in jaxpr(conv.conv_function("xla"))
 
 
-def test_bad_mode_names_the_variable(monkeypatch):
-    monkeypatch.setenv(conv.ENV, "fast")
-    with pytest.raises(ValueError, match=r"MLB_JAX_CONV='fast': use auto, im2col or xla"):
-        conv.enabled()
+def test_resolve_follows_the_backend():
+    assert conv.CHOICES == ("auto", "plan", "xla")
+    assert conv.resolve("auto", "cpu") == "plan"
+    assert conv.resolve("auto", "gpu") == "xla"
+    assert conv.resolve("auto", "tpu") == "xla"
+    assert conv.resolve("plan", "gpu") == "plan"
+    assert conv.resolve("xla", "cpu") == "xla"
+    assert conv.resolve("auto") == ("plan" if jax.default_backend() == "cpu" else "xla")
 
 
-def test_encoder_gradients_match_xla_convolutions(monkeypatch):
+OLD_NAME_HINT = " ('im2col', the old MLB_JAX_CONV value, is now 'plan')"
+
+
+@pytest.mark.parametrize(("choice", "extra"), [("fast", ""), ("im2col", OLD_NAME_HINT), (None, "")])
+def test_bad_choice_names_the_config_field(choice, extra):
+    message = (
+        f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on the "
+        f"CPU, XLA's convolution elsewhere), 'plan' or 'xla'{extra}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        conv.resolve(choice)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AudioEncoder(base_width=1, conv=choice, rngs=nnx.Rngs(0))
+
+
+def test_old_environment_variable_is_ignored_with_a_warning(monkeypatch):
+    monkeypatch.setenv("MLB_JAX_CONV", "xla")
+    with pytest.warns(UserWarning, match=r"MLB_JAX_CONV='xla' is ignored.*config.model.conv"):
+        assert conv.resolve("plan") == "plan"
+    monkeypatch.delenv("MLB_JAX_CONV")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conv.resolve("plan")
+
+
+def test_forward_mode_through_the_plan_names_the_fix():
+    x, kernel = _normal(7, (1, 8, 8, 2)), _normal(8, (3, 3, 2, 4))
+
+    def f(x_):
+        return _conv_fn(x_, kernel, 1, 1)
+
+    fix = re.escape("config.model.conv='xla'")
+    with pytest.raises(TypeError, match=fix):
+        jax.jvp(f, (x,), (x,))
+    with pytest.raises(TypeError, match=fix):
+        jax.jacfwd(f)(x)
+
+
+def _split_encoders(width: int) -> dict[str, tuple]:
+    """choice -> (graphdef, params, rest) of one AudioEncoder per choice, same parameters."""
+    out = {}
+    for choice in ("xla", "plan"):
+        # Same seed for both: the parameters do not depend on the algorithm.
+        encoder = AudioEncoder(base_width=width, conv=choice, rngs=nnx.Rngs(0))
+        assert encoder.resnet.conv_algorithm == choice
+        layer = encoder.resnet.stages[2][1].conv2.conv
+        assert layer.conv_general_dilated is conv.conv_function(choice)
+        out[choice] = nnx.split(encoder, nnx.Param, ...)
+    return out
+
+
+def _encoder_loss(graphdef, params, rest, x, train=True):
+    # Fresh Variables for the batch statistics, which train=True updates: ones made outside
+    # this trace (jax.grad's) may not be mutated inside it.
+    rest = jax.tree.map(lambda a: a, rest)
+    return jnp.sum(nnx.merge(graphdef, params, rest)(x, train=train) ** 2)
+
+
+def test_encoder_gradients_match_xla_convolutions():
     # Width 8 on 112x100: stage 3 (32 channels, 7x7) takes Winograd, stages 1-2 XLA or
     # shifted rows, the strided and 1x1 layers patches, stage 4 (4x4) matrix products.
-    encoder = AudioEncoder(base_width=8, rngs=nnx.Rngs(0))
-    spec = jnp.asarray(np.random.default_rng(2).standard_normal((2, 112, 100)), jnp.float32)
-
-    def loss(model):
-        return jnp.sum(model(spec, train=True) ** 2)
-
-    grads = {}
-    for mode in ("xla", "im2col"):
-        monkeypatch.setenv(conv.ENV, mode)
-        # A fresh jit per mode: the mode is read when the step is traced.
-        grads[mode] = jax.tree.leaves(nnx.jit(lambda m: nnx.grad(loss)(m))(encoder))
-    for a, b in zip(grads["xla"], grads["im2col"], strict=True):
+    encoders = _split_encoders(8)
+    spec = _normal(2, (2, 112, 100))
+    grad = jax.jit(jax.grad(_encoder_loss, argnums=1), static_argnums=0)
+    grads = {choice: grad(*parts, spec) for choice, parts in encoders.items()}
+    for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["plan"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
 
 
+def test_xla_choice_differentiates_forward_and_agrees_with_the_plan():
+    # d/dt loss(x + t v) at t = 0 by jax.jvp under conv='xla' equals <grad_x loss, v> by
+    # reverse mode under conv='plan' (patches and XLA layers at this size). Running
+    # statistics (train=False): batch statistics make this loss nearly invariant along v, and
+    # the comparison would measure cancellation.
+    encoders = _split_encoders(2)
+    spec, direction = _normal(2, (2, 16, 12)), _normal(3, (2, 16, 12))
+
+    @jax.jit
+    def both(x, v):
+        _, tangent = jax.jvp(lambda x_: _encoder_loss(*encoders["xla"], x_, False), (x,), (v,))
+        grad_x = jax.grad(lambda x_: _encoder_loss(*encoders["plan"], x_, False))(x)
+        return tangent, jnp.vdot(grad_x, v)
+
+    tangent, reverse = both(spec, direction)
+    assert abs(float(reverse)) > 1e-2  # a derivative worth comparing
+    np.testing.assert_allclose(tangent, reverse, rtol=1e-4)
+
+
 @pytest.mark.parametrize("index", [0, 5, 7])  # shifted rows, patches everywhere, Winograd
-def test_batch_sharded_over_eight_devices_equals_one_device(index, monkeypatch):
+def test_batch_sharded_over_eight_devices_equals_one_device(index):
     # The plan reshapes the batch axis into matrix rows (and Winograd into tiles); with the
     # batch sharded over the trainer's ('data',) mesh the results must not change.
     (k, stride, pad, cin, cout, hw), expected = CASES[index]
@@ -163,7 +257,6 @@ def test_batch_sharded_over_eight_devices_equals_one_device(index, monkeypatch):
     def loss(x_, k_):
         return jnp.sum(jnp.tanh(_conv_fn(x_, k_, stride, pad)) ** 2)
 
-    monkeypatch.setenv(conv.ENV, "im2col")
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sharded = jax.device_put(x, jax.NamedSharding(mesh, jax.P("data")))
     assert len(sharded.sharding.device_set) == 8

@@ -21,6 +21,7 @@ from flax import nnx
 
 from mlb_jax.models import (
     FUSIONS,
+    EncoderSpec,
     LateLinearFusion,
     ModalitySpec,
     ModelOutput,
@@ -29,6 +30,7 @@ from mlb_jax.models import (
     build_fusion,
     build_model,
 )
+from mlb_jax.models import conv as conv_module
 from mlb_jax.models.resnet import max_pool_3x3_s2
 
 K = 3  # classes
@@ -44,10 +46,10 @@ def _rngs(seed: int = 0) -> nnx.Rngs:
     )
 
 
-def _modalities(m: int) -> dict[str, ModalitySpec]:
-    specs = {"audio": ModalitySpec("audio"), "video": ModalitySpec("video", 3)}
+def _modalities(m: int) -> dict[str, EncoderSpec]:
+    specs = {"audio": EncoderSpec("audio"), "video": EncoderSpec("video", 3)}
     if m == 3:
-        specs["audio2"] = ModalitySpec("audio", 2)
+        specs["audio2"] = EncoderSpec("audio", 2)
     return specs
 
 
@@ -132,9 +134,9 @@ def test_full_width_resnet18_parameter_count():
     [(224, 224, (7, 7)), (257, 188, (9, 6)), (257, 1004, (9, 32)), (257, 136, (9, 5))],
 )
 def test_resnet_output_map_matches_reference_sizes(height, width, expected):
-    # METHODS.md 2.2-2.3: 224x224 frames -> 7x7; spectrograms with 257 bins and T = 188 (CREMA-D),
-    # 1004 (AVE), 136 (UCF) -> 9 x T' with T' = 6, 32, 5. Any padding other than PyTorch's
-    # explicit 3 (stem) and 1 (pool) would change some of these sizes.
+    # The reference encoders' output maps: 224x224 frames -> 7x7; spectrograms with 257 bins
+    # and T = 188 (CREMA-D), 1004 (AVE), 136 (UCF) -> 9 x T' with T' = 6, 32, 5. Any padding
+    # other than PyTorch's explicit 3 (stem) and 1 (pool) would change some of these sizes.
     resnet = _model().encoders["audio"].resnet
     image = jax.ShapeDtypeStruct((1, height, width, 1), jnp.float32)
     out = _abstract_forward(resnet, image, train=False)
@@ -412,6 +414,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
             "video": {"kind": "video", "in_channels": 3},
         },
         "base_width": WIDTH,
+        "conv": "auto",
         "fusion": "gated",
         "fusion_hidden": 16,
         "dropout": 0.1,
@@ -431,9 +434,59 @@ def test_build_model_from_config():
     assert configured.fusion.out.kernel.shape == (D, 4)
 
 
+def _conv_functions(model: nnx.Module) -> set:
+    """The ``conv_general_dilated`` of every ``nnx.Conv`` in ``model``."""
+    return {
+        module.conv_general_dilated
+        for _, module in nnx.iter_graph(model)
+        if isinstance(module, nnx.Conv)
+    }
+
+
+@pytest.mark.parametrize(
+    ("choice", "function"),
+    [
+        ("plan", conv_module.conv_general_dilated),
+        ("xla", jax.lax.conv_general_dilated),
+        ("auto", conv_module.conv_function("auto")),
+    ],
+)
+def test_build_model_passes_the_conv_choice_to_every_convolution(choice, function):
+    model = build_model(_config(conv=choice), num_classes=5, rngs=_rngs())
+    assert model.conv_algorithm == conv_module.resolve(choice)
+    assert {model.encoders[n].resnet.conv_algorithm for n in ("audio", "video")} == {
+        model.conv_algorithm
+    }
+    assert _conv_functions(model) == {function}
+
+
+def test_conv_choice_defaults_to_auto():
+    fields = _config().to_dict()
+    del fields["conv"]
+    model = build_model(fields, num_classes=5, rngs=_rngs())
+    assert model.conv_algorithm == conv_module.resolve("auto")
+
+
+def test_modality_spec_is_a_deprecated_alias_of_encoder_spec():
+    with pytest.warns(DeprecationWarning, match="use mlb_jax.models.EncoderSpec") as caught:
+        old = ModalitySpec("video", 3)
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    assert isinstance(old, EncoderSpec)
+    assert "Deprecated alias of :class:`EncoderSpec`" in ModalitySpec.__doc__
+    model = MultimodalClassifier(
+        {"audio": EncoderSpec("audio"), "video": old}, K, base_width=1, rngs=_rngs()
+    )
+    assert model.feature_dims == {"audio": 8, "video": 8}
+
+
 @pytest.mark.parametrize(
     ("overrides", "num_classes", "match"),
     [
+        (
+            {"conv": "im2col"},
+            5,
+            r"config.model.conv='im2col' is not a convolution choice: use 'auto' .*'plan' or 'xla'",
+        ),
         ({"fusion": "concat"}, 5, r"unknown fusion 'concat'; valid fusions are \['film', 'gated'"),
         (
             {"modalities": {"audio": {"kind": "audio"}, "text": {"kind": "text"}}},

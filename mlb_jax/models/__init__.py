@@ -1,5 +1,7 @@
 """Model layer: ResNet-18 encoders, fusion heads, unimodal heads and the multimodal classifier."""
 
+from mlb_jax.models.conv import CHOICES as CONV_CHOICES
+from mlb_jax.models.conv import resolve as resolve_conv
 from mlb_jax.models.fusion import (
     FUSIONS,
     FiLMFusion,
@@ -13,6 +15,7 @@ from mlb_jax.models.fusion import (
 from mlb_jax.models.heads import torch_linear, unimodal_heads
 from mlb_jax.models.multimodal import (
     ENCODERS,
+    EncoderSpec,
     ModalitySpec,
     ModelOutput,
     MultimodalClassifier,
@@ -21,15 +24,17 @@ from mlb_jax.models.multimodal import (
 from mlb_jax.models.resnet import AudioEncoder, ResNet18, VideoEncoder
 
 __all__ = [
+    "CONV_CHOICES",
     "ENCODERS",
     "FUSIONS",
     "AudioEncoder",
+    "EncoderSpec",
     "FiLMFusion",
     "Fusion",
     "GatedFusion",
     "LateLinearFusion",
     "MidMLPFusion",
-    "ModalitySpec",
+    "ModalitySpec",  # deprecated alias of EncoderSpec
     "ModelOutput",
     "MultimodalClassifier",
     "ResNet18",
@@ -37,6 +42,7 @@ __all__ = [
     "VideoEncoder",
     "build_fusion",
     "build_model",
+    "resolve_conv",
     "torch_linear",
     "unimodal_heads",
 ]

@@ -12,7 +12,7 @@ the per-layer tables):
 
 :func:`conv_general_dilated` is a drop-in for ``jax.lax.conv_general_dilated``
 (``nnx.Conv(conv_general_dilated=...)``) that picks, per layer and per pass, among XLA's
-convolution and three other formulations of the same sums:
+convolution and three other formulations of the same sums (together, "the plan"):
 
 * Winograd F(4x4, 3x3) (`mlb_jax.models.winograd`) for every pass of the stride-1, padding-1
   3x3 layers that make up most of ResNet-18's work: 4x fewer multiply-adds than the direct
@@ -28,32 +28,57 @@ convolution and three other formulations of the same sums:
   contiguous row ranges of the flattened padded input and output gradient
   (`_shifted_kernel_grad`).
 
-The choice is static, from the shapes (`plan`); nothing extra is kept from the forward pass
-(patches and transforms are rebuilt in the backward pass). The mathematics is unchanged:
-same function, same gradients up to float32 rounding (~1e-5 relative for Winograd, whose
-transform coefficients reach 8; summation order for the others).
+The choice is static, from the shapes and dtype (`plan`); nothing extra is kept from the
+forward pass (patches and transforms are rebuilt in the backward pass). The mathematics is
+unchanged: same function, same gradients up to float32 rounding (~1e-5 relative for Winograd,
+whose transform coefficients reach 8; summation order for the others). Only float32 runs the
+plan's algorithms: their error analysis and measurements are float32's, so bfloat16, float16
+and float64 convolutions go to ``lax.conv_general_dilated`` unchanged, as do calls other than
+2-D NHWC/HWIO with explicit padding, no dilation and one feature group.
 
-Whether the choice is made is decided when the step is traced, by the environment variable
-``MLB_JAX_CONV``: ``auto`` (default: the per-layer plan on the CPU backend; XLA's convolution
-everywhere on GPUs and TPUs, whose convolution libraries are fast at every pass), ``im2col``
-(the plan on any backend; the name predates Winograd) or ``xla`` (XLA's convolution
-everywhere). Calls other than 2-D NHWC/HWIO with explicit padding, no dilation and one
-feature group always go to ``lax.conv_general_dilated``.
+Whether the plan is used is a recorded choice, the model config field ``conv``
+(``config.model.conv``, see :data:`CHOICES`), which the model passes to every convolution
+layer when it is built (`conv_function`):
+
+* ``auto`` (default): the plan on the CPU backend; XLA's convolution on GPUs and TPUs, whose
+  convolution libraries are fast at every pass;
+* ``plan``: the plan on any backend (the environment value ``MLB_JAX_CONV=im2col`` of earlier
+  versions);
+* ``xla``: ``lax.conv_general_dilated`` everywhere.
+
+`resolve` says what a choice runs on a backend (``'plan'`` or ``'xla'``), for the run's
+records. The environment variable ``MLB_JAX_CONV`` is no longer read (`resolve` warns if it is
+set), so that a run's numbers follow from its config alone.
+
+Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is not available
+through a planned convolution: its gradients are a ``jax.custom_vjp``, which JAX can only
+reverse-differentiate. (A ``jax.custom_jvp`` would be transposed by JAX instead of running the
+backward algorithms above; measured, that transposed Winograd was 1.2-2x slower in the kernel
+gradient.) Where the call is reached eagerly or under ``vmap`` (``jax.jvp``, ``jax.jacfwd``,
+``jax.hessian``), the ``TypeError`` names the fix, ``config.model.conv='xla'``; under an inner
+``jax.jit`` JAX raises its own "can't apply forward-mode autodiff (jvp) to a custom_vjp
+function" when it compiles, and the fix is the same.
 """
 
 import functools
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mlb_jax.models import winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-ENV = "MLB_JAX_CONV"
+# Values of config.model.conv, and what `resolve` turns them into ('plan' or 'xla').
+CHOICES = ("auto", "plan", "xla")
+PLANNED = "plan"
+# The environment variable that chose the algorithm in earlier versions; no longer read.
+LEGACY_ENV = "MLB_JAX_CONV"
 # Algorithms a pass can use (`Plan`).
 XLA = "xla"  # lax.conv_general_dilated and its autodiff
 PATCHES = "patches"  # matrix products over im2col patches
@@ -87,25 +112,39 @@ class Plan(NamedTuple):
     kernel_grad: str
 
 
-def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding) -> Plan:
-    """The per-pass algorithm choice for one convolution, from its static shapes.
+# XLA's convolution in every pass: such a call is forwarded to lax.conv_general_dilated as is.
+ALL_XLA = Plan(XLA, XLA, XLA)
+
+
+def plan(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[Sequence[int]],
+    dtype: jnp.dtype | type | None = np.float32,
+) -> Plan:
+    """The per-pass algorithm choice for one convolution, from its static shapes and dtype.
 
     The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer tables):
     Winograd F(4x4, 3x3) in every pass of stride-1, padding-1 3x3 layers with >= 32 channels
     on maps of >= 7x7 (forward and input gradient only up to 256 channels); otherwise small
     output maps are faster as matrix products in every pass, and the kernel gradient is faster
     as a patches (or, stride 1, shifted-rows) product for 1x1 kernels and for large maps with
-    enough output channels.
+    enough output channels. Any dtype but float32 gets `ALL_XLA`: the algorithms' rounding
+    (Winograd's transforms reach 8) and their speed were established for float32 only.
 
     Args:
         x_shape: [N, H, W, C_in].
         kernel_shape: [kh, kw, C_in, C_out].
         strides: (sh, sw).
         padding: ((top, bottom), (left, right)).
+        dtype: the dtype of both input and kernel; None when they differ (`ALL_XLA`).
 
     Returns:
         The plan.
     """
+    if dtype is None or jnp.dtype(dtype) != jnp.float32:
+        return ALL_XLA
     out_hw = _out_hw(x_shape, kernel_shape, strides, padding)
     channels = kernel_shape[2:]
     fits_winograd = (
@@ -133,16 +172,61 @@ def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides, padding) 
     return Plan(forward=forward, input_grad=forward, kernel_grad=kernel_grad)
 
 
-def enabled() -> bool:
-    """Whether traced convolutions follow `plan` (see the module doc).
+def resolve(choice: str, backend: str | None = None) -> str:
+    """What the convolution choice ``config.model.conv`` runs on a backend.
+
+    Example: ``resolve('auto', 'cpu') == 'plan'``, ``resolve('auto', 'gpu') == 'xla'``;
+    the trainer records ``{"conv": choice, "conv_resolved": resolve(choice)}``.
+
+    Args:
+        choice: one of :data:`CHOICES`: ``'auto'`` (the plan on the CPU backend, XLA's
+            convolution elsewhere), ``'plan'`` (the plan on any backend) or ``'xla'``.
+        backend: a JAX backend name (``'cpu'``, ``'gpu'``, ``'tpu'``, ...); None means
+            ``jax.default_backend()``, the backend the model's arrays live on.
+
+    Returns:
+        ``'plan'`` (`conv_general_dilated`, following `plan` per layer) or ``'xla'``
+        (``lax.conv_general_dilated`` everywhere).
 
     Raises:
-        ValueError: for a value of ``MLB_JAX_CONV`` other than auto, im2col, xla.
+        ValueError: naming ``config.model.conv`` and the allowed values, for any other choice.
     """
-    choice = os.environ.get(ENV, "auto")
-    if choice not in ("auto", "im2col", "xla"):
-        raise ValueError(f"{ENV}={choice!r}: use auto, im2col or xla")
-    return choice == "im2col" or (choice == "auto" and jax.default_backend() == "cpu")
+    if choice not in CHOICES:
+        hint = (
+            f" ('im2col', the old {LEGACY_ENV} value, is now 'plan')" if choice == "im2col" else ""
+        )
+        raise ValueError(
+            f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on "
+            f"the CPU, XLA's convolution elsewhere), 'plan' or 'xla'{hint}"
+        )
+    if LEGACY_ENV in os.environ:
+        # Warn rather than obey: a choice that changes numbers must come from the config,
+        # which is recorded with the run.
+        warnings.warn(
+            f"{LEGACY_ENV}={os.environ[LEGACY_ENV]!r} is ignored: the convolution algorithm is "
+            f"config.model.conv (now {choice!r}); pass --config.model.conv=xla|plan|auto",
+            stacklevel=2,
+        )
+    if choice == "auto":
+        return PLANNED if (backend or jax.default_backend()) == "cpu" else XLA
+    return choice
+
+
+def conv_function(choice: str, backend: str | None = None) -> Callable[..., jax.Array]:
+    """The ``conv_general_dilated`` argument of ``nnx.Conv`` for a convolution choice.
+
+    Args:
+        choice: ``config.model.conv``, see `resolve`.
+        backend: see `resolve`.
+
+    Returns:
+        `conv_general_dilated` if the choice resolves to ``'plan'``, otherwise
+        ``jax.lax.conv_general_dilated`` itself.
+
+    Raises:
+        ValueError: see `resolve`.
+    """
+    return conv_general_dilated if resolve(choice, backend) == PLANNED else lax.conv_general_dilated
 
 
 def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Array:
@@ -207,7 +291,7 @@ def _shifted_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, padding) -> 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-    algorithm = plan(x.shape, kernel.shape, strides, padding).forward
+    algorithm = plan(x.shape, kernel.shape, strides, padding, x.dtype).forward
     if algorithm == WINOGRAD:
         return winograd.conv3x3(x, kernel)
     return (_matmul_conv if algorithm == PATCHES else _xla_conv)(x, kernel, strides, padding)
@@ -219,7 +303,7 @@ def _conv_fwd(x, kernel, strides, padding):
 
 def _conv_bwd(strides, padding, residuals, dy):
     x, kernel = residuals
-    p = plan(x.shape, kernel.shape, strides, padding)
+    p = plan(x.shape, kernel.shape, strides, padding, x.dtype)
     if p.input_grad == WINOGRAD:
         dx = winograd.conv3x3_input_grad(dy, kernel)
     elif p.input_grad == PATCHES:
@@ -252,6 +336,13 @@ def _is_nhwc(dimension_numbers) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
+_FORWARD_MODE_HELP = (
+    "forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian) does not pass through "
+    "the CPU convolution plan, whose gradients are a jax.custom_vjp: build the model with "
+    "config.model.conv='xla' (--config.model.conv=xla) to differentiate it forward"
+)
+
+
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -268,13 +359,17 @@ def conv_general_dilated(
 ) -> jax.Array:
     """``lax.conv_general_dilated`` with a per-layer, per-pass algorithm (see module doc).
 
-    Args and return: as ``jax.lax.conv_general_dilated``. When `enabled`, 2-D NHWC/HWIO
-    convolutions with explicit padding pairs, no dilation, one group, default precision and
-    no output sharding follow `plan`; every other call is forwarded unchanged.
+    Args and return: as ``jax.lax.conv_general_dilated``. 2-D NHWC/HWIO float32 convolutions
+    with explicit padding pairs, no dilation, one group, default precision and no output
+    sharding follow `plan`; every other call, and every call whose plan is `ALL_XLA`, is
+    forwarded to ``lax.conv_general_dilated`` unchanged (the same operation).
+
+    Raises:
+        TypeError: naming ``config.model.conv='xla'``, when a planned call is differentiated in
+            forward mode (reached eagerly or under ``vmap``; see the module doc).
     """
     planned = (
-        enabled()
-        and lhs.ndim == 4
+        lhs.ndim == 4
         and _is_nhwc(dimension_numbers)
         and not isinstance(padding, str)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -285,6 +380,11 @@ def conv_general_dilated(
         and preferred_element_type is None
         and out_sharding is None
     )
+    if planned:
+        padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        window_strides = tuple(int(s) for s in window_strides)
+        dtype = lhs.dtype if lhs.dtype == rhs.dtype else None
+        planned = plan(lhs.shape, rhs.shape, window_strides, padding, dtype) != ALL_XLA
     if not planned:
         return lax.conv_general_dilated(
             lhs,
@@ -300,5 +400,11 @@ def conv_general_dilated(
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
         )
-    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding)
+    try:
+        return _conv(lhs, rhs, window_strides, padding)
+    except TypeError as error:
+        # JAX's own message ("can't apply forward-mode autodiff (jvp) to a custom_vjp
+        # function") does not say which function or what to do instead.
+        if "forward-mode" in str(error):
+            raise TypeError(_FORWARD_MODE_HELP) from error
+        raise

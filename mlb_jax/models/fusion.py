@@ -1,7 +1,8 @@
 """Fusion heads: map a dict of per-modality features {name: [B, D_m]} to fused logits [B, K].
 
-Five heads follow METHODS.md 2.4, generalised from two to any M >= 2 modalities (keyed by name,
-ordered as given; "first" means the first key):
+Five heads follow the fusion heads of the MLB reference code (kkontras/MLB, selected there by
+``model.args.cls_type``), generalised from two to any M >= 2 modalities (keyed by name, ordered
+as given; "first" means the first key):
 
 * ``late_linear``: z = sum_m W_m x_m + b, equal to one Linear on the concatenated features;
 * ``mid_mlp``: h = sum_m P_m x_m + b, z = Linear(Drop(ReLU(Linear(Drop(ReLU(h))))));
@@ -10,11 +11,11 @@ ordered as given; "first" means the first key):
 * ``transformer``: pre-norm transformer over one token per modality plus a CLS token.
 
 Parameter ownership is part of each head's contract, because balancing methods scale gradients
-per modality (METHODS.md 7.4): parameters that read only modality m live under
-``<block>/<m>/...`` where ``<block>`` is one of the head's ``modality_blocks``; everything else
-(shared biases, layers after the modalities meet) lives elsewhere and is never claimed by a
-modality. :meth:`Fusion.modality_blocks_of` reports, per modality, which blocks hold its
-parameters.
+per modality and find each modality's parameters by path: parameters that read only modality m
+live under ``<block>/<m>/...`` where ``<block>`` is one of the head's ``modality_blocks``;
+everything else (shared biases, layers after the modalities meet) lives elsewhere and is never
+claimed by a modality. :meth:`Fusion.modality_blocks_of` reports, per modality, which blocks
+hold its parameters.
 
 Linear layers use PyTorch's default initialisation (see :mod:`mlb_jax.models.heads`). Dropout
 streams are forked from the ``rngs`` given at construction and stored in the module; dropout is
@@ -119,7 +120,7 @@ class LateLinearFusion(Fusion):
     """Late (concatenation) fusion: z = sum_m W_m x_m + b.
 
     This is MLB's split form of one Linear(sum_m D_m -> K) on the concatenation [x_1; ...; x_M]
-    (METHODS.md 2.4, ``cls_type: linear``): the kernel block of modality m is
+    (MLB's default ``cls_type: linear``): the kernel block of modality m is
     ``linear/<m>/kernel`` [D_m, K] and the single shared ``bias`` [K] belongs to no modality.
     Initialisation as MLB's two PyTorch Linears: W_m ~ U(+-1/sqrt(D_m)), and the bias as the
     first modality's Linear bias, U(+-1/sqrt(D_first)).
@@ -150,8 +151,9 @@ class LateLinearFusion(Fusion):
     def split_logits(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Fusion-split logits u_m = W_m x_m + b / M, which sum to the fused logits.
 
-        OGM, OGM-GE and MSLR score modalities with these (METHODS.md 2.5); BalanceBenchmark
-        splits the bias evenly over the M modalities in the same way (METHODS.md 2.6).
+        OGM, OGM-GE and MSLR score modalities with these (the MLB reference code substitutes
+        them for the unimodal heads' logits under those methods); BalanceBenchmark's
+        concatenation fusion splits the bias evenly over the M modalities in the same way.
 
         Args:
             features: modality name -> [B, D_m].
@@ -169,7 +171,7 @@ class LateLinearFusion(Fusion):
 
 
 class MidMLPFusion(Fusion):
-    """Mid (MLP) fusion, METHODS.md 2.4 ``cls_type: nonlinear``.
+    """Mid (MLP) fusion, MLB's ``cls_type: nonlinear``.
 
     h = sum_m P_m x_m + b with bias-free input projections ``proj/<m>/kernel`` [D_m, H] and one
     shared ``bias`` [H] (MLB puts it on the first projection, which is the same function); then
@@ -221,7 +223,7 @@ class MidMLPFusion(Fusion):
 
 
 class FiLMFusion(Fusion):
-    """FiLM fusion: the first modality conditions the others (METHODS.md 2.4, ``cls_type: film``).
+    """FiLM fusion: the first modality conditions the others (MLB's ``cls_type: film``).
 
     [gamma, beta] = split(film_first(x_first)); z = out(gamma * prod_{m > first} x_m + beta).
     For M = 2 this is exactly the reference, z = Linear(gamma * x_v + beta) with audio
@@ -261,7 +263,7 @@ class FiLMFusion(Fusion):
 
 
 class GatedFusion(Fusion):
-    """Gated fusion (METHODS.md 2.4, ``cls_type: gated``).
+    """Gated fusion (MLB's ``cls_type: gated``).
 
     o_m = proj_m(x_m) with ``proj/<m>/{kernel,bias}`` [D, D] per modality (MLB's ``fc_mod<i>``,
     scaled with modality i); z = out(sigmoid(o_first) * prod_{m > first} o_m). For M = 2 this is
@@ -353,7 +355,7 @@ class TransformerFusion(Fusion):
     ``tokens/<m>/embedding`` belong to modality m) and a learned ``cls`` token; two pre-norm
     encoder layers, a final LayerNorm and z = out(CLS output). Dropout 0.1 by default.
 
-    This is the light counterpart of MLB's ``tf`` head (METHODS.md 2.4), which runs Conformer
+    This is the light counterpart of MLB's ``tf`` head (newer release), which runs Conformer
     blocks over all non-pooled audio and video positions; here each modality contributes its
     pooled feature, so the head works on any encoder and any M. MLB scales only the encoders for
     ``tf``; the per-modality tokenisers here are declared as their modality's parameters.

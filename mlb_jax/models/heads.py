@@ -1,7 +1,7 @@
 """PyTorch-initialised linear layers and the per-modality unimodal heads built from them.
 
 The reference implementations (MLB, BalanceBenchmark) keep PyTorch's default ``nn.Linear``
-initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias (METHODS.md 7.10), whereas
+initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, whereas
 Flax defaults to a LeCun-normal kernel and a zero bias. Every linear layer of the model layer is
 built through :func:`torch_linear` so that initial logits have the reference's scale.
 """
@@ -56,7 +56,7 @@ def torch_linear(
 def unimodal_heads(
     feature_dims: Mapping[str, int], num_classes: int, *, rngs: nnx.Rngs
 ) -> nnx.Dict:
-    """Builds one Linear(D_m -> K) with bias per modality (METHODS.md 2.5).
+    """Builds one Linear(D_m -> K) with bias per modality, like MLB's per-encoder classifiers.
 
     Each head reads its modality's pooled encoder feature [B, D_m] and returns logits [B, K].
 

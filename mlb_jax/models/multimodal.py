@@ -1,7 +1,8 @@
 """The multimodal classifier: per-modality encoders, unimodal heads and one fusion head.
 
-``MultimodalClassifier`` is keyed by modality name throughout (DESIGN.md decision 3), and its
-attribute layout makes parameter paths predictable for per-modality masks:
+``MultimodalClassifier`` is keyed by modality name throughout (nothing assumes two modalities
+or their names), and its attribute layout makes parameter paths predictable for per-modality
+masks:
 
 * ``encoders/<modality>/...``: the modality's encoder (ResNet-18 for ``audio`` and ``video``);
 * ``heads/<modality>/{kernel,bias}``: its unimodal head Linear(D -> K);
@@ -15,10 +16,14 @@ is active; with ``train=False`` neither happens. Dropout random streams are fork
 construction from ``rngs`` (its ``dropout`` stream, or ``default`` when it has none) and stored
 in the module as ``nnx.RngState``, so a functional train step must carry the non-``Param``
 state (batch statistics and RNG counters) in and out of ``jax.jit``.
+
+The convolution algorithm of the encoders is the config field ``conv`` (``auto`` | ``plan`` |
+``xla``, see :mod:`mlb_jax.models.conv`), resolved once when the model is built.
 """
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -26,6 +31,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mlb_jax.models.conv import resolve
 from mlb_jax.models.fusion import build_fusion, check_fusion_name, check_modality_names
 from mlb_jax.models.heads import unimodal_heads
 from mlb_jax.models.resnet import AudioEncoder, VideoEncoder
@@ -41,6 +47,7 @@ DEFAULT_IN_CHANNELS = {"audio": 1, "video": 3}
 # Fields of ``model_config`` accepted by :func:`build_model`, with their defaults.
 CONFIG_DEFAULTS: dict[str, Any] = {
     "base_width": 64,
+    "conv": "auto",
     "fusion": "late_linear",
     "fusion_hidden": 64,
     "dropout": 0.1,
@@ -50,8 +57,11 @@ _MODALITY_FIELDS = ("kind", "in_channels")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModalitySpec:
-    """What encodes one modality.
+class EncoderSpec:
+    """What encodes one modality: encoder kind and input channels.
+
+    Not to be confused with ``mlb_jax.data.ModalitySpec``, which describes how a modality is
+    stored.
 
     Attributes:
         kind: encoder kind, a key of :data:`ENCODERS` (``"audio"``: spectrograms [B, F, T(, C)];
@@ -61,6 +71,23 @@ class ModalitySpec:
 
     kind: str
     in_channels: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec(EncoderSpec):
+    """Deprecated alias of :class:`EncoderSpec`, kept for one release; use ``EncoderSpec``.
+
+    Renamed because ``mlb_jax.data.ModalitySpec`` is an unrelated stored-feature spec.
+    Constructing one warns with a ``DeprecationWarning``.
+    """
+
+    def __post_init__(self) -> None:
+        """Warns at the caller's line (level 3: here, the dataclass ``__init__``, the caller)."""
+        warnings.warn(
+            "mlb_jax.models.ModalitySpec is deprecated: use mlb_jax.models.EncoderSpec",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 class ModelOutput(NamedTuple):
@@ -77,9 +104,9 @@ class ModelOutput(NamedTuple):
     features: dict[str, jax.Array]
 
 
-def _as_spec(name: str, spec: ModalitySpec | Mapping[str, Any]) -> ModalitySpec:
+def _as_spec(name: str, spec: EncoderSpec | Mapping[str, Any]) -> EncoderSpec:
     """Normalises a modality description and checks its kind and channels."""
-    if not isinstance(spec, ModalitySpec):
+    if not isinstance(spec, EncoderSpec):
         unknown = sorted(set(spec) - set(_MODALITY_FIELDS))
         if unknown:
             raise ValueError(
@@ -87,7 +114,7 @@ def _as_spec(name: str, spec: ModalitySpec | Mapping[str, Any]) -> ModalitySpec:
             )
         if "kind" not in spec:
             raise ValueError(f"modality {name!r}: missing field 'kind' (one of {sorted(ENCODERS)})")
-        spec = ModalitySpec(spec["kind"], spec.get("in_channels"))
+        spec = EncoderSpec(spec["kind"], spec.get("in_channels"))
     if spec.kind not in ENCODERS:
         raise ValueError(
             f"modality {name!r}: unknown encoder kind {spec.kind!r}; expected one of "
@@ -98,7 +125,7 @@ def _as_spec(name: str, spec: ModalitySpec | Mapping[str, Any]) -> ModalitySpec:
         raise ValueError(
             f"modality {name!r}: in_channels must be a positive integer, got {spec.in_channels!r}"
         )
-    return ModalitySpec(spec.kind, channels)
+    return EncoderSpec(spec.kind, channels)
 
 
 class MultimodalClassifier(nnx.Module):
@@ -107,7 +134,7 @@ class MultimodalClassifier(nnx.Module):
     Example:
         >>> import jax.numpy as jnp
         >>> model = MultimodalClassifier(
-        ...     {"audio": ModalitySpec("audio"), "video": ModalitySpec("video")},
+        ...     {"audio": EncoderSpec("audio"), "video": EncoderSpec("video")},
         ...     num_classes=6, base_width=4, rngs=nnx.Rngs(params=0, dropout=1))
         >>> batch = {"audio": jnp.zeros((2, 64, 32)), "video": jnp.zeros((2, 3, 32, 32, 3))}
         >>> out = model(batch, train=False)
@@ -117,10 +144,11 @@ class MultimodalClassifier(nnx.Module):
 
     def __init__(
         self,
-        modalities: Mapping[str, ModalitySpec | Mapping[str, Any]],
+        modalities: Mapping[str, EncoderSpec | Mapping[str, Any]],
         num_classes: int,
         *,
         base_width: int = 64,
+        conv: str = "auto",
         fusion: str = "late_linear",
         fusion_hidden: int = 64,
         dropout: float = 0.1,
@@ -129,11 +157,14 @@ class MultimodalClassifier(nnx.Module):
         """Builds the model.
 
         Args:
-            modalities: modality name -> :class:`ModalitySpec` (or a mapping with ``kind`` and
+            modalities: modality name -> :class:`EncoderSpec` (or a mapping with ``kind`` and
                 optional ``in_channels``), in order; the order fixes the first (conditioning /
                 gating) modality of ``film`` and ``gated`` fusion.
             num_classes: K.
             base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width).
+            conv: the encoders' convolution algorithm, ``config.model.conv``: ``'auto'`` (the
+                CPU plan of :mod:`mlb_jax.models.conv` on the CPU backend, XLA's convolution
+                elsewhere), ``'plan'`` or ``'xla'``; resolved once, here.
             fusion: a key of :data:`mlb_jax.models.fusion.FUSIONS`.
             fusion_hidden: hidden / token width of ``mid_mlp`` and ``transformer`` fusion.
             dropout: dropout rate of ``mid_mlp`` and ``transformer`` fusion.
@@ -141,13 +172,16 @@ class MultimodalClassifier(nnx.Module):
                 ``default``) forked into the dropout layers.
 
         Raises:
-            ValueError: on an unknown encoder kind or fusion name, a bad modality name or
-                channel count, fewer than two modalities, or a non-positive ``num_classes``.
+            ValueError: on an unknown encoder kind, fusion name or convolution choice, a bad
+                modality name or channel count, fewer than two modalities, or a non-positive
+                ``num_classes``.
         """
         # Validate everything before building encoders, which is the slow part.
         check_modality_names(tuple(modalities))
         specs = {name: _as_spec(name, spec) for name, spec in modalities.items()}
         check_fusion_name(fusion)
+        # What every encoder convolution runs, 'plan' or 'xla' (static, for the run's records).
+        self.conv_algorithm = resolve(conv)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         # Static and ordered: nnx.Dict iteration order after a merge is not the build order.
@@ -155,7 +189,11 @@ class MultimodalClassifier(nnx.Module):
         self.encoders = nnx.Dict(
             {
                 name: ENCODERS[spec.kind](
-                    spec.in_channels, base_width=base_width, name=name, rngs=rngs
+                    spec.in_channels,
+                    base_width=base_width,
+                    conv=self.conv_algorithm,
+                    name=name,
+                    rngs=rngs,
                 )
                 for name, spec in specs.items()
             }
@@ -243,7 +281,8 @@ def build_model(
 
     Fields (all but ``modalities`` optional, defaults in :data:`CONFIG_DEFAULTS`):
     ``modalities`` (name -> {``kind``: 'audio' | 'video', ``in_channels``: int}), ``base_width``,
-    ``fusion``, ``fusion_hidden``, ``dropout``, ``num_classes``.
+    ``conv`` ('auto' | 'plan' | 'xla', see :mod:`mlb_jax.models.conv`), ``fusion``,
+    ``fusion_hidden``, ``dropout``, ``num_classes``.
 
     Args:
         model_config: the config (typically ``config.model``).
@@ -255,8 +294,8 @@ def build_model(
         The model.
 
     Raises:
-        ValueError: naming the field, on an unknown or missing field, an unknown encoder kind or
-            fusion, or a missing or conflicting number of classes.
+        ValueError: naming the field, on an unknown or missing field, an unknown encoder kind,
+            fusion or convolution choice, or a missing or conflicting number of classes.
     """
     config = _as_dict(model_config, "model config")
     unknown = sorted(set(config) - set(CONFIG_DEFAULTS) - {"modalities"})
@@ -285,6 +324,7 @@ def build_model(
         modalities,
         num_classes if num_classes is not None else configured,
         base_width=fields["base_width"],
+        conv=fields["conv"],
         fusion=fields["fusion"],
         fusion_hidden=fields["fusion_hidden"],
         dropout=fields["dropout"],

@@ -1,14 +1,19 @@
-"""ResNet-18 backbone and the audio and video encoders built on it (METHODS.md 2.1-2.3).
+"""ResNet-18 backbone and the audio and video encoders built on it.
 
 Layout is NHWC throughout. The backbone is torchvision's BasicBlock ResNet-18 without the final
-average pool and fully connected layer, with every detail that changes numbers kept as in the
-reference code: explicit (symmetric) padding instead of Flax ``"SAME"``, a max-pool padded with
--inf, BatchNorm momentum 0.9 (PyTorch 0.1) and epsilon 1e-5, and the MLB / BalanceBenchmark
-initialisation:
+average pool and fully connected layer, the encoder that the MLB (kkontras/MLB), OGM-GE and
+BalanceBenchmark reference repositories all use, with every detail that changes numbers kept as
+in their code: explicit (symmetric) padding instead of Flax ``"SAME"`` (which pads
+asymmetrically and moves the sampling grid), a max-pool padded with -inf, BatchNorm momentum
+0.9 (PyTorch 0.1) and epsilon 1e-5, and the MLB / BalanceBenchmark initialisation:
 
 * conv kernels: Kaiming-normal, fan_out, ReLU gain, i.e. N(0, 2 / (kh * kw * C_out)), untruncated
   as in ``torch.nn.init.kaiming_normal_``; convolutions have no bias;
 * BatchNorm: scale (gamma) ~ N(1, 0.02), bias (beta) = 0; no zero-init of residual branches.
+
+The convolution algorithm is the ``conv`` argument (``config.model.conv``: ``auto``, ``plan``
+or ``xla``; see :mod:`mlb_jax.models.conv`), resolved once when the network is built and handed
+to every layer, so that the choice is the config's and not something read while tracing.
 
 Encoders validate their input and raise one ``ValueError`` naming the modality and the expected
 shape, because a wrongly shaped array would otherwise fail deep inside a convolution.
@@ -18,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlb_jax.models.conv import conv_general_dilated
+from mlb_jax.models.conv import conv_function, resolve
 
 # PyTorch BatchNorm momentum 0.1 weights the new batch; Flax's momentum weights the running value.
 BN_MOMENTUM = 0.9
@@ -49,6 +54,7 @@ class ConvBN(nnx.Module):
         kernel_size: int,
         stride: int,
         padding: int,
+        conv: str = "auto",
         rngs: nnx.Rngs,
     ):
         """Builds the layer.
@@ -59,6 +65,7 @@ class ConvBN(nnx.Module):
             kernel_size: square kernel size k.
             stride: spatial stride.
             padding: zero padding on each side of both spatial axes (PyTorch semantics).
+            conv: convolution algorithm, ``config.model.conv`` (see `mlb_jax.models.conv`).
             rngs: parameter random streams.
         """
         self.conv = nnx.Conv(
@@ -69,7 +76,7 @@ class ConvBN(nnx.Module):
             padding=((padding, padding), (padding, padding)),
             use_bias=False,
             kernel_init=_conv_init,
-            conv_general_dilated=conv_general_dilated,
+            conv_general_dilated=conv_function(conv),
             rngs=rngs,
         )
         self.bn = nnx.BatchNorm(
@@ -97,23 +104,31 @@ class ConvBN(nnx.Module):
 class BasicBlock(nnx.Module):
     """ResNet BasicBlock: two 3x3 ConvBN with a residual connection (1x1 ConvBN when reshaping)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        conv: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         """Builds the block.
 
         Args:
             in_channels: input channels.
             out_channels: output channels.
             stride: stride of the first 3x3 convolution and of the downsample.
+            conv: convolution algorithm, see :class:`ConvBN`.
             rngs: parameter random streams.
         """
+        layer = {"conv": conv, "rngs": rngs}
         self.conv1 = ConvBN(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, rngs=rngs
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, **layer
         )
-        self.conv2 = ConvBN(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, rngs=rngs
-        )
+        self.conv2 = ConvBN(out_channels, out_channels, kernel_size=3, stride=1, padding=1, **layer)
         self.downsample = (
-            ConvBN(in_channels, out_channels, kernel_size=1, stride=stride, padding=0, rngs=rngs)
+            ConvBN(in_channels, out_channels, kernel_size=1, stride=stride, padding=0, **layer)
             if stride != 1 or in_channels != out_channels
             else None
         )
@@ -159,17 +174,33 @@ class ResNet18(nnx.Module):
     Parameter paths: ``stem/{conv,bn}/...``, ``stages/<s>/<b>/{conv1,conv2,downsample}/...`` with
     stage s in 0..3 and block b in 0..1. With ``base_width=64`` and 3 input channels it has
     11,176,512 parameters, exactly torchvision's ``resnet18`` without ``fc``.
+
+    Attributes:
+        conv_algorithm: what the ``conv`` choice resolved to when built, ``'plan'`` or ``'xla'``.
+        out_features: channels of the final feature map, 8 * base_width.
     """
 
-    def __init__(self, in_channels: int, *, base_width: int = 64, rngs: nnx.Rngs):
+    def __init__(
+        self, in_channels: int, *, base_width: int = 64, conv: str = "auto", rngs: nnx.Rngs
+    ):
         """Builds the network.
 
         Args:
             in_channels: image channels (1 for spectrograms, 3 for RGB, 2 for optical flow).
             base_width: width of the first stage; stages have 1x, 2x, 4x, 8x this width.
+            conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (the plan on the
+                CPU backend, XLA's convolution elsewhere), ``'plan'`` or ``'xla'``.
             rngs: parameter random streams.
+
+        Raises:
+            ValueError: naming ``config.model.conv``, for an unknown ``conv``.
         """
-        self.stem = ConvBN(in_channels, base_width, kernel_size=7, stride=2, padding=3, rngs=rngs)
+        # Resolved once, against the backend the model is built on, for every layer alike.
+        self.conv_algorithm = resolve(conv)
+        conv = self.conv_algorithm
+        self.stem = ConvBN(
+            in_channels, base_width, kernel_size=7, stride=2, padding=3, conv=conv, rngs=rngs
+        )
         stages = []
         width = base_width
         for stage, multiple in enumerate(STAGE_WIDTHS):
@@ -178,7 +209,7 @@ class ResNet18(nnx.Module):
             for block in range(BLOCKS_PER_STAGE):
                 # Stages 2-4 halve the resolution in their first block.
                 stride = 2 if stage > 0 and block == 0 else 1
-                blocks.append(BasicBlock(width, out_width, stride=stride, rngs=rngs))
+                blocks.append(BasicBlock(width, out_width, stride=stride, conv=conv, rngs=rngs))
                 width = out_width
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
@@ -206,16 +237,25 @@ class _PooledResNet(nnx.Module):
 
     DEFAULT_NAME = ""
 
-    def __init__(self, in_channels: int, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        base_width: int = 64,
+        conv: str = "auto",
+        name: str = "",
+        rngs: nnx.Rngs,
+    ):
         """Builds the encoder.
 
         Args:
             in_channels: input channels (1 for a spectrogram, 3 for RGB, 2 for optical flow).
             base_width: ResNet base width; the feature width is ``8 * base_width``.
+            conv: convolution algorithm, see :class:`ResNet18`.
             name: modality name, used in error messages.
             rngs: parameter random streams.
         """
-        self.resnet = ResNet18(in_channels, base_width=base_width, rngs=rngs)
+        self.resnet = ResNet18(in_channels, base_width=base_width, conv=conv, rngs=rngs)
         self.in_channels = in_channels
         self.name = name or self.DEFAULT_NAME
 
@@ -226,18 +266,25 @@ class _PooledResNet(nnx.Module):
 
 
 class AudioEncoder(_PooledResNet):
-    """Spectrogram encoder: ResNet-18 then global average pooling (METHODS.md 2.2).
+    """Spectrogram encoder: ResNet-18 then global average pooling over frequency and time.
 
-    The spectrogram's frequency axis is the image height and time the width (METHODS.md 7.11).
+    As in the reference code, the spectrogram's frequency axis is the image height and time the
+    width, with one channel: a [B, 257, T] spectrogram is a [B, 257, T, 1] image.
     """
 
     DEFAULT_NAME = "audio"
 
     def __init__(
-        self, in_channels: int = 1, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs
+        self,
+        in_channels: int = 1,
+        *,
+        base_width: int = 64,
+        conv: str = "auto",
+        name: str = "",
+        rngs: nnx.Rngs,
     ):
         """Builds the encoder (see `_PooledResNet`); 1 channel for a magnitude spectrogram."""
-        super().__init__(in_channels, base_width=base_width, name=name, rngs=rngs)
+        super().__init__(in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of spectrograms.
@@ -272,17 +319,23 @@ class AudioEncoder(_PooledResNet):
 class VideoEncoder(_PooledResNet):
     """Frame encoder: frames folded into the batch, ResNet-18, mean over time and space.
 
-    As in the reference (METHODS.md 2.3) every frame goes through the 2-D ResNet independently,
-    so BatchNorm statistics are taken over all B*T frames, and there is no temporal modelling.
+    As in the reference code, every frame goes through the 2-D ResNet independently, so
+    BatchNorm statistics are taken over all B*T frames, and there is no temporal modelling.
     """
 
     DEFAULT_NAME = "video"
 
     def __init__(
-        self, in_channels: int = 3, *, base_width: int = 64, name: str = "", rngs: nnx.Rngs
+        self,
+        in_channels: int = 3,
+        *,
+        base_width: int = 64,
+        conv: str = "auto",
+        name: str = "",
+        rngs: nnx.Rngs,
     ):
         """Builds the encoder (see `_PooledResNet`); 3 channels for RGB, 2 for optical flow."""
-        super().__init__(in_channels, base_width=base_width, name=name, rngs=rngs)
+        super().__init__(in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of clips.
