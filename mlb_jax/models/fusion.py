@@ -151,9 +151,9 @@ class LateLinearFusion(Fusion):
     def split_logits(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Fusion-split logits u_m = W_m x_m + b / M, which sum to the fused logits.
 
-        OGM, OGM-GE and MSLR score modalities with these (the MLB reference code substitutes
-        them for the unimodal heads' logits under those methods); BalanceBenchmark's
-        concatenation fusion splits the bias evenly over the M modalities in the same way.
+        OGM, OGM-GE and MSLR score modalities with these (docs/METHODS.md (OGM), (MSLR));
+        BalanceBenchmark's concatenation fusion splits the bias evenly over the M modalities in
+        the same way.
 
         Args:
             features: modality name -> [B, D_m].
