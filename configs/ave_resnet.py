@@ -48,8 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.val_split = "validation"  # official valSet.txt; selects the best epoch
     c.data.test_split = "test"  # official testSet.txt; the reported accuracy
 
-    c.method.alpha = 2.0  # METHODS.md §4.1, AVE MLB
-    c.method.beta_max = 1.0  # METHODS.md §4.1, AVE MLB (mode "2": no acceleration)
+    c.method.alpha = 2.0  # MLB on AVE in run.sh (docs/METHODS.md (hyper-parameters))
+    c.method.beta_max = 1.0  # the same run.sh line (tanh mode "2": no acceleration)
 
     c.train.lr = 1e-3  # AVE LR of MLB, Joint and Multi-Loss (METHODS.md §4.1)
     return c

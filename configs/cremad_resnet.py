@@ -47,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.val_split = "validation"  # the fold's VAVL 'val' speakers; selects the best epoch
     c.data.test_split = "test"  # the fold's VAVL 'test' speakers; the reported accuracy
 
-    c.method.alpha = 0.5  # METHODS.md §4.1, CREMA-D MLB
-    c.method.beta_max = 10.0  # METHODS.md §4.1, CREMA-D MLB (tanh mode "2")
+    c.method.alpha = 0.5  # MLB on CREMA-D in run.sh (docs/METHODS.md (hyper-parameters))
+    c.method.beta_max = 10.0  # the same run.sh line (tanh mode "2")
 
     c.train.lr = 1e-4  # MLB's CREMA-D LR (default config); Joint/Multi-Loss used 1e-3
     return c

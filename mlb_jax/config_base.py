@@ -6,6 +6,18 @@ a field and its one-line comment live in exactly one place.
 
 import ml_collections
 
+from mlb_jax.methods import (
+    AGM,
+    MLB,
+    MSLR,
+    OGM,
+    PMR,
+    MMCosine,
+    MMPareto,
+    ReconBoost,
+    default_block,
+)
+
 
 def synthetic_av() -> ml_collections.ConfigDict:
     """The demo config (configs/synthetic_av.py): MLB on the embedded synthetic dataset."""
@@ -47,50 +59,27 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.model.fusion_hidden = 64  # hidden width of mid_mlp / transformer fusion
     c.model.dropout = 0.1  # dropout in the fusion MLP / transformer
 
+    # Method settings (docs/METHODS.md): every default comes from the method dataclasses in
+    # mlb_jax/methods/; only the demo's deliberate overrides are written out as numbers.
     c.method = ml_collections.ConfigDict()
     c.method.name = "mlb"  # any of mlb_jax.methods.METHODS: joint, multiloss, mlb, ogm, ...
-    c.method.unimodal_weight = 1.0  # weight of each unimodal CE (multiloss, mlb)
-    c.method.alpha = 1.0  # MLB tanh steepness
-    c.method.beta_max = 4.0  # MLB acceleration cap (2 = paper's default rule)
-    c.method.score = "probability"  # MLB score: probability (paper) | accuracy
-    c.method.score_ema = 0.0  # EMA decay of MLB scores (0 = per-step, as the paper)
-    c.method.placement = "gradients"  # gradients (reference code) | updates (per-modality LR)
-    c.method.ogm = ml_collections.ConfigDict()  # OGM and OGM-GE (METHODS.md 3.4)
-    c.method.ogm.alpha = 0.3  # strength: k = 1 - tanh(alpha * rho) on the dominant modality
-    c.method.ogm.scope = "conv"  # scaled params: conv (official: conv kernels) | encoder (MLB)
-    c.method.ogm.start_epoch = 0  # first modulated epoch (0-based, inclusive)
-    c.method.ogm.end_epoch = 50  # last modulated epoch (inclusive; official 0-50)
-    c.method.ogm.noise_seed = 0  # seed of the OGM-GE gradient noise (ogm_ge only)
-    c.method.mslr = ml_collections.ConfigDict()  # MSLR (METHODS.md 3.5)
+    c.method.unimodal_weight = MLB.unimodal_weight  # weight of each unimodal CE (multiloss, mlb)
+    c.method.alpha = MLB.alpha  # MLB tanh steepness
+    # Demo override of MLB's 2.0 (the paper's rule): lets the slow video be sped up to 4x.
+    c.method.beta_max = 4.0  # MLB acceleration cap
+    c.method.score = MLB.score  # MLB score: probability (paper) | accuracy
+    c.method.score_ema = MLB.score_ema  # EMA decay of MLB scores (0 = per-step, as the paper)
+    c.method.placement = MLB.placement  # gradients (reference code) | updates (per-modality LR)
+    # Per-method blocks: read only by their method; each field is documented on the class.
+    c.method.ogm = default_block(OGM)  # ogm and ogm_ge: mlb_jax.methods.OGM
+    c.method.mslr = default_block(MSLR)  # mslr: mlb_jax.methods.MSLR
+    # Demo override of MSLR's 1 each: slow the dominant audio, speed up video from epoch 0.
     c.method.mslr.init_lr = {"audio": 0.7, "video": 1.3}  # static multiplier per modality
-    c.method.mslr.keep_memory = 5  # K: past validation accuracies averaged for the ratio
-    c.method.mslr.unimodal_weight = 0.0  # weight of unimodal CEs (0 = CE(fused) only, as ref.)
-    c.method.mslr.unimodal_logits = "split"  # unimodal CEs on: split (fusion-split) | heads
-    c.method.mslr.split = "validation"  # split whose accuracies drive MSLR (= data.val_split)
-    c.method.mmpareto = ml_collections.ConfigDict()  # MMPareto (METHODS.md 3.9)
-    c.method.mmpareto.alpha = 1.5  # gamma: multiplier of the combined encoder gradients
-    c.method.agm = ml_collections.ConfigDict()  # AGM (METHODS.md 3.6)
-    c.method.agm.alpha = 1.0  # strength: k_m = exp(alpha * min(r^_m - r_m, max_exponent))
-    c.method.agm.max_exponent = 10.0  # cap of r^ - r (MLB: 10 for two modalities, 7 for three)
-    c.method.agm.clip_threshold = 1.0  # fusion-kernel grad element beyond +-this clips (0 = off)
-    c.method.agm.clip_norm = 1.0  # global gradient norm after a triggered clip (MLB 3-mod.: 5)
-    c.method.agm.clip_pattern = r"^fusion/.*kernel$"  # watched parameters (regex on param paths)
-    c.method.pmr = ml_collections.ConfigDict()  # PMR (METHODS.md 3.7)
-    c.method.pmr.alpha = 1.0  # weight of the weak modality's prototype CE (MLB 1.5-3, BB 0.6)
-    c.method.pmr.momentum = 0.0  # prototype momentum (0 = replace each epoch, MLB; BB 0.5)
-    c.method.pmr.fraction = 0.1  # fraction of the training split the prototypes come from
-    c.method.pmr.normalize = True  # affine-free batch-statistics normalisation (MLB) | raw (BB)
-    c.method.pmr.split = "train"  # split the prototypes come from (= data.train_split)
-    c.method.pmr.subset_seed = 0  # seed of the per-epoch prototype subset
-    c.method.pmr.max_feature_dim = 512  # stored prototype width (>= every feature width D)
-    c.method.mmcosine = ml_collections.ConfigDict()  # MMCosine (METHODS.md 3.8)
-    c.method.mmcosine.scaling = 10.0  # s in u_m = s * cos(x_m, w_{m,k}) (MLB 10, BB 15)
-    c.method.reconboost = ml_collections.ConfigDict()  # ReconBoost (METHODS.md 3.10)
-    c.method.reconboost.alpha = 0.5  # weight of the agreement term GA (has a gradient here)
-    c.method.reconboost.w1 = 5.0  # weight of the boosted modality's log-likelihood
-    c.method.reconboost.w2 = 1.0  # weight of the ensemble-confidence discount
-    c.method.reconboost.boost_epochs = 1  # E: consecutive boosting epochs per modality
-    c.method.reconboost.ensemble_epochs = 1  # S: ensemble epochs after each modality's boosting
+    c.method.mmpareto = default_block(MMPareto)  # mmpareto: mlb_jax.methods.MMPareto
+    c.method.agm = default_block(AGM)  # agm: mlb_jax.methods.AGM
+    c.method.pmr = default_block(PMR)  # pmr: mlb_jax.methods.PMR
+    c.method.mmcosine = default_block(MMCosine)  # mmcosine: mlb_jax.methods.MMCosine
+    c.method.reconboost = default_block(ReconBoost)  # reconboost: mlb_jax.methods.ReconBoost
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

@@ -4,7 +4,12 @@ import pytest
 from flax import nnx
 
 from mlb_jax import modality_masks
-from mlb_jax.balancing import parameter_paths, unclaimed_parameters
+from mlb_jax.balancing import (
+    labels_from_masks,
+    modality_labels,
+    parameter_paths,
+    unclaimed_parameters,
+)
 
 PARAMS = {
     "encoders": {"audio": {"conv": jnp.ones(2)}, "video": {"conv": jnp.ones(3)}},
@@ -82,3 +87,39 @@ def test_nnx_state_paths_drop_value_suffix():
     assert jax.tree.structure(masks["video"]) == jax.tree.structure(params)
     assert selected(params, masks["video"]) == ["encoders/video/bias", "encoders/video/kernel"]
     assert unclaimed_parameters(params, masks) == ["bias"]
+
+
+def test_labels_name_the_owner_or_none_and_agree_with_masks():
+    patterns = {"audio": r"/audio\b", "video": [r"^encoders/video/", r"^heads/video/"]}
+    labels = modality_labels(PARAMS, patterns)
+    flat = dict(zip(parameter_paths(PARAMS), jax.tree.structure(PARAMS).flatten_up_to(labels)))
+    assert flat == {
+        "encoders/audio/conv": "audio",
+        "encoders/video/conv": "video",
+        "fusion/bias": None,
+        "fusion/proj/audio": "audio",
+        "fusion/proj/video": None,
+        "heads/audio/kernel": "audio",
+        "heads/video/kernel": "video",
+    }
+    masks = modality_masks(PARAMS, patterns)
+    # Masks to labels and back: the same ownership.
+    assert jax.tree.structure(PARAMS).flatten_up_to(labels_from_masks(masks)(PARAMS)) == list(
+        flat.values()
+    )
+    assert unclaimed_parameters(PARAMS, masks) == ["fusion/bias", "fusion/proj/video"]
+    with pytest.raises(ValueError, match="claimed by two modalities"):
+        modality_labels(PARAMS, {"audio": "audio|bias", "video": "video|bias"})
+
+
+def test_labels_from_overlapping_masks_name_every_clash():
+    masks = {
+        "audio": jax.tree.map(lambda _: True, PARAMS),
+        "video": modality_masks(PARAMS, {"video": "video"})["video"],
+    }
+    with pytest.raises(ValueError) as err:
+        labels_from_masks(masks)(PARAMS)
+    message = str(err.value)
+    assert message.startswith("parameters selected by two modality masks: ")
+    for path in ("encoders/video/conv", "fusion/proj/video", "heads/video/kernel"):
+        assert f"{path} (audio and video)" in message

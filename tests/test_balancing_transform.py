@@ -8,7 +8,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlb_jax import balancing_state, mlb_gradient_transform, modality_masks
-from mlb_jax.balancing import MLBState, balancing_metrics, chain_with_balancing
+from mlb_jax.balancing import (
+    BalancingState,
+    MLBState,
+    balancing_metrics,
+    chain_with_balancing,
+    mlb_rule,
+    modality_labels,
+    modality_values,
+    parameter_paths,
+    scale_by_modality,
+)
 
 # Scores with hand-computable coefficients at alpha=1, beta_max=10:
 # r_audio = 0.5 -> k_audio = 1 + tanh(-0.5); r_video = 2 -> k_video = 1 + 9 tanh(1).
@@ -314,7 +324,7 @@ def test_balancing_metrics_reads_through_chain():
         "smoothed_score/video",
     }
     assert float(metrics["k/audio"]) == pytest.approx(K_AUDIO, rel=1e-6)
-    with pytest.raises(ValueError, match="contains no MLBState"):
+    with pytest.raises(ValueError, match="contains no BalancingState"):
         balancing_state(optax.sgd(0.1).init(params))
 
 
@@ -393,3 +403,123 @@ class TestBadInput:
     def test_bad_ema(self):
         with pytest.raises(ValueError, match=r"score_ema must be in \[0, 1\)"):
             mlb_gradient_transform(make_masks(make_params()), alpha=1.0, score_ema=1.0)
+
+
+# ----------------------------------------------------------------------------- the core
+
+
+def test_mlbstate_is_a_deprecated_alias_of_balancing_state():
+    assert MLBState is BalancingState
+    state = mlb_gradient_transform(make_masks(make_params()), alpha=1.0).init(make_params())
+    assert isinstance(state, BalancingState) and state.extra == ()
+
+
+def constant_rule(k):
+    """A coefficient rule that applies the fixed coefficients `k` and records nothing else."""
+
+    def rule(modalities, state, inputs):
+        del inputs
+        return state._replace(coefficients={m: jnp.float32(k[m]) for m in modalities})
+
+    return rule
+
+
+def test_core_scales_labelled_leaves_exactly_and_passes_none_unscaled():
+    params = make_params()
+    labels = modality_labels(params, PATTERNS)
+    # The labels say who owns what; the shared bias is labelled None.
+    flat = dict(zip(parameter_paths(params), jax.tree.structure(params).flatten_up_to(labels)))
+    assert flat == {
+        "bias": None,
+        "encoders/audio/b": "audio",
+        "encoders/audio/w": "audio",
+        "encoders/video/w": "video",
+        "fusion/audio/kernel": "audio",
+        "fusion/video/kernel": "video",
+    }
+    tx = scale_by_modality(
+        labels, constant_rule({"audio": 0.25, "video": 3.0}), modalities=["audio", "video"]
+    )
+    grads = grads_like(params)
+    updates, state = tx.update(grads, tx.init(params), params)
+    for path, g, u in zip(
+        parameter_paths(params), jax.tree.leaves(grads), jax.tree.leaves(updates)
+    ):
+        k = {"audio": 0.25, "video": 3.0, None: 1.0}[flat[path]]
+        np.testing.assert_array_equal(np.asarray(u), np.float32(k) * np.asarray(g), err_msg=path)
+    np.testing.assert_array_equal(updates["bias"], grads["bias"])  # bit for bit
+    assert int(state.count) == 1
+    assert float(state.coefficients["video"]) == 3.0
+
+
+def test_core_with_labels_equals_mlb_with_masks():
+    params = make_params()
+    grads = grads_like(params, seed=7)
+    by_masks = mlb_gradient_transform(make_masks(params), alpha=1.0, beta_max=10.0)
+    by_labels = scale_by_modality(
+        modality_labels(params, PATTERNS),
+        mlb_rule(alpha=1.0, beta_max=10.0),
+        modalities=["audio", "video"],
+    )
+    a, sa = by_masks.update(grads, by_masks.init(params), params, modality_scores=SCORES)
+    b, sb = by_labels.update(grads, by_labels.init(params), params, modality_scores=SCORES)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    jax.tree.map(np.testing.assert_array_equal, sa, sb)
+    assert float(sb.coefficients["video"]) == pytest.approx(K_VIDEO, rel=1e-6)
+
+
+def test_core_alpha_schedule_through_the_mlb_rule():
+    # alpha(count) = 0.5 * count: k = 1 at the first update, then alpha = 0.5 and 1.0.
+    params = make_params()
+    tx = scale_by_modality(
+        modality_labels(params, PATTERNS),
+        mlb_rule(alpha=lambda count: 0.5 * count, beta_max=10.0),
+        modalities=["audio", "video"],
+    )
+    grads = grads_like(params)
+    state = tx.init(params)
+    expected_video = [1.0, 1 + 9 * math.tanh(0.5), 1 + 9 * math.tanh(1.0)]  # r_video = 2
+    for k in expected_video:
+        updates, state = tx.update(grads, state, params, modality_scores=SCORES)
+        np.testing.assert_allclose(
+            updates["encoders"]["video"]["w"], k * grads["encoders"]["video"]["w"], rtol=1e-6
+        )
+    assert int(state.count) == 3
+
+
+def test_core_callable_labels_and_label_errors():
+    params = make_params()
+    tx = scale_by_modality(
+        lambda p: modality_labels(p, PATTERNS),
+        constant_rule({"audio": 2.0, "video": 1.0}),
+        modalities=["audio", "video"],
+    )
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_array_equal(
+        updates["encoders"]["audio"]["w"], 2 * params["encoders"]["audio"]["w"]
+    )
+    wrong_structure = scale_by_modality(
+        {"bias": None}, constant_rule({"a": 1.0, "b": 1.0}), modalities=["a", "b"]
+    )
+    with pytest.raises(ValueError, match="modality labels do not match the parameter structure"):
+        wrong_structure.init(params)
+    unknown = jax.tree.map(lambda _: "text", params)
+    with pytest.raises(ValueError, match=r"parameter 'bias' is labelled 'text', which is not one"):
+        scale_by_modality(unknown, constant_rule({}), modalities=["audio", "video"]).init(params)
+    with pytest.raises(ValueError, match="at least two modalities"):
+        scale_by_modality(None, constant_rule({}), modalities=["audio"])
+
+
+def test_core_reads_and_checks_per_modality_inputs():
+    names = ["audio", "video"]
+    assert modality_values({}, "modality_scores", names, required=False) is None
+    values = modality_values(
+        {"modality_scores": {"video": 2, "audio": 1}}, "modality_scores", names
+    )
+    assert list(values) == names and values["video"].dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"needs the keyword argument modality_scores="):
+        modality_values({}, "modality_scores", names)
+    with pytest.raises(ValueError, match=r"modality_scores\['audio'\] must be a scalar"):
+        modality_values(
+            {"modality_scores": {"audio": jnp.ones(2), "video": 1.0}}, "modality_scores", names
+        )

@@ -1,5 +1,6 @@
 """AGM: Shapley-style logits, coefficients, running means, hook equivalence, clipping, training."""
 
+import itertools
 import math
 
 import jax
@@ -27,7 +28,7 @@ from mlb_jax.methods.agm import (
     cumulative_mean,
     regex_mask,
     shapley_scores,
-    shapley_values,
+    shapley_weight,
 )
 from mlb_jax.methods.base import cross_entropy
 from mlb_jax.models import ModalitySpec, MultimodalClassifier
@@ -37,6 +38,24 @@ A, V, T = "audio", "video", "text"
 
 def fs(*names):
     return frozenset(names)
+
+
+def shapley_values(values, modalities):
+    """The textbook Shapley values phi_m = sum_{S not containing m} w(|S|) [v(S + m) - v(S)].
+
+    The oracle of `agm_logits` (o_m = phi_m + v(empty) / M): every coalition, the empty one
+    included, must be in `values`.
+    """
+    m = len(modalities)
+    subsets = [frozenset(c) for r in range(m + 1) for c in itertools.combinations(modalities, r)]
+    return {
+        name: sum(
+            shapley_weight(len(s), m) * (values[s | {name}] - values[s])
+            for s in subsets
+            if name not in s
+        )
+        for name in modalities
+    }
 
 
 # ----------------------------------------------------------------------------- Shapley maths
@@ -175,7 +194,7 @@ def test_path_gradients_with_k_equal_the_stop_gradient_hook():
     k = {A: 0.3, V: 2.5}
 
     def hooked(p):
-        # MLB's identity module with a backward hook: forward o, gradient x k (METHODS.md 7.6).
+        # MLB's identity module with a backward hook: forward o, gradient x k.
         o = agm.forward(FakeModel(p), INPUTS, train=True, method_state={}).unimodal_logits
         scaled = {m: jax.lax.stop_gradient(o[m]) * (1 - k[m]) + o[m] * k[m] for m in o}
         return cross_entropy(scaled[A] + scaled[V], LABELS)
@@ -240,7 +259,8 @@ def test_padded_passes_write_no_batchnorm_statistics():
 
 
 def test_coefficients_have_the_original_sign():
-    # Audio's loss fell below its history: it is ahead now, so it is slowed (B-4 reversed this).
+    # Audio's loss fell below its history: it is ahead now, so it is slowed (BalanceBenchmark's
+    # reversed sign would speed it up).
     k = agm_coefficients({A: 0.5, V: 1.5}, {A: 1.0, V: 1.0}, alpha=1.0)
     r_a, r_v = math.exp(1.5 - 0.5), math.exp(0.5 - 1.5)
     assert float(k[A]) == pytest.approx(math.exp(1.0 - r_a), rel=1e-5)
@@ -322,10 +342,29 @@ def test_clipping_only_when_a_fusion_kernel_element_is_large():
 
 def test_config_errors_name_the_field():
     config = ml_collections.ConfigDict({"name": "agm", "agm": {"alpha": -1.0}})
-    with pytest.raises(ValueError, match=r"config.method.agm.alpha"):
+    with pytest.raises(ValueError, match=r"config.method.agm.alpha must be >= 0, got -1.0"):
         make_method(config)
     method = make_method(ml_collections.ConfigDict({"name": "agm"}))  # defaults without a block
     assert method == AGM()
+    config = ml_collections.ConfigDict({"name": "agm", "agm": {"clip_patern": "x"}})
+    with pytest.raises(ValueError, match=r"unknown field config.method.agm.clip_patern; allowed"):
+        make_method(config)
+    config = ml_collections.ConfigDict({"name": "agm", "agm": {"clip_pattern": "("}})
+    with pytest.raises(ValueError, match=r"config.method.agm.clip_pattern must be a valid regular"):
+        make_method(config)
+    # The path gradients are raw gradients: AGM cannot sit after the optimiser.
+    config = ml_collections.ConfigDict({"name": "agm", "placement": "updates"})
+    with pytest.raises(
+        ValueError,
+        match=r"config.method.placement='updates' has no effect with method 'agm' \(it needs raw",
+    ):
+        make_method(config)
+    # Without clipping, clip_norm would be silently unused.
+    config = ml_collections.ConfigDict({"name": "agm", "agm": {"clip_threshold": 0.0}})
+    assert make_method(config).clip_threshold == 0.0
+    config.agm.clip_norm = 5.0
+    with pytest.raises(ValueError, match=r"config.method.agm.clip_norm=5.0 has no effect"):
+        make_method(config)
 
 
 # ----------------------------------------------------------------------------- training

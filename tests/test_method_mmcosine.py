@@ -80,7 +80,8 @@ def test_forward_sums_scaled_cosines_without_bias_for_three_modalities():
 
 
 def test_scaling_comes_from_the_config_and_takes_effect():
-    # MLB's --mmcosine_scaling never reached the model (METHODS.md 6, M-7); ours does.
+    # MLB's --mmcosine_scaling never reached the model (the flag is written where the model
+    # does not read it); ours does.
     config = ml_collections.ConfigDict({"name": "mmcosine", "mmcosine": {"scaling": 4.0}})
     method = make_method(config)
     assert method.scaling == 4.0
@@ -90,7 +91,10 @@ def test_scaling_comes_from_the_config_and_takes_effect():
     np.testing.assert_allclose(out.logits, [[4.0, 4.0]], rtol=1e-6)
     assert make_method(ml_collections.ConfigDict({"name": "mmcosine"})).scaling == 10.0
     config.mmcosine.scaling = 0.0
-    with pytest.raises(ValueError, match=r"config.method.mmcosine.scaling"):
+    with pytest.raises(ValueError, match=r"config.method.mmcosine.scaling must be > 0, got 0.0"):
+        make_method(config)
+    config.mmcosine = ml_collections.ConfigDict({"scale": 4.0})
+    with pytest.raises(ValueError, match=r"unknown field config.method.mmcosine.scale; allowed"):
         make_method(config)
 
 

@@ -170,7 +170,16 @@ def test_config():
     method = make_method(config)
     assert isinstance(method, MMPareto) and method.alpha == 0.5
     config.mmpareto.gamma = 1.0
-    with pytest.raises(ValueError, match="gamma"):
+    with pytest.raises(ValueError, match=r"unknown field config.method.mmpareto.gamma; allowed"):
+        make_method(config)
+    config = ml_collections.ConfigDict({"name": "mmpareto", "mmpareto": {"alpha": -1.0}})
+    with pytest.raises(ValueError, match=r"config.method.mmpareto.alpha must be >= 0, got -1.0"):
+        make_method(config)
+    # The Pareto rule weights every unimodal gradient by 1: a weight would be ignored.
+    config = ml_collections.ConfigDict({"name": "mmpareto", "unimodal_weight": 0.5})
+    with pytest.raises(
+        ValueError, match=r"config.method.unimodal_weight=0.5 has no effect with method 'mmpareto'"
+    ):
         make_method(config)
 
 

@@ -21,8 +21,8 @@ from mlb_jax import trainer
 from mlb_jax.balancing import balancing_metrics, parameter_paths
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.methods import make_method
+from mlb_jax.methods.late_linear import SplitOutput, encoder_labels
 from mlb_jax.methods.mslr import MSLR, modality_scale_transform, mslr_update
-from mlb_jax.methods.ogm import SplitOutput, encoder_masks
 from mlb_jax.models.fusion import LateLinearFusion
 
 INIT_LR = {"audio": 0.5, "video": 2.0}
@@ -151,7 +151,9 @@ def test_scale_transform_multiplies_encoder_and_head_only():
         "heads": {m: {"kernel": jnp.ones((2, 3))} for m in ("audio", "video")},
         "fusion": {"linear": {"audio": {"kernel": jnp.ones((2, 3))}}, "bias": jnp.ones(3)},
     }
-    tx = modality_scale_transform(encoder_masks(params, ["audio", "video"], scope="encoder"))
+    tx = modality_scale_transform(
+        encoder_labels(params, ["audio", "video"], scope="encoder"), modalities=["audio", "video"]
+    )
     grads = jax.tree.map(lambda x: 2.0 * x, params)
     updates, state = tx.update(
         grads,
@@ -190,13 +192,27 @@ def test_unimodal_losses_are_kept_when_configured():
     assert float(heads["audio"]) == pytest.approx(float(np.log1p(np.exp(-5.0))), rel=1e-4)
 
 
-def test_config_errors():
-    config = ml_collections.ConfigDict({"name": "mslr"})
+def test_config_fields_and_errors():
+    config = ml_collections.ConfigDict({"name": "mslr", "placement": "updates"})
+    config.mslr = ml_collections.ConfigDict({"init_lr": {"audio": 0.5}, "keep_memory": 3})
+    method = make_method(config)
+    assert (method.init_lr, method.keep_memory, method.placement) == (
+        (("audio", 0.5),),
+        3,
+        "updates",
+    )
     config.mslr = ml_collections.ConfigDict({"keep_memory": 0})
-    with pytest.raises(ValueError, match="keep_memory must be >= 1"):
+    with pytest.raises(ValueError, match=r"config.method.mslr.keep_memory must be >= 1, got 0"):
         make_method(config)
     config.mslr = ml_collections.ConfigDict({"keep_memroy": 1})
-    with pytest.raises(ValueError, match="keep_memroy"):
+    with pytest.raises(ValueError, match=r"unknown field config.method.mslr.keep_memroy; allowed"):
+        make_method(config)
+    config.mslr = ml_collections.ConfigDict({"unimodal_logits": "heads"})
+    with pytest.raises(ValueError, match=r"unimodal_logits='heads' has no effect with method"):
+        make_method(config)  # unimodal_weight 0: there is no unimodal loss to put on the heads
+    # The top-level unimodal_weight is multi-loss / MLB's; MSLR's own is in its block.
+    config = ml_collections.ConfigDict({"name": "mslr", "unimodal_weight": 0.5})
+    with pytest.raises(ValueError, match=r"config.method.mslr.unimodal_weight"):
         make_method(config)
 
 

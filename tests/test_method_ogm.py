@@ -17,12 +17,11 @@ from tiny_run import (
     trace_three_modality_step,
 )
 
-from mlb_jax.balancing import balancing_metrics, parameter_paths
+from mlb_jax.balancing import BalancingState, balancing_metrics, parameter_paths
 from mlb_jax.methods import make_method
+from mlb_jax.methods.late_linear import encoder_labels
 from mlb_jax.methods.ogm import (
     OGM,
-    OGMState,
-    encoder_masks,
     ogm_coefficients,
     ogm_gradient_transform,
     ogm_scores,
@@ -56,7 +55,7 @@ def test_two_modality_coefficients(s_audio, s_video, k_audio, k_video):
 
 def test_coefficient_jumps_at_equal_scores():
     # 1 - tanh(alpha * rho), not 1 - tanh(alpha * (rho - 1)): crossing rho = 1 jumps k of the
-    # newly dominant modality from 1 to about 1 - tanh(alpha) (METHODS.md 5.4).
+    # newly dominant modality from 1 to about 1 - tanh(alpha) (docs/METHODS.md (ogm)).
     below = ogm_coefficients({"audio": 3.0, "video": 2.999}, alpha=ALPHA)
     above = ogm_coefficients({"audio": 3.0, "video": 3.001}, alpha=ALPHA)
     assert float(below["video"]) == 1.0
@@ -131,7 +130,11 @@ def scale_factors(grads, updates):
 @pytest.mark.parametrize(("s_audio", "s_video"), [(3.0, 6.0), (6.0, 3.0)])
 def test_scaled_leaves_and_factors(scope, s_audio, s_video):
     params = fake_params()
-    tx = ogm_gradient_transform(encoder_masks(params, ["audio", "video"], scope=scope), alpha=ALPHA)
+    tx = ogm_gradient_transform(
+        encoder_labels(params, ["audio", "video"], scope=scope),
+        modalities=["audio", "video"],
+        alpha=ALPHA,
+    )
     grads = random_like(params)
     updates, state = tx.update(
         grads, tx.init(params), params, modality_scores={"audio": s_audio, "video": s_video}
@@ -158,9 +161,11 @@ def test_masks_on_the_real_model():
     _, params, _ = nnx.split(model, nnx.Param, ...)
     paths = parameter_paths(params)
     for scope in ("conv", "encoder"):
-        masks = encoder_masks(params, ["audio", "video"], scope=scope)
+        labels = jax.tree.structure(params).flatten_up_to(
+            encoder_labels(params, ["audio", "video"], scope=scope)
+        )
         for m in ("audio", "video"):
-            chosen = [p for p, s in zip(paths, jax.tree.leaves(masks[m])) if s]
+            chosen = [p for p, label in zip(paths, labels) if label == m]
             if scope == "conv":
                 # ResNet-18: stem + 8 blocks x 2 convs + 3 downsample convs = 20 kernels.
                 assert len(chosen) == 20
@@ -194,8 +199,10 @@ def noise_setup(seed=0):
             "video": {"conv": {"kernel": 0.5 * jax.random.normal(kg[1], shape)}},
         }
     }
-    masks = encoder_masks(params, ["audio", "video"], scope="conv")
-    tx = ogm_gradient_transform(masks, alpha=ALPHA, noise=True, seed=seed)
+    labels = encoder_labels(params, ["audio", "video"], scope="conv")
+    tx = ogm_gradient_transform(
+        labels, modalities=["audio", "video"], alpha=ALPHA, noise=True, seed=seed
+    )
     return tx, params, grads
 
 
@@ -229,7 +236,7 @@ def test_ge_noise_keys_per_step_tensor_and_seed():
     other, _ = tx_other.update(grads, tx_other.init(params), params, modality_scores=SCORES)
     assert not np.allclose(a(first), a(other))
     # Jitted, the state holds arrays only and gives the same numbers.
-    assert isinstance(state0, OGMState)
+    assert isinstance(state0, BalancingState) and state0.extra.dtype == jnp.uint32
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state0))
     jitted, _ = jax.jit(lambda g, s: tx.update(g, s, params, modality_scores=SCORES))(grads, state0)
     np.testing.assert_allclose(a(jitted), a(first), rtol=1e-6, atol=1e-6)
@@ -242,7 +249,7 @@ def test_outside_the_window_gradients_pass_unchanged():
     )
     for g, u in zip(jax.tree.leaves(grads), jax.tree.leaves(updates)):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(u))
-    assert float(state.record.coefficients["audio"]) == 1.0
+    assert float(state.coefficients["audio"]) == 1.0
 
 
 # ----------------------------------------------------------------------------- the method
@@ -273,10 +280,22 @@ def test_method_window_and_epoch_state():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="scope"):
+    with pytest.raises(
+        ValueError, match=r"config.method.ogm.scope must be one of \['conv', 'encoder'\], got 'bn'"
+    ):
         make_method(method_config("ogm", scope="bn"))
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['alhpa'\]"):
+    with pytest.raises(ValueError, match=r"unknown field config.method.ogm.alhpa; allowed: alpha,"):
         make_method(method_config("ogm", alhpa=1.0))
+    with pytest.raises(ValueError, match=r"config.method.ogm.end_epoch must be >= start_epoch"):
+        make_method(method_config("ogm", start_epoch=3, end_epoch=2))
+    with pytest.raises(ValueError, match=r"config.method.ogm.alpha must be a number, got 'x'"):
+        make_method(method_config("ogm", alpha="x"))
+    # noise_seed is OGM-GE's: plain OGM refuses a value that would do nothing.
+    assert make_method(method_config("ogm_ge", noise_seed=3)).noise_seed == 3
+    with pytest.raises(
+        ValueError, match=r"config.method.ogm.noise_seed=3 has no effect with method 'ogm'"
+    ):
+        make_method(method_config("ogm", noise_seed=3))
 
 
 def test_other_fusions_are_refused_clearly():

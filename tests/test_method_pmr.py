@@ -127,12 +127,20 @@ def test_first_epoch_and_invalid_classes_give_finite_zero_prototype_losses():
 
 
 class FakeContext:
-    def __init__(self, epoch, outputs):
-        self.epoch, self.outputs, self.splits = epoch, outputs, []
+    """An epoch context over hand-made predictions of a whole split (`outputs`)."""
 
-    def predict(self, split):
+    def __init__(self, epoch, outputs):
+        self.epoch, self.outputs, self.splits, self.indices = epoch, outputs, [], []
+
+    def split_size(self, split):
+        return len(self.outputs["labels"])
+
+    def predict(self, split, indices=None):
         self.splits.append(split)
-        return self.outputs
+        self.indices.append(indices)
+        if indices is None:
+            return self.outputs
+        return jax.tree.map(lambda x: np.asarray(x)[indices], self.outputs)
 
 
 def test_end_of_epoch_prototypes_subset_and_absent_classes():
@@ -166,6 +174,29 @@ def test_end_of_epoch_prototypes_subset_and_absent_classes():
     np.testing.assert_array_equal(newer["valid"], [True, True, False])
 
 
+def test_end_of_epoch_predicts_only_the_subset():
+    # 20 examples, fraction 0.25: 5 examples predicted (not the whole split), and the
+    # prototypes are the class means of exactly those 5.
+    rng = np.random.default_rng(1)
+    labels = np.arange(20) % 2
+    outputs = {
+        "labels": labels,
+        "features": {A: rng.normal(size=(20, 3)), V: rng.normal(size=(20, 2))},
+    }
+    pmr = PMR(fraction=0.25, normalize=False, max_feature_dim=3, subset_seed=7)
+    context = FakeContext(4, outputs)
+    new = pmr.end_of_epoch(pmr.init_state([A, V], 2), context)
+    (index,) = context.indices
+    np.testing.assert_array_equal(index, prototype_subset(20, 0.25, 7, 4))
+    assert len(index) == 5 and np.all(np.diff(index) > 0)  # sorted positions of the split
+    for k in (0, 1):
+        chosen = index[labels[index] == k]
+        if len(chosen):
+            np.testing.assert_allclose(
+                new["prototypes"][A][k], outputs["features"][A][chosen].mean(0), rtol=1e-5
+            )
+
+
 def test_prototype_subset_is_deterministic_and_sized():
     a = prototype_subset(2400, 0.1, 0, 3)
     assert len(a) == 240 and len(set(a)) == 240 and a.max() < 2400
@@ -181,7 +212,16 @@ def test_config_fields_and_errors():
     method = make_method(config)
     assert (method.alpha, method.momentum, method.fraction) == (1.75, 0.5, 0.2)
     config.pmr.fraction = 0.0
-    with pytest.raises(ValueError, match=r"config.method.pmr.fraction"):
+    with pytest.raises(
+        ValueError, match=r"config.method.pmr.fraction must be in \(0, 1\], got 0.0"
+    ):
+        make_method(config)
+    config.pmr.fraction = 0.2
+    config.pmr.fration = 0.2
+    with pytest.raises(ValueError, match=r"unknown field config.method.pmr.fration; allowed"):
+        make_method(config)
+    config = ml_collections.ConfigDict({"name": "pmr", "pmr": {"normalize": 1}})
+    with pytest.raises(ValueError, match=r"config.method.pmr.normalize must be True or False"):
         make_method(config)
 
 

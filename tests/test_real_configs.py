@@ -1,4 +1,4 @@
-"""The real-dataset configs: MLB hyper-parameters as in METHODS.md §4.1, and one train step each.
+"""The real-dataset configs: MLB's published hyper-parameters, and one train step each.
 
 Each config is run through the real code path on a tiny fake raw copy of its dataset (the
 layouts of tests/fake_media.py), converted by its data_prep converter at a tiny frame size;
@@ -21,8 +21,8 @@ from mlb_jax.data.schema import DataError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# METHODS.md §4.1 (newer run.sh), MLB row: (alpha, beta_max, lr). CREMA-D's MLB line passes no
-# --lr, so the default config's 1e-4 applies (§4.1 "Default configs").
+# (alpha, beta_max) of the reference run.sh's MLB lines (docs/METHODS.md (hyper-parameters)),
+# and the LR each config trains MLB at (CREMA-D: 1e-4, see configs/cremad_resnet.py).
 REFERENCE_MLB = {
     "cremad_resnet": (0.5, 10.0, 1e-4),
     "ave_resnet": (2.0, 1.0, 1e-3),

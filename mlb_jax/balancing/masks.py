@@ -1,19 +1,27 @@
-"""Per-modality parameter masks from path patterns, with ownership checks.
+"""Which modality owns each parameter: per-leaf labels (and boolean masks) from path patterns.
 
 Parameters are named by their '/'-joined pytree path (dict keys, attribute names and sequence
 indices), e.g. 'encoders/audio/stem/conv/kernel'; Flax NNX's trailing '.value' is dropped.
 A modality owns every parameter whose path matches one of its regular expressions
-(`re.search`). A parameter may belong to at most one modality; parameters owned by none (a
-fusion bias, shared layers) are left to the caller to list with `unclaimed_parameters`.
+(`re.search`). A parameter belongs to at most one modality; parameters owned by none (a fusion
+bias, shared layers) get the label None and are left to the caller (`unclaimed_parameters`
+lists them).
+
+The balancing transforms read ownership as a *labels* pytree, like the `param_labels` of
+`optax.multi_transform`: one leaf per parameter holding the owning modality's name or None.
+`modality_labels` builds it from patterns; `labels_from_masks` converts the per-modality boolean
+masks of the public `mlb_gradient_transform` contract into labels, refusing overlaps.
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
+MaskOrFn = PyTree | Callable[[PyTree], PyTree]
 _DROPPED_KEYS = ("value", "raw_value")
 
 
@@ -37,11 +45,11 @@ def parameter_paths(params: PyTree) -> list[str]:
     return [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
-def modality_masks(
+def modality_labels(
     params: PyTree,
     patterns: Mapping[str, str | Sequence[str]],
-) -> dict[str, PyTree]:
-    """Builds one boolean mask pytree per modality from path regexes.
+) -> PyTree:
+    """One label per parameter: the name of the modality whose patterns match its path, or None.
 
     Args:
       params: the parameter pytree (nested dicts, an NNX `State`, ...).
@@ -49,7 +57,9 @@ def modality_masks(
         against each parameter's path string (see `parameter_paths`).
 
     Returns:
-      Modality name -> pytree with the structure of `params` and Python bool leaves.
+      A pytree with the structure of `params` whose leaves are a modality name (str) or None
+      (owned by no modality). None is an empty subtree to `jax.tree` functions, so read it with
+      `jax.tree.structure(params).flatten_up_to(labels)`.
 
     Raises:
       ValueError: if a pattern is not a valid regex, a modality's patterns match no parameter,
@@ -80,12 +90,77 @@ def modality_masks(
                 f"the patterns of modality {name!r} ({patterns[name]!r}) match no parameter; "
                 f"parameter paths look like {paths[:3]}"
             )
-    return {
-        name: jax.tree_util.tree_map_with_path(
-            lambda p, _, name=name: name in owners[path_string(p)], params
-        )
-        for name in compiled
-    }
+    treedef = jax.tree.structure(params)
+    return treedef.unflatten([(owners[p] or [None])[0] for p in paths])
+
+
+def modality_masks(
+    params: PyTree,
+    patterns: Mapping[str, str | Sequence[str]],
+) -> dict[str, PyTree]:
+    """Builds one boolean mask pytree per modality from path regexes (see `modality_labels`).
+
+    Args:
+      params: the parameter pytree (nested dicts, an NNX `State`, ...).
+      patterns: modality name -> one regex or a list of regexes (`re.search` on the paths).
+
+    Returns:
+      Modality name -> pytree with the structure of `params` and Python bool leaves.
+
+    Raises:
+      ValueError: as `modality_labels` (invalid regex, a modality matching nothing, overlaps).
+    """
+    treedef = jax.tree.structure(params)
+    labels = treedef.flatten_up_to(modality_labels(params, patterns))
+    return {name: treedef.unflatten([label == name for label in labels]) for name in patterns}
+
+
+def labels_from_masks(masks: Mapping[str, MaskOrFn]) -> Callable[[PyTree], PyTree]:
+    """Converts per-modality boolean masks into a labels function params -> labels pytree.
+
+    Args:
+      masks: modality name -> bool pytree with the structure of the params, or a callable
+        params -> such a pytree.
+
+    Returns:
+      A callable tree -> labels pytree (leaf: the modality whose mask selects it, or None),
+      resolved against the tree it is given (the params at init, the params or updates at
+      update), so callable masks keep working under `optax.inject_hyperparams`.
+
+    Raises (when the returned callable runs):
+      ValueError: a mask whose structure differs from the tree's or whose leaves are not
+        booleans, or parameters selected by two masks (every one is named).
+    """
+
+    def labels(tree: PyTree) -> PyTree:
+        treedef = jax.tree.structure(tree)
+        owners: list[list[str]] = [[] for _ in range(treedef.num_leaves)]
+        for name, mask in masks.items():
+            resolved = mask(tree) if callable(mask) else mask
+            if jax.tree.structure(resolved) != treedef:
+                raise ValueError(
+                    f"the mask of modality {name!r} does not match the parameter structure: "
+                    f"mask {jax.tree.structure(resolved)} vs params {treedef}. Build masks from "
+                    "the same params, e.g. with mlb_jax.modality_masks(params, patterns)."
+                )
+            leaves = treedef.flatten_up_to(resolved)
+            if not all(
+                isinstance(x, bool) or getattr(x, "dtype", None) == jnp.bool_ for x in leaves
+            ):
+                raise ValueError(f"the mask of modality {name!r} must have boolean leaves")
+            for owner, selected in zip(owners, leaves):
+                if bool(selected):
+                    owner.append(name)
+        clashes = [
+            f"{path} ({' and '.join(owner)})"
+            for path, owner in zip(parameter_paths(tree), owners)
+            if len(owner) > 1
+        ]
+        if clashes:
+            raise ValueError("parameters selected by two modality masks: " + "; ".join(clashes))
+        return treedef.unflatten([owner[0] if owner else None for owner in owners])
+
+    return labels
 
 
 def unclaimed_parameters(params: PyTree, masks: Mapping[str, PyTree]) -> list[str]:
@@ -98,10 +173,5 @@ def unclaimed_parameters(params: PyTree, masks: Mapping[str, PyTree]) -> list[st
     Returns:
       Sorted list of path strings.
     """
-    paths = parameter_paths(params)
-    treedef = jax.tree.structure(params)
-    claimed = [False] * len(paths)
-    for mask in masks.values():
-        for i, selected in enumerate(treedef.flatten_up_to(mask)):
-            claimed[i] = claimed[i] or bool(selected)
-    return sorted(p for p, c in zip(paths, claimed) if not c)
+    labels = jax.tree.structure(params).flatten_up_to(labels_from_masks(masks)(params))
+    return sorted(p for p, label in zip(parameter_paths(params), labels) if label is None)

@@ -1,18 +1,25 @@
-"""Training methods, one file each, behind one registry (DESIGN decision 4)."""
+"""Training methods, one file each, behind one registry.
+
+A method is a small object and the train step is generic: every method plugs in through the
+`Method` interface (mlb_jax/methods/base.py) and is built from `config.method` by one reader
+(mlb_jax/methods/config.py).
+"""
 
 from collections.abc import Callable
+from typing import Any
 
-from mlb_jax.methods.agm import make_agm
-from mlb_jax.methods.base import Method, cross_entropy
+from mlb_jax.methods.agm import AGM, make_agm
+from mlb_jax.methods.base import EpochContext, Method, cross_entropy
+from mlb_jax.methods.config import default_block, method_from_config
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
-from mlb_jax.methods.mmcosine import make_mmcosine
-from mlb_jax.methods.mmpareto import make_mmpareto
-from mlb_jax.methods.mslr import make_mslr
+from mlb_jax.methods.mmcosine import MMCosine, make_mmcosine
+from mlb_jax.methods.mmpareto import MMPareto, make_mmpareto
+from mlb_jax.methods.mslr import MSLR, make_mslr
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
-from mlb_jax.methods.ogm import make_ogm, make_ogm_ge
-from mlb_jax.methods.pmr import make_pmr
-from mlb_jax.methods.reconboost import make_reconboost
+from mlb_jax.methods.ogm import OGM, make_ogm, make_ogm_ge
+from mlb_jax.methods.pmr import PMR, make_pmr
+from mlb_jax.methods.reconboost import ReconBoost, make_reconboost
 
 METHODS: dict[str, Callable[..., Method]] = {
     "joint": make_joint,
@@ -28,12 +35,18 @@ METHODS: dict[str, Callable[..., Method]] = {
     "reconboost": make_reconboost,
 }
 
+# config.method.<block> -> the method class whose settings it holds (OGM's serves ogm_ge too).
+BLOCKS: dict[str, type[Method]] = {
+    cls.config_block: cls for cls in (OGM, MSLR, MMPareto, AGM, PMR, MMCosine, ReconBoost)
+}
 
-def make_method(config) -> Method:
+
+def make_method(config: Any) -> Method:
     """Builds the method named by `config.name` from the `config.method` block.
 
     Raises:
-      ValueError: for an unknown method name (the message lists the known ones).
+      ValueError: for an unknown method name (the message lists the known ones), or any
+        setting `method_from_config` refuses (named by its config path).
     """
     if config.name not in METHODS:
         raise ValueError(
@@ -42,4 +55,22 @@ def make_method(config) -> Method:
     return METHODS[config.name](config)
 
 
-__all__ = ["METHODS", "MLB", "Method", "MultiLoss", "cross_entropy", "make_method"]
+__all__ = [
+    "AGM",
+    "BLOCKS",
+    "METHODS",
+    "MLB",
+    "MSLR",
+    "OGM",
+    "PMR",
+    "EpochContext",
+    "MMCosine",
+    "MMPareto",
+    "Method",
+    "MultiLoss",
+    "ReconBoost",
+    "cross_entropy",
+    "default_block",
+    "make_method",
+    "method_from_config",
+]

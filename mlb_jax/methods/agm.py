@@ -1,6 +1,6 @@
-"""AGM: adaptive gradient modulation from Shapley-style modality contributions (METHODS.md §3.6).
+"""AGM: adaptive gradient modulation from Shapley-style modality contributions.
 
-Every step (MLB's two-modality AGM, §3.6(a), generalised to any M >= 2):
+See docs/METHODS.md (agm). Every step (MLB's two-modality AGM, generalised to any M >= 2):
 
 1. Forward: the ordinary (train-mode) pass gives features x_m and fused logits f; every
    modality's encoder is also run on an all-zero input in eval mode (running BatchNorm
@@ -15,36 +15,40 @@ Every step (MLB's two-modality AGM, §3.6(a), generalised to any M >= 2):
    1.5 of AGM_3mod for M = 3), r^_m the same from the running means S^_m of the scores, which
    are cumulative averages over all steps since step 0 (not an EMA, never reset), updated after
    k is computed. k_m = exp(alpha * min(r^_m - r_m, max_exponent)): the ORIGINAL sign
-   (mean - s_m); BalanceBenchmark reverses it (§6 B-4), we do not.
+   (mean - s_m); BalanceBenchmark's AGM reverses it (it speeds up the modality that is
+   already ahead), we do not.
 3. The loss is CE(sum_m o_m) (= CE(f)); each o_m passes an "identity forward, gradient x k_m"
-   node (§7.6). The running means that k needs are per-step state, kept in the optimiser
-   state (an `MLBState`, so the trainer logs k/, score/ and smoothed_score/ like MLB's), which
-   the forward pass cannot read. So the hook is applied by linearity instead of inside the
-   graph: the gradient with the hooks is sum_m k_m G_m, where G_m is the gradient that flows
-   through o_m alone (the VJP of CE(o_m + stop_gradient(sum_{j != m} o_j))). `AGM.value_and_grad`
-   computes the M path gradients G_m (one forward, M backward passes) and hands them with the
-   scores to `agm_gradient_transform`, which returns sum_m k_m G_m. This equals the
-   stop_gradient-arithmetic hook exactly (tested).
-4. Conditional clipping (§7.12): if any element of the (scaled) fusion-kernel gradients exceeds
+   node (MLB's backward hook on an identity module). The running means that k needs are
+   per-step state, kept in the optimiser state (a `BalancingState`, so the trainer logs k/,
+   score/ and smoothed_score/ like MLB's), which the forward pass cannot read. So the hook is
+   applied by linearity instead of inside the graph: the gradient with the hooks is
+   sum_m k_m G_m, where G_m is the gradient that flows through o_m alone (the VJP of
+   CE(o_m + stop_gradient(sum_{j != m} o_j))). `AGM.value_and_grad` computes the M path
+   gradients G_m (one forward, M backward passes) and hands them with the scores to
+   `agm_gradient_transform` (the AGM rule over the balancing core), which returns
+   sum_m k_m G_m. This equals the stop_gradient-arithmetic hook exactly (tested).
+4. Conditional clipping: if any element of the (scaled) fusion-kernel gradients exceeds
    +-clip_threshold, the global norm of all gradients is clipped to clip_norm (MLB: 1 and 1 for
    two modalities, 5 and 5 for three).
 
-Generalises to M > 2: yes (exact Shapley weights over all coalitions; MLB's own three-modality
-variant is broken, §6 M-6, and is not copied: the padded passes here carry gradients, so the
-scaling is per modality, and the model is never left in eval mode).
+Generalises to M > 2: yes (exact Shapley weights over all coalitions). MLB's own
+three-modality variant is not copied: its padded passes carry no gradient, so its scaling is
+not per modality, and it leaves the model in eval mode. Here the padded passes carry
+gradients and the model's mode is never changed.
 
 Deliberate differences from the reference:
 * The present modalities' features in a padded coalition are the main pass's (train-mode)
   features; only the absent modality's encoder runs again, in eval mode on one zero example
   whose feature is broadcast over the batch (it is the same for every example). MLB reruns the
   whole model in eval mode per padded pass; reusing the features is cheaper and makes the
-  gradient analysis of §3.6(3) exact (dL/dx_m = k_m W_m^T g for late-linear fusion).
+  gradient of a modality's features exact: dL/dx_m = k_m W_m^T g for late-linear fusion.
 * `unimodal_logits` are the Shapley-style logits o_m (as MLB's `c`, `g` outputs), so the
   per-modality accuracies of an AGM run are those of the contributions, not of the unused
   unimodal heads.
-* The method's transform needs raw gradients, so its placement is always 'gradients'. Leave
-  `train.grad_clip_norm` at 0 with AGM: that clip runs first and would scale the summed
-  gradient but not the path gradients; AGM's own conditional clipping replaces it.
+* The method's transform needs raw gradients, so its placement is always 'gradients'
+  (`config.method.placement='updates'` is refused). Leave `train.grad_clip_norm` at 0 with
+  AGM: that clip runs first and would scale the summed gradient but not the path gradients;
+  AGM's own conditional clipping replaces it.
 """
 
 import dataclasses
@@ -52,16 +56,21 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from mlb_jax.balancing import MLBState, parameter_paths, path_string
-from mlb_jax.balancing.transform import initial_state
+from mlb_jax.balancing import (
+    BalancingState,
+    modality_values,
+    parameter_paths,
+    path_string,
+    scale_by_modality,
+)
 from mlb_jax.methods.base import Losses, Method, cross_entropy
+from mlb_jax.methods.config import method_from_config
 
 PyTree = Any
 Coalition = frozenset[str]
@@ -105,29 +114,6 @@ def _others_subsets(name: str, modalities: Sequence[str]) -> list[Coalition]:
         for size in range(len(others) + 1)
         for c in itertools.combinations(others, size)
     ]
-
-
-def shapley_values(
-    values: Mapping[Coalition, jax.Array], modalities: Sequence[str]
-) -> dict[str, jax.Array]:
-    """Exact Shapley values phi_m = sum_{S not containing m} w(|S|) [v(S + m) - v(S)].
-
-    Args:
-      values: coalition (frozenset of names) -> value, e.g. logits [B, K]; every coalition,
-        the empty one included.
-      modalities: the players.
-
-    Returns:
-      modality -> phi_m; sum_m phi_m = v(all) - v(empty).
-    """
-    m = len(modalities)
-    return {
-        name: sum(
-            shapley_weight(len(s), m) * (values[s | {name}] - values[s])
-            for s in _others_subsets(name, modalities)
-        )
-        for name in modalities
-    }
 
 
 def agm_logits(
@@ -228,9 +214,8 @@ def agm_gradient_transform(
     i.e. sum_m k_m G_m, and then adds s_m to the running means. Chain it first (it expects raw
     gradients). Unknown extra arguments are ignored.
 
-    The state is an `MLBState` so that `balancing_metrics` logs it: `count` = steps t so far,
-    `scores` = this step's s_m, `smoothed_scores` = running means S^_m after this step,
-    `coefficients` = this step's k_m.
+    The state is a `BalancingState`: `count` = steps t so far, `scores` = this step's s_m,
+    `smoothed_scores` = running means S^_m after this step, `coefficients` = this step's k_m.
 
     Args:
       modalities: modality names (M >= 2).
@@ -244,9 +229,6 @@ def agm_gradient_transform(
       ValueError: fewer than two modalities, alpha < 0 or max_exponent <= 0; at update, scores
         or path gradients missing for a modality.
     """
-    names = list(modalities)
-    if len(names) < 2:
-        raise ValueError(f"AGM needs at least two modalities, got {names}")
     if alpha < 0:
         raise ValueError(f"AGM alpha must be >= 0 (config.method.agm.alpha), got {alpha}")
     if max_exponent <= 0:
@@ -254,46 +236,37 @@ def agm_gradient_transform(
             f"AGM max_exponent must be > 0 (config.method.agm.max_exponent), got {max_exponent}"
         )
 
-    def init_fn(params: PyTree) -> MLBState:
-        del params
-        return initial_state(names)
-
-    def update_fn(
-        updates: PyTree,
-        state: MLBState,
-        params: PyTree | None = None,
-        *,
-        agm_scores: Mapping[str, jax.Array],
-        path_gradients: Mapping[str, PyTree] | None,
-        **extra_args: Any,
-    ) -> tuple[PyTree, MLBState]:
-        del params, extra_args
-        if path_gradients is None:
-            raise ValueError("path_gradients is None: AGM.value_and_grad must fill them in")
-        missing = [n for n in names if n not in agm_scores or n not in path_gradients]
-        if missing:
-            raise ValueError(f"agm_scores / path_gradients lack modalities {missing}")
-        scores = {n: jnp.asarray(agm_scores[n], jnp.float32) for n in names}
+    def rule(
+        names: Sequence[str], state: BalancingState, inputs: Mapping[str, Any]
+    ) -> BalancingState:
+        scores = modality_values(inputs, "agm_scores", names)
         k = agm_coefficients(scores, state.smoothed_scores, alpha=alpha, max_exponent=max_exponent)
-        scaled = updates
-        for n in names:
-            scaled = jax.tree.map(
-                lambda u, g, n=n: u + (k[n] - 1.0).astype(u.dtype) * g,
-                scaled,
-                path_gradients[n],
-            )
         means = {
             n: cumulative_mean(state.smoothed_scores[n], scores[n], state.count) for n in names
         }
-        new_state = MLBState(
-            count=optax.safe_increment(state.count),
-            scores=scores,
-            smoothed_scores=means,
-            coefficients=k,
-        )
-        return scaled, new_state
+        return state._replace(scores=scores, smoothed_scores=means, coefficients=k)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def apply(
+        updates: PyTree,
+        labels: None,
+        state: BalancingState,
+        new_state: BalancingState,
+        inputs: Mapping[str, Any],
+    ) -> PyTree:
+        del labels, state
+        path_gradients = inputs.get("path_gradients")
+        if path_gradients is None:
+            raise ValueError("path_gradients is None: AGM.value_and_grad must fill them in")
+        missing = [n for n in new_state.coefficients if n not in path_gradients]
+        if missing:
+            raise ValueError(f"path_gradients lack modalities {missing}")
+        for n, k in new_state.coefficients.items():
+            updates = jax.tree.map(
+                lambda u, g, k=k: u + (k - 1.0).astype(u.dtype) * g, updates, path_gradients[n]
+            )
+        return updates
+
+    return scale_by_modality(None, rule, modalities=modalities, apply=apply)
 
 
 def conditional_clip_by_global_norm(
@@ -301,7 +274,7 @@ def conditional_clip_by_global_norm(
 ) -> optax.GradientTransformationExtraArgs:
     """Clips the global norm of all updates to `max_norm` only if a watched element is large.
 
-    AGM's rule (METHODS.md §7.12): if any element of a watched leaf (the fusion kernels) is
+    AGM's rule (docs/METHODS.md (agm)): if any element of a watched leaf (the fusion kernels) is
     > threshold or < -threshold, every leaf is multiplied by min(1, max_norm / (norm + 1e-6)),
     norm = global norm of all leaves (torch's clip_grad_norm_); otherwise nothing changes.
 
@@ -369,21 +342,51 @@ class AGM(Method):
     """Adaptive gradient modulation (see the module docstring).
 
     Attributes:
-      alpha: modulation strength of k_m = exp(alpha * min(r^ - r, max_exponent)).
-      max_exponent: cap of r^ - r (MLB: 10 for two modalities, 7 for three).
+      alpha: modulation strength of k_m = exp(alpha * min(r^ - r, max_exponent)) (>= 0).
+      max_exponent: cap of r^ - r (> 0; MLB: 10 for two modalities, 7 for three).
       clip_threshold: a fusion-kernel gradient element beyond +-this triggers clipping
-        (0 = never clip). MLB: 1 (two modalities), 5 (three).
-      clip_norm: global norm after a triggered clipping. MLB: 1 (two modalities), 5 (three).
+        (>= 0; 0 = never clip). MLB: 1 (two modalities), 5 (three).
+      clip_norm: global norm after a triggered clipping (> 0). MLB: 1 (two modalities),
+        5 (three).
       clip_pattern: regex (re.search on parameter paths) of the watched fusion parameters.
     """
 
     name: str = "agm"
-    placement: str = "gradients"
+    placement: Literal["gradients", "updates"] = "gradients"
     alpha: float = 1.0
     max_exponent: float = 10.0
     clip_threshold: float = 1.0
     clip_norm: float = 1.0
     clip_pattern: str = r"^fusion/.*kernel$"
+
+    config_block: ClassVar[str | None] = "agm"
+    block_fields: ClassVar[tuple[str, ...]] = (
+        "alpha",
+        "max_exponent",
+        "clip_threshold",
+        "clip_norm",
+        "clip_pattern",
+    )
+    unread_because: ClassVar[Mapping[str, str]] = {
+        **Method.unread_because,
+        "placement": "it needs raw gradients: its transform always runs before the optimiser",
+    }
+
+    def validate(self) -> None:
+        """Method's checks plus the ranges of AGM's settings; placement must be 'gradients'."""
+        super().validate()
+        self.require("placement", self.placement == "gradients", "'gradients' (raw gradients)")
+        self.require("alpha", self.alpha >= 0, ">= 0")
+        self.require("max_exponent", self.max_exponent > 0, "> 0")
+        self.require("clip_threshold", self.clip_threshold >= 0, ">= 0 (0 = never clip)")
+        self.require("clip_norm", self.clip_norm > 0, "> 0")
+        try:
+            re.compile(self.clip_pattern)
+        except re.error as err:
+            self.require("clip_pattern", False, f"a valid regular expression ({err})")
+        if self.clip_threshold == 0:
+            for field in ("clip_norm", "clip_pattern"):
+                self.refuse_unused(field, getattr(AGM, field), "clip_threshold is 0: no clipping")
 
     def forward(
         self, model: Any, inputs: Mapping[str, jax.Array], *, train: bool, method_state: PyTree
@@ -492,27 +495,6 @@ class AGM(Method):
         return optax.chain(modulate, clip)
 
 
-def make_agm(config: ml_collections.ConfigDict) -> AGM:
-    """Builds AGM from `config.method` (fields under `config.method.agm`, defaults if absent).
-
-    Raises:
-      ValueError: alpha < 0, max_exponent <= 0, clip_threshold < 0 or clip_norm <= 0.
-    """
-    sub = config.get("agm") or {}
-    method = AGM(
-        alpha=float(sub.get("alpha", AGM.alpha)),
-        max_exponent=float(sub.get("max_exponent", AGM.max_exponent)),
-        clip_threshold=float(sub.get("clip_threshold", AGM.clip_threshold)),
-        clip_norm=float(sub.get("clip_norm", AGM.clip_norm)),
-        clip_pattern=str(sub.get("clip_pattern", AGM.clip_pattern)),
-    )
-    if method.alpha < 0:
-        raise ValueError(f"config.method.agm.alpha must be >= 0, got {method.alpha}")
-    if method.max_exponent <= 0:
-        raise ValueError(f"config.method.agm.max_exponent must be > 0, got {method.max_exponent}")
-    if method.clip_threshold < 0 or method.clip_norm <= 0:
-        raise ValueError(
-            "config.method.agm.clip_threshold must be >= 0 and clip_norm > 0, got "
-            f"{method.clip_threshold} and {method.clip_norm}"
-        )
-    return method
+def make_agm(config: Any) -> AGM:
+    """Builds AGM from `config.method` (block `agm`: alpha, max_exponent, clip_*)."""
+    return method_from_config(AGM, config)

@@ -1,6 +1,7 @@
 """The method interface: what a balancing method supplies to the generic train step.
 
-A method (DESIGN decision 4) is a small frozen object that owns
+A method is a small frozen object (one file per method under mlb_jax/methods/; the train
+step is generic and never branches on a method's name) that owns
   * its forward pass (`forward`; default: the model's own, e.g. AGM masks inputs here),
   * its named losses from the model outputs (`losses`) and how they combine (`combine`),
   * how gradients are formed from them (`value_and_grad`; default: gradient of the combined
@@ -11,11 +12,17 @@ A method (DESIGN decision 4) is a small frozen object that owns
   * optional per-epoch state (`init_state`, `end_of_epoch`): arrays kept in the train state,
     so they are checkpointed and restored with it, and updated on the host between epochs.
 The train step calls these and never branches on a method's name.
+
+Its dataclass fields are its settings: built from `config.method` by
+`mlb_jax.methods.config.method_from_config` (the class says which block and which top-level
+fields it reads), checked by `validate()` at construction, and `dataclasses.asdict(method)`
+is the JSON-serialisable record of every setting it uses.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +52,23 @@ class EpochContext(Protocol):
 
     epoch: int
 
-    def predict(self, split: str) -> dict[str, Any]:
-        """{'labels', 'logits', 'unimodal_logits', 'features'} of every example of `split`."""
+    def split_size(self, split: str) -> int:
+        """The number of examples of `split` (what `indices` of `predict` index into)."""
+        ...
+
+    def predict(self, split: str, indices: Any = None) -> dict[str, Any]:
+        """Eval-mode predictions of `split`, with the current parameters and statistics.
+
+        Args:
+          split: the split's name (e.g. config.data.train_split).
+          indices: None for every example, or a sorted int array of positions in the split's
+            stored order (0 <= i < `split_size(split)`): only those examples are predicted,
+            in that order.
+
+        Returns:
+          {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]},
+          'features': {m: [N, D_m]}} (host arrays), N = len(indices) or the split's size.
+        """
         ...
 
     def model(self) -> Any:
@@ -66,6 +88,58 @@ class Method:
 
     name: str = "joint"
     placement: Literal["gradients", "updates"] = "gradients"
+
+    # How `method_from_config` reads the settings (see mlb_jax/methods/config.py):
+    # the block config.method.<config_block> holding `block_fields` (None: no block) ...
+    config_block: ClassVar[str | None] = None
+    block_fields: ClassVar[tuple[str, ...]] = ()
+    # ... and the fields read from config.method itself.
+    top_level_fields: ClassVar[tuple[str, ...]] = ()
+    # Why a shared top-level field the method does not read has no effect (the error text).
+    unread_because: ClassVar[Mapping[str, str]] = {
+        "placement": "it has no gradient transformation",
+        "unimodal_weight": "it has no unimodal cross-entropy losses",
+    }
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def setting_path(self, field: str) -> str:
+        """Where `field` is set in the config, e.g. 'config.method.ogm.alpha'."""
+        if field in self.block_fields and self.config_block:
+            return f"config.method.{self.config_block}.{field}"
+        return f"config.method.{field}"
+
+    def require(self, field: str, ok: bool, requirement: str) -> None:
+        """Raises ValueError "<config path> must be <requirement>, got <value>" unless `ok`."""
+        if not ok:
+            raise ValueError(
+                f"{self.setting_path(field)} must be {requirement}, got {getattr(self, field)!r}"
+            )
+
+    def refuse_unused(self, field: str, default: Any, reason: str) -> None:
+        """Raises ValueError if `field` differs from `default` although `reason` makes it moot."""
+        value = getattr(self, field)
+        if value != default:
+            raise ValueError(
+                f"{self.setting_path(field)}={value!r} has no effect with method "
+                f"{self.name!r} ({reason}): remove it"
+            )
+
+    def validate(self) -> None:
+        """Checks every setting; raises ValueError naming the config field (see `require`).
+
+        Subclasses extend it (calling `super().validate()`); it runs at construction.
+        """
+        self.require(
+            "placement",
+            self.placement in ("gradients", "updates"),
+            "one of ['gradients', 'updates']",
+        )
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float):
+                self.require(field.name, math.isfinite(value), "a finite number")
 
     def init_state(self, modalities: list[str], num_classes: int) -> PyTree:
         """Initial per-epoch method state (a pytree of arrays; empty by default)."""

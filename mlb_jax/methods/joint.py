@@ -1,9 +1,14 @@
-"""Joint training: one cross-entropy on the fused logits, no balancing (METHODS.md §3.1)."""
+"""Joint training: one cross-entropy on the fused logits, no balancing.
+
+See docs/METHODS.md (joint-and-multiloss).
+"""
+
+from typing import Any
 
 from mlb_jax.methods.base import Method
+from mlb_jax.methods.config import method_from_config
 
 
-def make_joint(config) -> Method:
-    """Builds the joint-training method (no hyper-parameters)."""
-    del config
-    return Method(name="joint")
+def make_joint(config: Any) -> Method:
+    """Builds joint training from `config.method` (no settings of its own)."""
+    return method_from_config(Method, config, name="joint")

@@ -1,19 +1,26 @@
-"""MLB: multi-loss plus per-modality gradient scaling from unimodal scores (METHODS.md §3.3).
+"""MLB: multi-loss plus per-modality gradient scaling from unimodal scores (docs/METHODS.md (mlb)).
 
 The loss is the multi-loss; every step the unimodal heads' scores (mean true-class
-probability, from the same train-mode forward pass) are handed to
-`mlb_gradient_transform`, which multiplies each modality's encoder, unimodal head and own
-fusion block by k_m. The shared fusion bias is never scaled.
+probability, from the same train-mode forward pass) are handed to the MLB rule over the
+balancing core, which multiplies each modality's encoder, unimodal head and own fusion block
+by k_m. The shared fusion bias is never scaled.
 """
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import optax
 
-from mlb_jax.balancing import mlb_gradient_transform, modality_masks, modality_scores
+from mlb_jax.balancing import (
+    SCORE_FUNCTIONS,
+    mlb_rule,
+    modality_labels,
+    modality_scores,
+    scale_by_modality,
+)
+from mlb_jax.methods.config import method_from_config
 from mlb_jax.methods.multiloss import MultiLoss
 
 
@@ -22,10 +29,10 @@ class MLB(MultiLoss):
     """Multi-Loss Balanced gradient modulation.
 
     Attributes:
-      alpha: tanh steepness of the coefficient rule.
-      beta_max: acceleration cap (2 = the paper's default rule).
-      score: 'probability' (paper) or 'accuracy'.
-      score_ema: EMA decay of the scores (0 = per-step scores, as the paper).
+      alpha: tanh steepness of the coefficient rule (>= 0).
+      beta_max: acceleration cap (>= 0; 2 = the paper's default rule).
+      score: 'probability' (paper) or 'accuracy' (a key of `SCORE_FUNCTIONS`).
+      score_ema: EMA decay of the scores in [0, 1) (0 = per-step scores, as the paper).
     """
 
     name: str = "mlb"
@@ -33,6 +40,23 @@ class MLB(MultiLoss):
     beta_max: float = 2.0
     score: str = "probability"
     score_ema: float = 0.0
+
+    top_level_fields: ClassVar[tuple[str, ...]] = (
+        "unimodal_weight",
+        "alpha",
+        "beta_max",
+        "score",
+        "score_ema",
+        "placement",
+    )
+
+    def validate(self) -> None:
+        """Multi-loss checks plus the ranges of MLB's hyper-parameters."""
+        super().validate()
+        self.require("alpha", self.alpha >= 0, ">= 0")
+        self.require("beta_max", self.beta_max >= 0, ">= 0")
+        self.require("score", self.score in SCORE_FUNCTIONS, f"one of {sorted(SCORE_FUNCTIONS)}")
+        self.require("score_ema", 0 <= self.score_ema < 1, "in [0, 1)")
 
     def update_kwargs(self, outputs: Any, labels: jax.Array, method_state: Any) -> dict[str, Any]:
         """The step's modality scores from the unimodal heads."""
@@ -44,22 +68,14 @@ class MLB(MultiLoss):
     def gradient_transform(
         self, params: Any, patterns: Mapping[str, list[str]]
     ) -> optax.GradientTransformation:
-        """`mlb_gradient_transform` over masks built from the model's modality patterns."""
-        return mlb_gradient_transform(
-            modality_masks(params, patterns),
-            alpha=self.alpha,
-            beta_max=self.beta_max,
-            score_ema=self.score_ema,
+        """The MLB rule over labels built from the model's modality patterns."""
+        return scale_by_modality(
+            modality_labels(params, patterns),
+            mlb_rule(alpha=self.alpha, beta_max=self.beta_max, score_ema=self.score_ema),
+            modalities=list(patterns),
         )
 
 
-def make_mlb(config) -> MLB:
+def make_mlb(config: Any) -> MLB:
     """Builds MLB from `config.method` (alpha, beta_max, score, score_ema, placement, ...)."""
-    return MLB(
-        unimodal_weight=float(config.get("unimodal_weight", 1.0)),
-        alpha=float(config.alpha),
-        beta_max=float(config.get("beta_max", 2.0)),
-        score=str(config.get("score", "probability")),
-        score_ema=float(config.get("score_ema", 0.0)),
-        placement=str(config.get("placement", "gradients")),
-    )
+    return method_from_config(MLB, config)

@@ -1,4 +1,4 @@
-"""MMCosine: cosine-normalised late-fusion logits (METHODS.md §3.8).
+"""MMCosine: cosine-normalised late-fusion logits (docs/METHODS.md (mmcosine)).
 
 The forward pass replaces the late-linear fusion by
     u_m[i, k] = s * cos(x_{m,i}, w_{m,k}),   z = sum_m u_m   (no bias),
@@ -12,7 +12,7 @@ Generalises to M > 2: yes (one block per modality, summed).
 
 Deliberate differences from the reference:
 * The scaling s is `config.method.mmcosine.scaling` and it takes effect (in MLB the command
-  line flag is written where the model never reads it, §6 M-7).
+  line flag is written where the model never reads it, so the scaling is always the default).
 * `unimodal_logits` are the per-modality cosine logits u_m (what the method balances), not the
   unused unimodal heads, so per-modality accuracies are those of u_m.
 * Requires `model.fusion = 'late_linear'` (MLB's `mmcosine: true` is defined on it too).
@@ -20,13 +20,13 @@ Deliberate differences from the reference:
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mlb_jax.methods.base import Method
+from mlb_jax.methods.config import method_from_config
 from mlb_jax.models.fusion import LateLinearFusion
 from mlb_jax.models.multimodal import ModelOutput
 
@@ -65,11 +65,19 @@ class MMCosine(Method):
     """Cosine-normalised late fusion (see the module docstring).
 
     Attributes:
-      scaling: s, the logit scale (MLB configs 10, BalanceBenchmark 15).
+      scaling: s > 0, the logit scale (MLB configs 10, BalanceBenchmark 15).
     """
 
     name: str = "mmcosine"
     scaling: float = 10.0
+
+    config_block: ClassVar[str | None] = "mmcosine"
+    block_fields: ClassVar[tuple[str, ...]] = ("scaling",)
+
+    def validate(self) -> None:
+        """Method's checks plus scaling > 0."""
+        super().validate()
+        self.require("scaling", self.scaling > 0, "> 0")
 
     def forward(
         self, model: Any, inputs: Mapping[str, jax.Array], *, train: bool, method_state: PyTree
@@ -107,14 +115,6 @@ class MMCosine(Method):
         return ModelOutput(sum(u.values()), u, features)
 
 
-def make_mmcosine(config: ml_collections.ConfigDict) -> MMCosine:
-    """Builds MMCosine from `config.method` (field `config.method.mmcosine.scaling`).
-
-    Raises:
-      ValueError: if the scaling is not positive.
-    """
-    sub = config.get("mmcosine") or {}
-    method = MMCosine(scaling=float(sub.get("scaling", MMCosine.scaling)))
-    if method.scaling <= 0:
-        raise ValueError(f"config.method.mmcosine.scaling must be > 0, got {method.scaling}")
-    return method
+def make_mmcosine(config: Any) -> MMCosine:
+    """Builds MMCosine from `config.method` (block `mmcosine`: scaling)."""
+    return method_from_config(MMCosine, config)

@@ -1,4 +1,6 @@
-"""MMPareto: Pareto combination of the multimodal and unimodal gradients (METHODS.md §3.9).
+"""MMPareto: Pareto combination of the multimodal and unimodal gradients.
+
+See docs/METHODS.md (mmpareto).
 
 The losses are the multi-loss ones, L_mm = CE(fused) and L_m = CE(unimodal head m). One forward
 pass and one `jax.vjp` give the gradient of every loss separately. For each modality m, on the
@@ -17,25 +19,27 @@ The combined gradients then go through the optimiser chain like any other gradie
 any M >= 2: each modality's rule involves only L_mm and its own L_m.
 
 Deliberate differences from the references:
-  * B-3 (BalanceBenchmark) is not copied: the per-loss gradients are computed separately, so
-    cos is a real cosine and the method does not collapse to a scaled multi-loss.
+  * BalanceBenchmark's shortcut is not copied: it does not compute the per-loss gradients
+    separately, so its cosine is not a real cosine and the method collapses to a scaled
+    multi-loss. Here every loss gets its own backward pass.
   * Degenerate cases are defined instead of producing NaN: a zero ||g_mm - g_m||^2 gives
     c1 = 1/2 (the two gradients are equal, any convex weight gives the same vector), and a
     zero g_new is left at zero instead of being divided by its norm.
-  * The min-norm weight is clipped to [0, 1] (METHODS.md); the official solver's 0.001/0.999
+  * The min-norm weight is clipped to [0, 1]; the official solver's 0.001/0.999
     endpoints are only reachable for non-conflicting gradients, which take the (1/2, 1/2)
     branch anyway.
 """
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from mlb_jax.balancing import parameter_paths
-from mlb_jax.methods.base import Losses
+from mlb_jax.methods.base import Losses, Method
+from mlb_jax.methods.config import method_from_config
 from mlb_jax.methods.multiloss import MultiLoss
 
 PyTree = Any
@@ -131,14 +135,31 @@ def mmpareto_gradients(
 
 @dataclasses.dataclass(frozen=True)
 class MMPareto(MultiLoss):
-    """MMPareto (METHODS.md §3.9): multi-loss with Pareto-combined encoder gradients; any M >= 2.
+    """MMPareto: multi-loss with Pareto-combined encoder gradients; any M >= 2.
+
+    The inherited `unimodal_weight` stays 1: the per-loss gradients are combined by the rule,
+    which weights every unimodal loss by 1 (a different config value is refused).
 
     Attributes:
-      alpha: gamma, the final multiplier of the combined encoder gradients (official 1.5).
+      alpha: gamma >= 0, the final multiplier of the combined encoder gradients (official 1.5).
     """
 
     name: str = "mmpareto"
     alpha: float = 1.5
+
+    config_block: ClassVar[str | None] = "mmpareto"
+    block_fields: ClassVar[tuple[str, ...]] = ("alpha",)
+    top_level_fields: ClassVar[tuple[str, ...]] = ()
+    unread_because: ClassVar[Mapping[str, str]] = {
+        **Method.unread_because,
+        "unimodal_weight": "its Pareto rule combines the unimodal gradients with weight 1",
+    }
+
+    def validate(self) -> None:
+        """Multi-loss checks plus alpha >= 0 and unimodal_weight 1 (the rule's weight)."""
+        super().validate()
+        self.require("alpha", self.alpha >= 0, ">= 0")
+        self.require("unimodal_weight", self.unimodal_weight == 1.0, "1 (the Pareto rule's)")
 
     def value_and_grad(
         self, losses_fn: Callable[[PyTree], tuple[Losses, Any]], params: PyTree
@@ -156,17 +177,6 @@ class MMPareto(MultiLoss):
         return (self.combine(losses), losses, aux), grads
 
 
-MMPARETO_FIELDS = ("alpha",)
-
-
 def make_mmpareto(config: Any) -> MMPareto:
     """Builds MMPareto from `config.method` (block `mmpareto`: alpha)."""
-    block = config.get("mmpareto", None)
-    block = {} if block is None else dict(block)
-    unknown = sorted(set(block) - set(MMPARETO_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown field(s) {unknown} in config.method.mmpareto; "
-            f"expected {list(MMPARETO_FIELDS)}"
-        )
-    return MMPareto(alpha=float(block.get("alpha", MMPareto.alpha)))
+    return method_from_config(MMPareto, config)

@@ -1,4 +1,6 @@
-"""MSLR: modality-specific learning-rate multipliers from validation accuracy (METHODS.md §3.5).
+"""MSLR: modality-specific learning-rate multipliers from validation accuracy.
+
+See docs/METHODS.md (mslr).
 
 After every epoch the validation accuracy acc_m of each modality's fusion-split logits
 u_m = W_m x_m + b/M (late-linear fusion, eval mode) is measured. The next epoch's multiplier of
@@ -12,46 +14,47 @@ fusion layer is never scaled. Works for any M >= 2: each modality's multiplier d
 its own accuracies.
 
 Deliberate differences from the reference (`Bias_Infusion_MSLR` of kkontras/MLB):
-  * M-14 is not copied: the reference computes the configured unimodal losses and then returns
-    CE(fused) alone. Here L = CE(fused) + w * sum_m CE(unimodal_m) with w = `unimodal_weight`
-    (default 0, which is the loss the reference effectively trains). In the reference MSLR
-    model the unimodal outputs `c`/`g` are the fusion-split logits (METHODS.md §2.5), so
-    `unimodal_logits='split'` (default) puts the unimodal losses on u_m; 'heads' uses the
-    separate unimodal heads instead.
+  * The reference's dropped unimodal losses are not copied: it computes the configured
+    unimodal losses and then returns CE(fused) alone. Here
+    L = CE(fused) + w * sum_m CE(unimodal_m) with w = `unimodal_weight` (default 0, which is
+    the loss the reference effectively trains). In the reference MSLR model the unimodal
+    outputs `c`/`g` are the fusion-split logits, so `unimodal_logits='split'` (default) puts
+    the unimodal losses on u_m; 'heads' uses the separate unimodal heads instead.
   * Only the last K accuracies are stored (fixed shapes for jit and checkpoints); that is all
     the rule reads.
   * The multipliers act where `placement` puts them: 'gradients' (default) scales raw
     gradients like the reference, which Adam almost entirely cancels for an epoch-constant
-    multiplier (METHODS.md §7.1); 'updates' scales the optimiser's step, i.e. the per-modality
-    learning rate the paper describes.
+    multiplier; 'updates' scales the optimiser's step, i.e. the per-modality learning rate
+    the paper describes.
 
 `end_of_epoch` needs the model's fusion parameters to compute u_m from the validation features;
-it takes the eval model from the epoch context's `model()`.
+it takes the eval model from the epoch context's `model()`. Validation predictions come from
+`context.predict(split)` (the trainer serves the epoch's already computed ones).
 """
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlb_jax.balancing import MLBState
-from mlb_jax.balancing.transform import check_disjoint, flat_masks, initial_state, scale_selected
+from mlb_jax.balancing import BalancingState, modality_values, scale_by_modality
+from mlb_jax.balancing.core import LabelsOrFn
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
-from mlb_jax.methods.ogm import (
-    MaskOrFn,
+from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.late_linear import (
     SplitOutput,
     check_late_linear_params,
-    encoder_masks,
+    encoder_labels,
     late_linear_fusion,
     split_forward,
 )
+from mlb_jax.metrics import accuracy
 
 PyTree = Any
-UNIMODAL_LOGITS = ("split", "heads")
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -101,88 +104,55 @@ def mslr_update(
 # ----------------------------------------------------------------------------- transform
 
 
+def _multipliers_rule(
+    names: Sequence[str], state: BalancingState, inputs: Mapping[str, Any]
+) -> BalancingState:
+    """k_m = the given `modality_multipliers`; `modality_scores` (optional) only recorded."""
+    k = modality_values(inputs, "modality_multipliers", names)
+    scores = modality_values(inputs, "modality_scores", names, required=False)
+    scores = state.scores if scores is None else scores
+    return state._replace(scores=scores, smoothed_scores=dict(scores), coefficients=k)
+
+
 def modality_scale_transform(
-    modality_masks: Mapping[str, MaskOrFn],
+    labels: LabelsOrFn, *, modalities: Sequence[str]
 ) -> optax.GradientTransformationExtraArgs:
-    """Multiplies each modality's masked leaves by a given per-modality multiplier.
+    """Multiplies each modality's labelled leaves by a given per-modality multiplier.
 
     Args:
-      modality_masks: modality -> bool pytree with the params' structure (or a callable params
-        -> such a pytree); disjoint.
+      labels: per-leaf modality labels like the params (or a callable params -> labels);
+        leaves labelled None pass unchanged.
+      modalities: the modality names (at least two).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose `update(updates, state, params=None, *,
       modality_multipliers, modality_scores=None, **extra_args)` scales modality m's leaves by
-      `modality_multipliers[m]` and leaves the others unchanged; `modality_scores` (optional)
-      is only recorded for logging; unknown extra arguments are ignored. The state is an
-      `MLBState` record (count, scores, coefficients = the multipliers applied), so
-      `balancing_metrics` logs `k/<m>`.
+      `modality_multipliers[m]`; `modality_scores` (optional) is only recorded for logging;
+      unknown extra arguments are ignored. The state is a `BalancingState` (coefficients = the
+      multipliers applied), so `balancing_metrics` logs `k/<m>`.
 
     Raises:
-      ValueError: at init, masks that do not match the params or overlap; at update, missing or
-        unknown modality multipliers.
+      ValueError: at init, labels that do not match the params; at update, missing or unknown
+        modality multipliers.
     """
-    names = list(modality_masks)
-
-    def init_fn(params: PyTree) -> MLBState:
-        _, flat = flat_masks(modality_masks, params)
-        check_disjoint(params, flat)
-        return initial_state(names)
-
-    def update_fn(
-        updates: PyTree,
-        state: MLBState,
-        params: PyTree | None = None,
-        *,
-        modality_multipliers: Mapping[str, jax.Array],
-        modality_scores: Mapping[str, jax.Array] | None = None,
-        **extra_args: Any,
-    ) -> tuple[PyTree, MLBState]:
-        del extra_args
-        missing = [n for n in names if n not in modality_multipliers]
-        unknown = [n for n in modality_multipliers if n not in modality_masks]
-        if missing or unknown:
-            raise ValueError(
-                f"modality_multipliers must have exactly the masked modalities {names}; "
-                f"missing {missing}, unknown {unknown}"
-            )
-        k = {n: jnp.asarray(modality_multipliers[n], jnp.float32) for n in names}
-        treedef, flat = flat_masks(modality_masks, params if params is not None else updates)
-        out, _ = scale_selected(treedef.flatten_up_to(updates), flat, k)
-        scores = (
-            state.scores
-            if modality_scores is None
-            else {n: jnp.asarray(modality_scores[n], jnp.float32) for n in names}
-        )
-        new_state = MLBState(
-            count=optax.safe_increment(state.count),
-            scores=scores,
-            smoothed_scores=dict(scores),
-            coefficients=k,
-        )
-        return treedef.unflatten(out), new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return scale_by_modality(labels, _multipliers_rule, modalities=modalities)
 
 
 # ----------------------------------------------------------------------------- method
 
 
-def _epoch_model(context: EpochContext) -> Any:
-    """The eval model at the end of the epoch."""
-    return context.model()
-
-
 @dataclasses.dataclass(frozen=True)
 class MSLR(Method):
-    """Modality-specific learning rates (METHODS.md §3.5); any M >= 2.
+    """Modality-specific learning rates (docs/METHODS.md (mslr)); any M >= 2.
 
     Attributes:
-      init_lr: ((modality, ilr_m), ...) static multipliers; a modality not listed gets 1.
+      init_lr: ((modality, ilr_m), ...) static multipliers (>= 0); a modality not listed
+        gets 1. In the config: a mapping modality -> ilr_m.
       keep_memory: K, number of past validation accuracies averaged (>= 1).
-      unimodal_weight: w of the unimodal cross-entropies (0 = CE(fused) only, as trained by
-        the reference).
-      unimodal_logits: 'split' (fusion-split logits, the reference's `c`/`g`) or 'heads'.
+      unimodal_weight: w of the unimodal cross-entropies (>= 0; 0 = CE(fused) only, as
+        trained by the reference).
+      unimodal_logits: 'split' (fusion-split logits, the reference's `c`/`g`) or 'heads';
+        read only when unimodal_weight > 0.
       split: the data split whose accuracies drive the rule (config.data.val_split).
     """
 
@@ -192,6 +162,37 @@ class MSLR(Method):
     unimodal_weight: float = 0.0
     unimodal_logits: Literal["split", "heads"] = "split"
     split: str = "validation"
+
+    config_block: ClassVar[str | None] = "mslr"
+    block_fields: ClassVar[tuple[str, ...]] = (
+        "init_lr",
+        "keep_memory",
+        "unimodal_weight",
+        "unimodal_logits",
+        "split",
+    )
+    top_level_fields: ClassVar[tuple[str, ...]] = ("placement",)
+    unread_because: ClassVar[Mapping[str, str]] = {
+        **Method.unread_because,
+        "unimodal_weight": "its unimodal loss weight is config.method.mslr.unimodal_weight",
+    }
+
+    def validate(self) -> None:
+        """Method's checks plus the ranges of MSLR's settings."""
+        super().validate()
+        self.require(
+            "init_lr", all(v >= 0 for _, v in self.init_lr), "a mapping modality -> value >= 0"
+        )
+        self.require("keep_memory", self.keep_memory >= 1, ">= 1")
+        self.require("unimodal_weight", self.unimodal_weight >= 0, ">= 0")
+        self.require(
+            "unimodal_logits", self.unimodal_logits in ("split", "heads"), "'split' or 'heads'"
+        )
+        self.require("split", bool(self.split), "a split name")
+        if self.unimodal_weight == 0:
+            self.refuse_unused(
+                "unimodal_logits", MSLR.unimodal_logits, "unimodal_weight is 0: no unimodal loss"
+            )
 
     def _init_lr(self, modalities: list[str]) -> dict[str, float]:
         given = dict(self.init_lr)
@@ -222,7 +223,7 @@ class MSLR(Method):
         return split_forward(model, inputs, train=train, method_name=self.name)
 
     def losses(self, outputs: SplitOutput, labels: jax.Array, method_state: PyTree) -> Losses:
-        """{'fused': CE(z)} plus {m: CE(unimodal_m)} when unimodal_weight > 0 (not M-14)."""
+        """{'fused': CE(z)} plus {m: CE(unimodal_m)} when unimodal_weight > 0."""
         del method_state
         losses = {"fused": cross_entropy(outputs.logits, labels)}
         if self.unimodal_weight > 0:
@@ -252,20 +253,19 @@ class MSLR(Method):
         modalities = list(patterns)
         check_late_linear_params(params, modalities, self.name)
         self._init_lr(modalities)
-        return modality_scale_transform(encoder_masks(params, modalities, scope="encoder"))
+        return modality_scale_transform(
+            encoder_labels(params, modalities, scope="encoder"), modalities=modalities
+        )
 
     def end_of_epoch(self, method_state: PyTree, context: EpochContext) -> PyTree:
         """Validation accuracies of the fusion-split logits -> next epoch's multipliers."""
         predictions = context.predict(self.split)
-        fusion = late_linear_fusion(_epoch_model(context), self.name)
+        fusion = late_linear_fusion(context.model(), self.name)
         split_logits = fusion.split_logits(
             {m: jnp.asarray(x) for m, x in predictions["features"].items()}
         )
         labels = np.asarray(predictions["labels"])
-        accuracies = {
-            m: float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
-            for m, logits in split_logits.items()
-        }
+        accuracies = {m: accuracy(np.asarray(u), labels) for m, u in split_logits.items()}
         return mslr_update(
             method_state,
             accuracies,
@@ -274,34 +274,6 @@ class MSLR(Method):
         )
 
 
-MSLR_FIELDS = ("init_lr", "keep_memory", "unimodal_weight", "unimodal_logits", "split")
-
-
 def make_mslr(config: Any) -> MSLR:
     """Builds MSLR from `config.method` (block `mslr`: init_lr, keep_memory, ...)."""
-    block = config.get("mslr", None)
-    block = {} if block is None else dict(block)
-    unknown = sorted(set(block) - set(MSLR_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown field(s) {unknown} in config.method.mslr; expected {list(MSLR_FIELDS)}"
-        )
-    keep_memory = int(block.get("keep_memory", MSLR.keep_memory))
-    if keep_memory < 1:
-        raise ValueError(f"config.method.mslr.keep_memory must be >= 1, got {keep_memory}")
-    unimodal_logits = str(block.get("unimodal_logits", MSLR.unimodal_logits))
-    if unimodal_logits not in UNIMODAL_LOGITS:
-        raise ValueError(
-            f"config.method.mslr.unimodal_logits must be one of {list(UNIMODAL_LOGITS)}, "
-            f"got {unimodal_logits!r}"
-        )
-    init_lr = block.get("init_lr", None)
-    init_lr = {} if init_lr is None else dict(init_lr)
-    return MSLR(
-        init_lr=tuple((str(m), float(v)) for m, v in init_lr.items()),
-        keep_memory=keep_memory,
-        unimodal_weight=float(block.get("unimodal_weight", MSLR.unimodal_weight)),
-        unimodal_logits=unimodal_logits,
-        split=str(block.get("split", MSLR.split)),
-        placement=str(config.get("placement", "gradients")),
-    )
+    return method_from_config(MSLR, config)

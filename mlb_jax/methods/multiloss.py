@@ -1,11 +1,15 @@
-"""Multi-loss training: fused cross-entropy plus one per unimodal head (METHODS.md §3.2)."""
+"""Multi-loss training: fused cross-entropy plus one per unimodal head.
+
+See docs/METHODS.md (joint-and-multiloss).
+"""
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 
 from mlb_jax.methods.base import Losses, Method, cross_entropy
+from mlb_jax.methods.config import method_from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,11 +17,18 @@ class MultiLoss(Method):
     """L = CE(fused) + w * sum_m CE(unimodal head m).
 
     Attributes:
-      unimodal_weight: w, the weight of every unimodal cross-entropy (1 in the paper).
+      unimodal_weight: w, the weight of every unimodal cross-entropy (1 in the paper; >= 0).
     """
 
     name: str = "multiloss"
     unimodal_weight: float = 1.0
+
+    top_level_fields: ClassVar[tuple[str, ...]] = ("unimodal_weight",)
+
+    def validate(self) -> None:
+        """Method's checks and unimodal_weight >= 0."""
+        super().validate()
+        self.require("unimodal_weight", self.unimodal_weight >= 0, ">= 0")
 
     def losses(self, outputs: Any, labels: jax.Array, method_state: Any) -> Losses:
         """{'fused': CE(fused), '<m>': CE(unimodal head m) for every modality}."""
@@ -33,6 +44,6 @@ class MultiLoss(Method):
         return losses["fused"] + self.unimodal_weight * unimodal
 
 
-def make_multiloss(config) -> MultiLoss:
-    """Builds multi-loss from `config.method` (field: unimodal_weight)."""
-    return MultiLoss(unimodal_weight=float(config.get("unimodal_weight", 1.0)))
+def make_multiloss(config: Any) -> MultiLoss:
+    """Builds multi-loss from `config.method` (top-level field: unimodal_weight)."""
+    return method_from_config(MultiLoss, config)

@@ -1,9 +1,10 @@
-"""PMR: prototypical modal rebalance, a prototype loss on the weak modality (METHODS.md §3.7).
+"""PMR: prototypical modal rebalance, a prototype loss on the weak modality.
 
-After every epoch (`end_of_epoch`), class prototypes c_{m,k} of each modality's pooled
-features are computed from a deterministic ~`fraction` subset of the training split (eval-mode
-features from `context.predict`), optionally normalised as MLB's affine-free BatchNorm does
-(statistics of the subset). Every step, the features x_m of the batch (normalised with the
+See docs/METHODS.md (pmr). After every epoch (`end_of_epoch`), class prototypes c_{m,k} of
+each modality's pooled features are computed from a deterministic ~`fraction` subset of the
+training split (eval-mode features of only those examples, from
+`context.predict(split, indices=subset)`), optionally normalised as MLB's affine-free BatchNorm
+does (statistics of the subset). Every step, the features x_m of the batch (normalised with the
 batch's own statistics) give the prototype logits -d_{m,i,k} = -||x_{m,i} - c_{m,k}||_2, the
 prototype scores S_m = sum_i softmax(-d_m)_i[y_i], and the rebalancing coefficients
 beta_m = alpha if S_m < mean_{j != m} S_j else 0 (for M = 2: beta_a = alpha iff
@@ -20,12 +21,13 @@ prototypes come from the model as it stood at the end of the previous epoch.
 
 Generalises to M > 2: yes, with the rule above (every modality whose score is below the mean of
 the others' gets alpha; for M = 2 it is exactly the reference's rule). BalanceBenchmark's
-three-modality variant (OGM-GE-style scaling with the noise subtracted, §6 B-12) is not copied.
+three-modality variant (OGM-GE-style gradient scaling with the noise subtracted instead of
+added) is not copied.
 
 Deliberate differences from the reference:
 * A class absent from the prototype subset keeps its previous prototype; a class that was
   never seen is flagged invalid: it is masked out of the prototype softmax and its examples
-  add nothing to the prototype loss or score. MLB divides 0 by 0 and gets NaN (§6 M-5).
+  add nothing to the prototype loss or score. MLB divides 0 by 0 and gets NaN prototypes.
 * The subset is the same fraction every epoch (MLB: the whole set at epoch 0, then the first
   ~10 % of shuffled batches), drawn without replacement from a generator seeded by
   (subset_seed, epoch): deterministic, so a resumed run sees the same subset.
@@ -38,14 +40,14 @@ Deliberate differences from the reference:
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
+from mlb_jax.methods.config import method_from_config
 
 PyTree = Any
 # BatchNorm's epsilon (PyTorch and Flax): variance floor of the feature normalisation.
@@ -84,7 +86,7 @@ def class_prototypes(
       num_classes: K.
 
     Returns:
-      (prototypes [K, D] float32, present [K] bool). No NaN for absent classes (M-5).
+      (prototypes [K, D] float32, present [K] bool). No NaN for absent classes (MLB's 0 / 0).
     """
     features = np.asarray(features, np.float64)
     onehot = np.eye(num_classes)[np.asarray(labels)]  # [N, K]
@@ -173,9 +175,9 @@ class PMR(Method):
     """Prototypical modal rebalance (see the module docstring).
 
     Attributes:
-      alpha: weight beta of the weak modality's prototype cross-entropy.
-      momentum: prototype momentum mu (0 = replace each epoch).
-      fraction: fraction of the training split the prototypes are computed from.
+      alpha: weight beta of the weak modality's prototype cross-entropy (>= 0).
+      momentum: prototype momentum mu in [0, 1) (0 = replace each epoch).
+      fraction: fraction in (0, 1] of the training split the prototypes are computed from.
       normalize: normalise features with affine-free batch statistics (MLB) or use them raw
         (BalanceBenchmark).
       split: the training split's name (read by `end_of_epoch`).
@@ -191,6 +193,26 @@ class PMR(Method):
     split: str = "train"
     subset_seed: int = 0
     max_feature_dim: int = 512
+
+    config_block: ClassVar[str | None] = "pmr"
+    block_fields: ClassVar[tuple[str, ...]] = (
+        "alpha",
+        "momentum",
+        "fraction",
+        "normalize",
+        "split",
+        "subset_seed",
+        "max_feature_dim",
+    )
+
+    def validate(self) -> None:
+        """Method's checks plus the ranges of PMR's settings."""
+        super().validate()
+        self.require("alpha", self.alpha >= 0, ">= 0")
+        self.require("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        self.require("fraction", 0 < self.fraction <= 1, "in (0, 1]")
+        self.require("split", bool(self.split), "a split name")
+        self.require("max_feature_dim", self.max_feature_dim >= 1, ">= 1")
 
     def init_state(
         self,
@@ -248,23 +270,27 @@ class PMR(Method):
     def end_of_epoch(self, method_state: PyTree, context: EpochContext) -> dict[str, Any]:
         """New prototypes from a deterministic subset of the training split (eval mode).
 
+        Only the subset is predicted (`context.predict(split, indices=subset)`), not the
+        whole split.
+
         Args:
           method_state: the current state (host arrays).
-          context: gives eval-mode features and labels of the training split.
+          context: gives the training split's size and eval-mode features and labels.
 
         Returns:
           The updated state, same shapes and dtypes.
         """
-        out = context.predict(self.split)
+        index = prototype_subset(
+            context.split_size(self.split), self.fraction, self.subset_seed, context.epoch
+        )
+        out = context.predict(self.split, indices=index)
         labels = np.asarray(out["labels"])
-        index = prototype_subset(len(labels), self.fraction, self.subset_seed, context.epoch)
-        labels = labels[index]
         old_valid = np.asarray(method_state["valid"], bool)
         num_classes = old_valid.shape[0]
         prototypes, valid = {}, old_valid
         for name, old in method_state["prototypes"].items():
             old = np.asarray(old, np.float32)
-            x = np.asarray(out["features"][name])[index]
+            x = np.asarray(out["features"][name])
             dim = x.shape[-1]
             if dim > old.shape[-1]:
                 raise ValueError(
@@ -278,31 +304,6 @@ class PMR(Method):
         return {"prototypes": prototypes, "valid": valid}
 
 
-def make_pmr(config: ml_collections.ConfigDict) -> PMR:
-    """Builds PMR from `config.method` (fields under `config.method.pmr`, defaults if absent).
-
-    Raises:
-      ValueError: alpha < 0, momentum outside [0, 1), fraction outside (0, 1] or
-        max_feature_dim < 1.
-    """
-    sub = config.get("pmr") or {}
-    method = PMR(
-        alpha=float(sub.get("alpha", PMR.alpha)),
-        momentum=float(sub.get("momentum", PMR.momentum)),
-        fraction=float(sub.get("fraction", PMR.fraction)),
-        normalize=bool(sub.get("normalize", PMR.normalize)),
-        split=str(sub.get("split", PMR.split)),
-        subset_seed=int(sub.get("subset_seed", PMR.subset_seed)),
-        max_feature_dim=int(sub.get("max_feature_dim", PMR.max_feature_dim)),
-    )
-    if method.alpha < 0:
-        raise ValueError(f"config.method.pmr.alpha must be >= 0, got {method.alpha}")
-    if not 0.0 <= method.momentum < 1.0:
-        raise ValueError(f"config.method.pmr.momentum must be in [0, 1), got {method.momentum}")
-    if not 0.0 < method.fraction <= 1.0:
-        raise ValueError(f"config.method.pmr.fraction must be in (0, 1], got {method.fraction}")
-    if method.max_feature_dim < 1:
-        raise ValueError(
-            f"config.method.pmr.max_feature_dim must be >= 1, got {method.max_feature_dim}"
-        )
-    return method
+def make_pmr(config: Any) -> PMR:
+    """Builds PMR from `config.method` (block `pmr`: alpha, momentum, fraction, ...)."""
+    return method_from_config(PMR, config)

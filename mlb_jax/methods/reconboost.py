@@ -1,4 +1,6 @@
-"""ReconBoost: alternating per-epoch boosting of one modality at a time (METHODS.md §3.10).
+"""ReconBoost: alternating per-epoch boosting of one modality at a time.
+
+See docs/METHODS.md (reconboost).
 
 The model is the ensemble of the unimodal heads, z = sum_m u_m (MLB's `Base_Ensemble_Model`;
 the fusion head is unused). Epochs follow a cycle of M * (E + S) stages: for each modality m
@@ -20,26 +22,27 @@ Generalises to M > 2: yes (the cycle visits every modality; GA averages over the
 Deliberate differences from the reference:
 * GA has a gradient: only the other modalities' side is detached, so it pulls p_m towards
   their predictions. In MLB and BalanceBenchmark both sides are detached and the term is a
-  no-op (§6 M-15, B-13); alpha = 0 reproduces that behaviour exactly.
-* Freezing acts on the optimiser's output (placement 'updates'), so frozen parameters do not
-  move at all, weight decay included; the base optimiser's moments still see their
-  (weight-decay-only) gradients, where PyTorch skips frozen tensors entirely.
+  no-op; alpha = 0 reproduces that behaviour exactly.
+* Freezing acts on the optimiser's output (placement 'updates', always: a different
+  `config.method.placement` is refused), so frozen parameters do not move at all, weight
+  decay included; the base optimiser's moments still see their (weight-decay-only)
+  gradients, where PyTorch skips frozen tensors entirely.
 * The logged loss `loss/fused` is CE(z) in every stage (a comparable monitor); `loss` is the
   stage's objective.
 """
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from mlb_jax.balancing import modality_masks
+from mlb_jax.balancing import modality_labels
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
+from mlb_jax.methods.config import method_from_config
 from mlb_jax.models.multimodal import ModelOutput
 
 PyTree = Any
@@ -96,8 +99,8 @@ def boosting_loss(
 def agreement_loss(logits: Mapping[str, jax.Array], name: str) -> jax.Array:
     """GA_m = mean_{j != m} mean((softmax(u_m) - stop_gradient(softmax(u_j)))^2).
 
-    Unlike the reference (both sides detached: no gradient, §6 M-15), the boosted modality's
-    side keeps its gradient.
+    Unlike the references (both sides detached: no gradient, the term is a no-op), the boosted
+    modality's side keeps its gradient.
     """
     p = jax.nn.softmax(logits[name].astype(jnp.float32), axis=-1)
     terms = [
@@ -108,22 +111,20 @@ def agreement_loss(logits: Mapping[str, jax.Array], name: str) -> jax.Array:
     return sum(terms) / len(terms)
 
 
-def freeze_transform(
-    masks: Mapping[str, PyTree],
-) -> optax.GradientTransformationExtraArgs:
+def freeze_transform(labels: PyTree) -> optax.GradientTransformationExtraArgs:
     """Zeroes the updates of frozen modalities, driven by per-step flags.
 
     `update(updates, state, params=None, *, modality_trainable, shared_trainable, **extra)`:
-    leaves of modality m's mask are kept where `modality_trainable[m]` > 0 and zeroed
-    otherwise; leaves of no modality follow `shared_trainable`. Stateless.
+    leaves labelled m are kept where `modality_trainable[m]` > 0 and zeroed otherwise; leaves
+    labelled None (no modality) follow `shared_trainable`. Stateless.
 
     Args:
-      masks: modality -> bool pytree like the params (disjoint).
+      labels: per-leaf modality labels like the params (see
+        `mlb_jax.balancing.modality_labels`).
 
     Returns:
       The transformation.
     """
-    names = list(masks)
 
     def init_fn(params: PyTree) -> optax.EmptyState:
         del params
@@ -140,11 +141,8 @@ def freeze_transform(
     ) -> tuple[PyTree, optax.EmptyState]:
         del params, extra_args
         treedef = jax.tree.structure(updates)
-        flat = {n: treedef.flatten_up_to(masks[n]) for n in names}
-        leaves = treedef.flatten_up_to(updates)
         out = []
-        for i, u in enumerate(leaves):
-            owner = next((n for n in names if flat[n][i]), None)
+        for u, owner in zip(treedef.flatten_up_to(updates), treedef.flatten_up_to(labels)):
             keep = shared_trainable if owner is None else modality_trainable[owner]
             out.append(jnp.where(keep > 0, u, jnp.zeros_like(u)))
         return treedef.unflatten(out), state
@@ -157,20 +155,42 @@ class ReconBoost(Method):
     """Alternating boosting of one modality at a time (see the module docstring).
 
     Attributes:
-      alpha: weight of the agreement term GA.
+      alpha: weight of the agreement term GA (>= 0).
       w1: weight of the boosted modality's log-likelihood.
       w2: weight of the ensemble-confidence discount.
-      boost_epochs: E, consecutive boosting epochs per modality.
-      ensemble_epochs: S, ensemble epochs after each modality's boosting.
+      boost_epochs: E >= 1, consecutive boosting epochs per modality.
+      ensemble_epochs: S >= 0, ensemble epochs after each modality's boosting.
     """
 
     name: str = "reconboost"
-    placement: str = "updates"
+    placement: Literal["gradients", "updates"] = "updates"
     alpha: float = 0.5
     w1: float = 5.0
     w2: float = 1.0
     boost_epochs: int = 1
     ensemble_epochs: int = 1
+
+    config_block: ClassVar[str | None] = "reconboost"
+    block_fields: ClassVar[tuple[str, ...]] = (
+        "alpha",
+        "w1",
+        "w2",
+        "boost_epochs",
+        "ensemble_epochs",
+    )
+    unread_because: ClassVar[Mapping[str, str]] = {
+        **Method.unread_because,
+        "placement": "its freezing always acts on the optimiser's updates",
+        "unimodal_weight": "its losses are the stage's boosting or ensemble loss",
+    }
+
+    def validate(self) -> None:
+        """Method's checks plus the ranges of ReconBoost's settings; placement 'updates'."""
+        super().validate()
+        self.require("placement", self.placement == "updates", "'updates' (frozen = no step)")
+        self.require("alpha", self.alpha >= 0, ">= 0")
+        self.require("boost_epochs", self.boost_epochs >= 1, ">= 1")
+        self.require("ensemble_epochs", self.ensemble_epochs >= 0, ">= 0")
 
     def init_state(self, modalities: Sequence[str], num_classes: int) -> dict[str, Any]:
         """Stage 0 (boost the first modality); each modality's slot in the cycle order."""
@@ -244,29 +264,10 @@ class ReconBoost(Method):
     def gradient_transform(
         self, params: PyTree, patterns: Mapping[str, list[str]]
     ) -> optax.GradientTransformation:
-        """`freeze_transform` over the model's modality masks."""
-        return freeze_transform(modality_masks(params, patterns))
+        """`freeze_transform` over the model's modality labels."""
+        return freeze_transform(modality_labels(params, patterns))
 
 
-def make_reconboost(config: ml_collections.ConfigDict) -> ReconBoost:
-    """Builds ReconBoost from `config.method` (fields under `config.method.reconboost`).
-
-    Raises:
-      ValueError: alpha < 0, boost_epochs < 1 or ensemble_epochs < 0.
-    """
-    sub = config.get("reconboost") or {}
-    method = ReconBoost(
-        alpha=float(sub.get("alpha", ReconBoost.alpha)),
-        w1=float(sub.get("w1", ReconBoost.w1)),
-        w2=float(sub.get("w2", ReconBoost.w2)),
-        boost_epochs=int(sub.get("boost_epochs", ReconBoost.boost_epochs)),
-        ensemble_epochs=int(sub.get("ensemble_epochs", ReconBoost.ensemble_epochs)),
-    )
-    if method.alpha < 0:
-        raise ValueError(f"config.method.reconboost.alpha must be >= 0, got {method.alpha}")
-    if method.boost_epochs < 1 or method.ensemble_epochs < 0:
-        raise ValueError(
-            "config.method.reconboost needs boost_epochs >= 1 and ensemble_epochs >= 0, got "
-            f"{method.boost_epochs} and {method.ensemble_epochs}"
-        )
-    return method
+def make_reconboost(config: Any) -> ReconBoost:
+    """Builds ReconBoost from `config.method` (block `reconboost`: alpha, w1, w2, epochs)."""
+    return method_from_config(ReconBoost, config)
