@@ -5,7 +5,9 @@ layouts of tests/fake_media.py), converted by its data_prep converter at a tiny 
 only the model width, batch and device count are shrunk.
 """
 
+import dataclasses
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -18,6 +20,7 @@ from test_data_prep import SIZE, _manifest
 from data_prep import ave, cremad, ucf51
 from mlb_jax import trainer
 from mlb_jax.data.schema import DataError
+from mlb_jax.methods import METHODS, make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,6 +59,19 @@ def test_mlb_hyperparameters_are_the_papers(name):
     assert config.method.alpha == alpha
     assert config.method.beta_max == beta_max
     assert config.train.lr == lr
+
+
+@pytest.mark.parametrize("name", [*ALL_CONFIGS, "synthetic_av", "tiny"])
+def test_every_method_builds_from_every_config(name):
+    # `mlb_jax.compare` runs any method on any config: MLB's alpha / beta_max set by a dataset
+    # config must not stop the other methods, and each method's resolved settings are JSON.
+    config = load_config(name)
+    for method in METHODS:
+        config.method.name = method
+        settings = dataclasses.asdict(make_method(config.method))
+        assert json.loads(json.dumps(settings))["name"] == method
+    config.method.name = "mlb"
+    assert make_method(config.method).beta_max == config.method.beta_max
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
