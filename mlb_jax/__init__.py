@@ -1,8 +1,10 @@
 """mlb_jax: modality-balanced multimodal learning in JAX, Flax NNX and optax.
 
-The public contract (see DESIGN.md) is re-exported here: the balancing core needs only jax,
-optax and numpy, so ``import mlb_jax`` stays light. `MLBState` is a deprecated alias of
-`BalancingState`.
+The balancing API is re-exported here (the optax transform `mlb_gradient_transform`, the
+coefficients `mlb_coefficients`, the scores `modality_scores`, parameter ownership
+`modality_masks` / `modality_labels`, the scaling core `scale_by_modality` and its state
+`BalancingState`); it needs only jax, optax and numpy, so ``import mlb_jax`` stays light.
+`MLBState` is a deprecated alias of `BalancingState`.
 """
 
 from mlb_jax.balancing import (

@@ -1,8 +1,7 @@
 """The method interface: what a balancing method supplies to the generic train step.
 
-A method is a small frozen object (one file per method under mlb_jax/methods/; the train
-step is generic and never branches on a method's name) that owns
-  * its forward pass (`forward`; default: the model's own, e.g. AGM masks inputs here),
+A method is a small frozen object, one file per method under mlb_jax/methods/, that owns
+  * its forward pass (`forward`; default: the model's own; AGM adds its coalition passes),
   * its named losses from the model outputs (`losses`) and how they combine (`combine`),
   * how gradients are formed from them (`value_and_grad`; default: gradient of the combined
     loss; MMPareto-like methods combine per-loss gradients here),
