@@ -1,7 +1,8 @@
 """A PyTorch implementation of the benchmarked model and MLB train step, for speed comparisons.
 
-Written from the mathematics (METHODS.md of the project), not copied from any repository, and
-kept independent of JAX so that it can be timed on its own. It mirrors ``mlb_jax`` exactly:
+Written from the mathematics in docs/METHODS.md (joint-and-multiloss, mlb), not copied from
+any repository, and kept independent of JAX so that it can be timed on its own. It mirrors
+``mlb_jax`` exactly:
 
 * encoders: torchvision-style BasicBlock ResNet-18 (7x7/2 stem, 3x3/2 max-pool, four stages of
   two blocks, widths 1x 2x 4x 8x ``base_width``), no bias in convolutions, BatchNorm

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -25,6 +26,11 @@ MODALITIES = {
     "video": ModalitySpec("frames", (2, 16, 16, 3)),
 }
 SIZES = {"train": 6, "test": 5}
+
+
+def _exactly(message: str) -> str:
+    """A `pytest.raises` pattern matching exactly ``message``."""
+    return f"^{re.escape(message)}$"
 
 
 def _example(split: str, i: int) -> dict:
@@ -77,12 +83,23 @@ def tiny_root(tmp_path_factory) -> pathlib.Path:
     return root
 
 
-def test_prepare_writes_a_tfds_version_directory(tiny_root):
+def test_prepare_writes_a_tfds_version_directory(tiny_root, monkeypatch):
     version_dir = tiny_root / "tiny" / "base" / SCHEMA_VERSION
+    # Nothing but the dataset: no downloads/ folder, no incomplete.* build left behind.
+    assert [p.name for p in tiny_root.iterdir()] == ["tiny"]
+    assert not list(tiny_root.rglob("incomplete.*"))
+    assert [p.name for p in (tiny_root / "tiny" / "base").iterdir()] == [SCHEMA_VERSION]
     assert (version_dir / "dataset_info.json").is_file()
     assert (version_dir / "features.json").is_file()
-    assert list(version_dir.glob("tiny-train.tfrecord-*"))
-    # A second prepare reuses the finished dataset.
+    assert json.loads((version_dir / "dataset_info.json").read_text())["version"] == SCHEMA_VERSION
+    for split in SIZES:
+        assert len(list(version_dir.glob(f"tiny-{split}.tfrecord-*"))) >= 1, split
+
+    # A second prepare reuses the finished dataset without generating anything.
+    def no_generation(self, split):
+        raise AssertionError("the finished dataset was regenerated")
+
+    monkeypatch.setattr(Tiny, "_generate_examples", no_generation)
     mtime = (version_dir / "dataset_info.json").stat().st_mtime_ns
     assert prepare(Tiny, data_dir=tiny_root) == version_dir
     assert (version_dir / "dataset_info.json").stat().st_mtime_ns == mtime
@@ -102,8 +119,19 @@ def test_load_meta_finds_the_version_directory_from_any_parent(tiny_root, level)
 
 
 def test_load_meta_selects_modalities(tiny_root):
-    assert list(load_meta(tiny_root, modalities=["video"]).modalities) == ["video"]
-    with pytest.raises(DataError, match=r"has no modality 'depth' \(it has \['audio', 'video'\]\)"):
+    assert load_meta(tiny_root, modalities=["video"]).modalities == {"video": MODALITIES["video"]}
+    # In the order requested; all of them (sorted by name) when none are named.
+    assert list(load_meta(tiny_root, modalities=["video", "audio"]).modalities) == [
+        "video",
+        "audio",
+    ]
+    assert list(load_meta(tiny_root).modalities) == ["audio", "video"]
+    version_dir = (tiny_root / "tiny" / "base" / SCHEMA_VERSION).resolve()
+    message = (
+        f"{version_dir} has no modality 'depth' (it has ['audio', 'video']): fix the modality "
+        "names in the config or convert the data with that modality"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tiny_root, modalities=["audio", "depth"])
 
 
@@ -111,7 +139,9 @@ def test_round_trip_ids_labels_shapes_and_values(tiny_root):
     # The raw TFDS view: every id once, with its label and arrays.
     builder = tfds.builder_from_directory(load_meta(tiny_root).data_dir)
     for split, size in SIZES.items():
-        stored = {ex["id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        assert len(examples) == size
+        stored = {ex["id"].decode(): ex for ex in examples}
         assert sorted(stored) == sorted(f"{split}-{i}" for i in range(size))
         for i in range(size):
             written, read = _example(split, i), stored[f"{split}-{i}"]
@@ -132,39 +162,65 @@ def test_round_trip_ids_labels_shapes_and_values(tiny_root):
     assert batch["inputs"]["video"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["mask"].dtype == np.bool_
     assert batch["mask"].tolist() == [True] * 5 + [False] * 3
-    written = {_example("test", i)["audio"].tobytes(): _example("test", i) for i in range(5)}
-    for row in range(5):
-        example = written[batch["inputs"]["audio"][row].tobytes()]
+    written = {_example("test", i)["audio"].tobytes(): i for i in range(5)}
+    rows = [written.get(batch["inputs"]["audio"][row].tobytes()) for row in range(5)]
+    assert sorted(rows) == list(range(5))  # every example once, its audio bit-exact
+    for row, i in enumerate(rows):
+        example = _example("test", i)
         assert batch["label"][row] == example["label"]
         np.testing.assert_allclose(
             batch["inputs"]["video"][row] * 255, example["video"], atol=3.01, rtol=0
         )
+    # Padding rows are zeros.
+    assert not batch["inputs"]["audio"][5:].any()
+    assert not batch["inputs"]["video"][5:].any()
 
 
 def test_load_meta_missing_directory(tmp_path):
-    with pytest.raises(DataError, match=r"data directory .*nowhere does not exist: prepare"):
+    path = tmp_path.resolve() / "nowhere"
+    message = (
+        f"data directory {path} does not exist: prepare the dataset first (a data_prep "
+        "converter, or mlb_jax.data.ensure_synthetic) or fix the path"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tmp_path / "nowhere")
+
+
+def test_load_meta_file_instead_of_directory(tmp_path):
+    path = tmp_path.resolve() / "dataset_info.json"
+    path.write_text("{}")
+    message = f"data directory {path} is a file: pass the dataset's directory"
+    with pytest.raises(DataError, match=_exactly(message)):
+        load_meta(path)
 
 
 def test_load_meta_empty_directory(tmp_path):
     (tmp_path / "unrelated").mkdir()
-    with pytest.raises(DataError, match=r"no prepared dataset in .*: run the converter"):
+    message = (
+        f"no prepared dataset in {tmp_path.resolve()} (expected "
+        "<dataset>/<config>/<version>/dataset_info.json): run the converter into this directory "
+        "or fix the path"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tmp_path)
 
 
 def test_load_meta_schema_version_mismatch(tmp_path):
-    prepare(TinyOld, data_dir=tmp_path)
+    old = prepare(TinyOld, data_dir=tmp_path).resolve()
+    assert old == tmp_path.resolve() / "tiny" / "base" / "0.9.0"
     message = (
-        rf"0\.9\.0 was written with schema 0\.9\.0, this mlb_jax reads {SCHEMA_VERSION}: "
-        "re-run the converter"
+        f"{old} was written with schema 0.9.0, this mlb_jax reads {SCHEMA_VERSION}: re-run the "
+        "converter with this mlb_jax to rewrite the dataset"
     )
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tmp_path)
-    with pytest.raises(DataError, match=message):
-        load_meta(tmp_path / "tiny" / "base" / "0.9.0")
+    with pytest.raises(DataError, match=_exactly(message)):
+        load_meta(old)
     # Once the dataset is rewritten with this schema, the current version is picked.
-    prepare(Tiny, data_dir=tmp_path)
-    assert load_meta(tmp_path).schema_version == SCHEMA_VERSION
+    current = prepare(Tiny, data_dir=tmp_path)
+    meta = load_meta(tmp_path)
+    assert meta.data_dir == current.resolve()
+    assert meta.schema_version == SCHEMA_VERSION
 
 
 def test_load_meta_rejects_an_interrupted_build(tmp_path, monkeypatch):
@@ -172,52 +228,119 @@ def test_load_meta_rejects_an_interrupted_build(tmp_path, monkeypatch):
     monkeypatch.setattr(Tiny, "snapshot_to", snapshot)
     version_dir = prepare(Tiny, data_dir=tmp_path / "finished")
     (building,) = (snapshot / "tiny" / "base").iterdir()
-    assert building.name.startswith("incomplete.")
-    with pytest.raises(DataError, match=r"holds only an unfinished build .*: delete it"):
+    assert re.fullmatch(rf"incomplete\.\w+_{re.escape(SCHEMA_VERSION)}", building.name)
+    # The snapshot has no dataset_info.json yet; the finished build does.
+    assert not (building / "dataset_info.json").exists()
+    assert (version_dir / "dataset_info.json").is_file()
+
+    def unfinished(path, name):
+        return (
+            f"{path.resolve()} holds only an unfinished build ({name}: its converter was "
+            "interrupted): delete it and re-run the converter"
+        )
+
+    with pytest.raises(DataError, match=_exactly(unfinished(snapshot, building.name))):
         load_meta(snapshot)
+    with pytest.raises(DataError, match=_exactly(unfinished(snapshot / "tiny", building.name))):
+        load_meta(snapshot / "tiny")
     # Killed after TFDS wrote dataset_info.json but before its final rename.
     renamed = version_dir.parent / f"incomplete.ABCDEF_{SCHEMA_VERSION}"
     version_dir.rename(renamed)
-    with pytest.raises(DataError, match=r"is an unfinished build .*: delete it and re-run"):
+    message = (
+        f"{renamed.resolve()} is an unfinished build (its converter was interrupted): delete it "
+        "and re-run the converter"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(renamed)
-    with pytest.raises(DataError, match=r"holds only an unfinished build"):
+    with pytest.raises(DataError, match=_exactly(unfinished(tmp_path / "finished", renamed.name))):
         load_meta(tmp_path / "finished")
 
 
 def test_load_meta_rejects_ambiguous_parent(tiny_root, tmp_path):
     for config in ("base", "other"):
         shutil.copytree(tiny_root / "tiny" / "base", tmp_path / "tiny" / config)
-    with pytest.raises(DataError, match=r"holds several prepared datasets .*: pass the version"):
+    message = (
+        f"{tmp_path.resolve()} holds several prepared datasets (tiny/base/{SCHEMA_VERSION}, "
+        f"tiny/other/{SCHEMA_VERSION}): pass the version directory of the one to use"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tmp_path)
+    # The config directory of one of them is not ambiguous.
+    assert load_meta(tmp_path / "tiny" / "other").data_dir == (
+        tmp_path.resolve() / "tiny" / "other" / SCHEMA_VERSION
+    )
 
 
 def test_load_meta_rejects_damaged_info(tiny_root, tmp_path):
     copy = shutil.copytree(tiny_root / "tiny" / "base" / SCHEMA_VERSION, tmp_path / SCHEMA_VERSION)
     (copy / "dataset_info.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"dataset_info\.json is unreadable .*: re-run"):
+    message = (
+        f"{copy.resolve() / 'dataset_info.json'} is unreadable (Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1)): re-run the converter to rewrite it"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         load_meta(copy)
     info = json.loads(
         (tiny_root / "tiny" / "base" / SCHEMA_VERSION / "dataset_info.json").read_text()
     )
     (copy / "dataset_info.json").write_text(json.dumps(info))
     (copy / "features.json").unlink()
-    with pytest.raises(DataError, match=r"cannot read the dataset in .*: re-run the converter"):
+    # The middle is TFDS's own exception, whose text is not ours to pin.
+    pattern = (
+        f"(?s)^cannot read the dataset in {re.escape(str(copy.resolve()))} \\(\\w+: .+\\): "
+        "re-run the converter to rewrite it$"
+    )
+    with pytest.raises(DataError, match=pattern):
         load_meta(copy)
 
 
-def test_modality_spec_and_features_validation():
-    with pytest.raises(DataError, match=r"spectrogram has shape \(F, T\)"):
-        ModalitySpec("spectrogram", (1, 2, 3))
-    with pytest.raises(DataError, match=r"frames have shape \(T, H, W, 3\)"):
-        ModalitySpec("frames", (2, 8, 8))
-    with pytest.raises(DataError, match="unknown modality kind 'depth'"):
-        ModalitySpec("depth", (2, 2))  # type: ignore[arg-type]
-    with pytest.raises(DataError, match="modality name 'label' is reserved"):
-        make_features(["a"], {"label": ModalitySpec("spectrogram", (2, 2))})
+def test_modality_spec_validation():
+    # Shapes are normalised to tuples of ints.
+    spec = ModalitySpec("frames", [2, np.int64(8), 8, 3])
+    assert spec.shape == (2, 8, 8, 3) and all(type(d) is int for d in spec.shape)
+    assert spec == ModalitySpec("frames", (2, 8, 8, 3))
+    errors = [
+        (("spectrogram", (1, 2, 3)), "a spectrogram has shape (F, T), got (1, 2, 3)"),
+        (("frames", (2, 8, 8)), "frames have shape (T, H, W, 3), got (2, 8, 8)"),
+        (("frames", (2, 8, 8, 1)), "frames have shape (T, H, W, 3), got (2, 8, 8, 1)"),
+        (
+            ("spectrogram", (4, 0)),
+            "modality shape (4, 0) has a non-positive size: sizes must be >= 1",
+        ),
+        (("depth", (2, 2)), "unknown modality kind 'depth': use 'spectrogram' or 'frames'"),
+    ]
+    for (kind, shape), message in errors:
+        with pytest.raises(DataError, match=_exactly(message)):
+            ModalitySpec(kind, shape)  # type: ignore[arg-type]
+
+
+def test_make_features():
     features = make_features(["x", "y"], MODALITIES)
-    assert set(features.keys()) == {"id", "label", "audio", "video"}
+    assert list(features.keys()) == ["id", "label", "audio", "video"]
+    assert isinstance(features["id"], tfds.features.Text)
+    assert isinstance(features["label"], tfds.features.ClassLabel)
     assert features["label"].names == ["x", "y"]
+    audio = features["audio"]
+    assert isinstance(audio, tfds.features.Tensor)
+    assert audio.shape == (5, 7) and audio.np_dtype == np.float32
+    assert audio._encoding == tfds.features.Encoding.BYTES  # exact floats
+    assert isinstance(features["video"], tfds.features.Video)
     assert features["video"].shape == (2, 16, 16, 3)
+    errors = [
+        (([], MODALITIES), "a dataset needs at least one class name"),
+        ((["a"], {}), "a dataset needs at least one modality"),
+        (
+            (["a"], {"label": ModalitySpec("spectrogram", (2, 2))}),
+            "modality name 'label' is reserved: rename the modality",
+        ),
+        (
+            (["a"], {"id": ModalitySpec("spectrogram", (2, 2))}),
+            "modality name 'id' is reserved: rename the modality",
+        ),
+    ]
+    for args, message in errors:
+        with pytest.raises(DataError, match=_exactly(message)):
+            make_features(*args)
 
 
 class FromRaw(Tiny):
@@ -235,15 +358,28 @@ class FromRaw(Tiny):
 
 
 def test_prepare_reads_raw_files_from_manual_dir(tmp_path):
-    with pytest.raises(DataError, match=r"from_raw is converted from raw files: pass manual_dir"):
+    message = (
+        "from_raw is converted from raw files: pass manual_dir (the directory holding them). "
+        "Put labels.txt (one label per line) in manual_dir."
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         prepare(FromRaw, data_dir=tmp_path / "out")
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "labels.txt").write_text("2\n0\n1\n1\n")
     version_dir = prepare(FromRaw, data_dir=tmp_path / "out", manual_dir=raw)
     assert load_meta(version_dir).split_sizes == {"train": 4}
+    # The labels are the ones in the raw file.
+    stored = tfds.as_numpy(tfds.builder_from_directory(version_dir).as_dataset(split="train"))
+    assert {ex["id"].decode(): int(ex["label"]) for ex in stored} == {
+        "0": 2,
+        "1": 0,
+        "2": 1,
+        "3": 1,
+    }
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["from_raw"]  # no downloads/
     # Once written, the raw files are no longer needed.
+    shutil.rmtree(raw)
     assert prepare(FromRaw, data_dir=tmp_path / "out") == version_dir
 
 
@@ -255,5 +391,93 @@ def test_builder_without_config_is_a_clear_error(tmp_path):
         def _generate_examples(self):
             yield from ()
 
-    with pytest.raises(DataError, match="NoConfig has no AudioVideoConfig"):
+    message = (
+        "NoConfig has no AudioVideoConfig: define BUILDER_CONFIGS or pass "
+        "config=AudioVideoConfig(name=..., class_names=..., modalities=...)"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
         prepare(NoConfig, data_dir=tmp_path)
+
+
+def _foreign_builder(feature_dict, example):
+    """A TFDS builder (not an `AudioVideoBuilder`) writing one example with these features."""
+
+    class Foreign(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version(SCHEMA_VERSION)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(feature_dict)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield "0", example
+
+    return Foreign
+
+
+_TEXT, _LABEL = tfds.features.Text(), tfds.features.ClassLabel(names=["a"])
+_NEITHER = "{dir}: feature {name!r} (Tensor) is neither a spectrogram nor frames: re-run the "
+_NEITHER += "converter with this mlb_jax"
+
+
+@pytest.mark.parametrize(
+    ("features", "modality", "message"),
+    [
+        pytest.param(
+            {"id": _TEXT, "audio": tfds.features.Tensor(shape=(2, 2), dtype=np.float32)},
+            np.zeros((2, 2), np.float32),
+            "{dir} lacks the 'id'/'label' features of the mlb_jax schema: it was not written by "
+            "an mlb_jax converter; convert the raw data with data_prep/",
+            id="no_label",
+        ),
+        pytest.param(
+            {
+                "id": _TEXT,
+                "label": _LABEL,
+                "depth": tfds.features.Tensor(shape=(2, 2), dtype=np.int32),
+            },
+            np.zeros((2, 2), np.int32),
+            _NEITHER,
+            id="int_tensor",
+        ),
+        pytest.param(
+            {
+                "id": _TEXT,
+                "label": _LABEL,
+                "audio": tfds.features.Tensor(shape=(2, 2, 2), dtype=np.float32),
+            },
+            np.zeros((2, 2, 2), np.float32),
+            _NEITHER,
+            id="three_dims",
+        ),
+        pytest.param(
+            {
+                "id": _TEXT,
+                "label": _LABEL,
+                "audio": tfds.features.Tensor(shape=(None, 2), dtype=np.float32),
+            },
+            np.zeros((3, 2), np.float32),
+            "{dir}: modality {name!r} has a variable shape (None, 2): converters must write fixed "
+            "shapes; re-run the converter",
+            id="variable_shape",
+        ),
+        pytest.param(
+            {"id": _TEXT, "label": _LABEL},
+            None,
+            "{dir} has no modality feature: re-run the converter",
+            id="no_modality",
+        ),
+    ],
+)
+def test_load_meta_rejects_a_dataset_outside_the_schema(tmp_path, features, modality, message):
+    names = [name for name in features if name not in ("id", "label")]
+    example = {name: 0 if name == "label" else "x" for name in features if name in ("id", "label")}
+    example |= {name: modality for name in names}
+    version_dir = prepare(_foreign_builder(features, example), data_dir=tmp_path).resolve()
+    expected = message.format(dir=version_dir, name=names[0] if names else None)
+    with pytest.raises(DataError, match=_exactly(expected)):
+        load_meta(tmp_path)
