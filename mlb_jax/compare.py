@@ -11,7 +11,6 @@ std over seeds of fused test accuracy, unimodal and probe accuracy per modality,
 import json
 import os
 import pathlib
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -27,7 +26,28 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "comparison directory")
 _METHODS = flags.DEFINE_list(
     "methods", ["joint", "multiloss", "mlb"], "methods to compare ('all': every registered one)"
 )
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
+
+
+class _SeedsParser(flags.ListParser):
+    """Comma-separated seeds -> a non-empty list of integers >= 0."""
+
+    def parse(self, argument: str | list) -> list[int]:
+        items = super().parse(argument)
+        try:
+            seeds = [int(s) for s in items]
+        except (TypeError, ValueError):
+            seeds = []
+        if not seeds or min(seeds) < 0:
+            raise ValueError("seeds are integers >= 0, comma-separated: e.g. --seeds=0,1,2")
+        return seeds
+
+    def flag_type(self) -> str:
+        return "comma separated list of integers"
+
+
+_SEEDS = flags.DEFINE(
+    _SeedsParser(), "seeds", "0,1,2", "seeds", serializer=flags.CsvListSerializer(",")
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -112,20 +132,25 @@ def markdown_table(table: dict, columns: list[str], seeds: list[int]) -> str:
 
 def main(argv: list[str]) -> None:
     """Runs the comparison and writes comparison.md and comparison.png."""
-    del argv
+    del argv  # `parse_flags` refuses positional arguments
     from mlb_jax.plots import plot_comparison
-    from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, setup_process
+    from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, fail, setup_process
     from mlb_jax.trainer import write_json_atomic
 
+    try:
+        methods = expand_methods(list(_METHODS.value))
+    except ValueError as err:
+        fail(str(err))
+    if not methods:
+        fail("--methods is empty: name at least one method, e.g. --methods=joint,mlb")
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
     workdir = pathlib.Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in _SEEDS.value]
+    seeds = list(_SEEDS.value)
     try:
-        results = run_all(_CONFIG.value, workdir, expand_methods(list(_METHODS.value)), seeds)
+        results = run_all(_CONFIG.value, workdir, methods, seeds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+    workdir.mkdir(parents=True, exist_ok=True)
     table, columns = summarise(results)
     text = markdown_table(table, columns, seeds)
     tmp = workdir / "comparison.md.tmp"
@@ -142,4 +167,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mlb_jax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

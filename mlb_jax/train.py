@@ -2,12 +2,12 @@
 
 Thin on purpose: it sets up the process (quiet TensorFlow, GPUs hidden from it, optional
 multi-host initialisation, persistent compilation cache) and calls
-`trainer.train_and_evaluate`. Bad input ends with one `error:` line and exit status 2.
+`trainer.train_and_evaluate`. Bad input, on the command line (`runtime.parse_flags`) or in the
+config and data, ends with one `error:` line and exit status 2.
 Override any config field, e.g. `--config.method.name=joint --config.train.lr=0.01`.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -15,7 +15,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags
 from ml_collections import config_flags
 
-from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, setup_process
+from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, fail, parse_flags, setup_process
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -45,8 +45,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     """Runs one training job; user errors become one line on stderr and exit status 2."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # `parse_flags` refuses positional arguments
     try:
         setup_process(
             _DISTRIBUTED.value,
@@ -56,16 +55,15 @@ def main(argv: list[str]) -> None:
             process_id=_PROCESS_ID.value,
         )
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     from mlb_jax.trainer import train_and_evaluate
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        # KeyError's str() is the repr of its argument: show the message itself.
+        fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,14 @@
 import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from mlb_jax import compare
+from mlb_jax.methods import METHODS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def fake_result(acc, audio, video, probe_video, ece):
@@ -47,10 +53,38 @@ def test_finished_runs_are_reused_and_summarised(tmp_path):
 
 
 def test_methods_all_expands_to_the_registry_and_unknown_names_fail_first():
-    from mlb_jax.methods import METHODS
-
     assert compare.expand_methods(["all"]) == list(METHODS)
     assert compare.expand_methods(["mlb", "all"])[:2] == ["mlb", "joint"]
     assert len(compare.expand_methods(["mlb", "all"])) == len(METHODS)
     with pytest.raises(ValueError, match=r"unknown method 'mlbb' in --methods"):
         compare.expand_methods(["joint", "mlbb"])
+
+
+SEEDS_FIX = "seeds are integers >= 0, comma-separated: e.g. --seeds=0,1,2"
+
+
+@pytest.mark.parametrize(
+    ("flag", "line"),
+    [
+        ("--seeds=a", f"error: --seeds=a: {SEEDS_FIX}"),
+        ("--seeds=0,-1", f"error: --seeds=0,-1: {SEEDS_FIX}"),
+    ],
+)
+def test_cli_mistakes_are_one_line_and_write_nothing(flag, line, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlb_jax.compare",
+            "--config=configs/synthetic_av.py",
+            f"--workdir={tmp_path / 'cmp'}",
+            flag,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [line]  # exactly one line, no traceback
+    assert not (tmp_path / "cmp").exists()
