@@ -98,6 +98,7 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.train.log_every = 10  # steps between logged train metrics (TensorBoard, plots)
     c.train.num_devices = 0  # devices in the ('data',) mesh (0 = all)
     c.train.keep_checkpoints = 2  # latest checkpoints kept
+    c.train.eval_test_every_epoch = False  # test split every epoch too (else: best epoch only)
 
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes
