@@ -65,6 +65,18 @@ class RunCheckpoints:
         )
         return restored["state"], restored["meta"]
 
+    def restore_meta(self, step: int | None = None) -> dict:
+        """The run metadata of `step` (default: latest) alone, without the train state.
+
+        Returns:
+          {'epochs': per-epoch records, 'steps': logged train steps, 'best': best-so-far}.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError("this run has no checkpoint yet (no epoch finished)")
+        restored = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
     def save_best(self, step: int, state: PyTree) -> None:
         """Replaces the best checkpoint with `state`."""
         self._best.save(step, args=ocp.args.StandardSave(state), force=True)

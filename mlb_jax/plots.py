@@ -30,7 +30,8 @@ def plot_training(
 
     Args:
       step_log: entries with 'step' and optionally 'k/<m>' and 'score/<m>'.
-      epoch_log: entries with 'epoch', 'val/accuracy' and 'val/accuracy/<m>'.
+      epoch_log: entries with 'epoch', 'val/accuracy' and 'val/accuracy/<m>', and
+        'test/accuracy' when the test split was evaluated every epoch.
       modalities: modality names.
       path: output PNG.
       title: figure title (e.g. method and seed).
@@ -51,7 +52,11 @@ def plot_training(
     axes[2].plot(epochs, [e["val/accuracy"] for e in epoch_log], "k-", label="fused")
     for m in modalities:
         axes[2].plot(epochs, [e[f"val/accuracy/{m}"] for e in epoch_log], label=m)
-    axes[2].set_title("validation accuracy")
+    title = "validation accuracy"
+    if epoch_log and all("test/accuracy" in e for e in epoch_log):  # eval_test_every_epoch
+        axes[2].plot(epochs, [e["test/accuracy"] for e in epoch_log], "k--", label="fused (test)")
+        title = "validation (and fused test) accuracy"
+    axes[2].set_title(title)
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("step")
     axes[2].set_xlabel("epoch")

@@ -1,8 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)` owns a run from start to results.
 
-Phases: run directory and config check -> data -> mesh -> model, method, optimiser ->
-resume -> epochs (train steps, validation + test evaluation, best-on-validation selection,
-checkpoint) -> best model: test metrics, linear probes, results.json, plots.
+Phases: config checks -> data -> mesh, model, method, optimiser and a trace of both steps ->
+(only now, with nothing left to reject) run directory and config.json -> resume -> epochs
+(train steps, validation evaluation, the method's end-of-epoch hook, best-on-validation
+selection, checkpoint) -> best model: test metrics, linear probes, results.json, plots.
 Each phase is a small function so that tests, notebooks and the comparison runner can call it.
 """
 
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -27,17 +27,53 @@ from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline, schema, synthetic
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
-from mlb_jax.models import FUSIONS, build_model
+from mlb_jax.models import FUSIONS
 from mlb_jax.optim import make_optimizer
 from mlb_jax.plots import plot_training
 from mlb_jax.probe import linear_probe_accuracy
-from mlb_jax.steps import TrainState, make_eval_step, make_train_step
+from mlb_jax.steps import (
+    TrainState,
+    abstract_batch,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+)
 from mlb_jax.writers import MetricWriter
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 # Fields that may change between a run and its resumption: they do not affect the numbers.
-RESUME_MAY_DIFFER = ("train.log_every", "progress", "data.cache_dir")
+RESUME_MAY_DIFFER = (
+    "train.log_every",
+    "train.eval_test_every_epoch",
+    "progress",
+    "data.cache_dir",
+    "environment.",
+)
+# config.json's key for what the built run uses (see `resolved_settings`).
+RESOLVED_KEY = "resolved"
+# config.json's key for where the run ran (informational: never compared on resume).
+ENVIRONMENT_KEY = "environment"
+
+__all__ = [
+    "CONFIG_FILE",
+    "RESULTS_FILE",
+    "Run",
+    "RunError",
+    "check_run_config",
+    "create_train_state",
+    "epoch_batches",
+    "evaluate_outputs",
+    "finish",
+    "load_dataset",
+    "make_mesh",
+    "predict",
+    "resolved_settings",
+    "setup",
+    "train_and_evaluate",
+    "validate_config",
+    "write_json_atomic",
+]
 
 
 class RunError(RuntimeError):
@@ -64,29 +100,123 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def _jsonable(value: Any) -> Any:
+    """`value` as JSON data that is the same on every run (no addresses, no numpy types)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic | jax.Array):
+        return np.asarray(value).tolist()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if callable(value):  # e.g. a mask function: its qualified name, never its address
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+    return str(value)
+
+
+def resolved_settings(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta, method: Any, params: Any
+) -> dict[str, Any]:
+    """What a built run actually uses, beyond the raw config: recorded and compared on resume.
+
+    Args:
+      config: the experiment config.
+      meta: the dataset.
+      method: the built method (a frozen dataclass, `create_train_state`'s second result).
+      params: the model's parameters (any pytree of arrays).
+
+    Returns:
+      JSON data: {'method': every field of the method dataclass (e.g. OGM-GE's alpha, read
+      from config.method.ogm), 'model': {'conv', 'param_dtypes', 'num_params'}, 'data':
+      {'name', 'num_classes', 'split_sizes', 'modalities': {m: {'kind', 'shape'}}}}.
+    """
+    leaves = jax.tree.leaves(params)
+    return _jsonable(
+        {
+            "method": dataclasses.asdict(method),
+            "model": {
+                # The convolution algorithm changes the numbers ('auto' = the model's choice).
+                "conv": config.model.get("conv", "auto"),
+                "param_dtypes": sorted({str(x.dtype) for x in leaves}),
+                "num_params": int(sum(x.size for x in leaves)),
+            },
+            "data": {
+                "name": meta.name,
+                "num_classes": meta.num_classes,
+                "split_sizes": dict(meta.split_sizes),
+                "modalities": {
+                    m: {"kind": spec.kind, "shape": list(spec.shape)}
+                    for m, spec in meta.modalities.items()
+                },
+            },
+        }
+    )
+
+
+def _environment() -> dict[str, Any]:
+    """Where this invocation runs (recorded for the reader, not compared on resume)."""
+    return {
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
+
+
+def check_run_config(
+    workdir: pathlib.Path,
+    config: ml_collections.ConfigDict,
+    resolved: dict[str, Any] | None = None,
+) -> None:
     """Writes config.json, or checks that an existing run's config matches this one.
+
+    config.json holds the config, `resolved` under 'resolved' (what the built run uses, see
+    `resolved_settings`) and the environment under 'environment'. On resume everything but
+    `RESUME_MAY_DIFFER` must match. When both files have a 'resolved' block, the method is
+    compared through it (every field of the built method, wherever in config.method it was
+    read from) and the raw config.method block only by name; runs written before 'resolved'
+    existed compare the raw block, skipping other methods' sub-blocks.
+
+    Call it only once everything that can reject the config has run (`setup`): config.json
+    then never records a config that failed.
 
     Raises:
       RunError: the workdir holds a run with a different config (the differences are named).
     """
-    resolved = json.loads(config.to_json())
+    workdir = pathlib.Path(workdir)
+    new_doc = json.loads(config.to_json())
+    if resolved is not None:
+        new_doc[RESOLVED_KEY] = json.loads(json.dumps(resolved))
+    new_doc[ENVIRONMENT_KEY] = _environment()
     path = workdir / CONFIG_FILE
     if path.exists():
-        old = _flatten(json.loads(path.read_text()))
-        new = _flatten(resolved)
-        # Hyper-parameter blocks of other methods (method.<name>.*) cannot change this run.
-        other_methods = tuple(
-            f"method.{k.split('.')[1]}."
-            for k in new
-            if k.count(".") >= 2 and k.split(".")[1] != config.method.name
-        )
+        old_doc = json.loads(path.read_text())
+        old, new = _flatten(old_doc), _flatten(new_doc)
+        if RESOLVED_KEY in old_doc and RESOLVED_KEY in new_doc:
+            # The built method's fields say what the run uses; raw keys only add noise.
+            def ignored(k: str) -> bool:
+                return k.startswith("method.") and k != "method.name"
+        else:
+            # No record of the built method: other methods' blocks cannot change this run
+            # (a method reading another's block, as OGM-GE reads method.ogm, is not seen).
+            other = tuple(
+                f"method.{k.split('.')[1]}."
+                for k in new
+                if k.count(".") >= 2 and k.split(".")[1] != config.method.name
+            )
+
+            def ignored(k: str) -> bool:
+                return k.startswith(f"{RESOLVED_KEY}.") or (
+                    k.startswith("method.") and k.startswith(other)
+                )
+
         diffs = [
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
             for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)
-            and not k.startswith(RESUME_MAY_DIFFER)
-            and not (k.startswith("method.") and k.startswith(other_methods))
+            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_DIFFER) and not ignored(k)
         ]
         if diffs:
             raise RunError(
@@ -94,18 +224,40 @@ def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
                 "use a new --workdir, or delete it to start over"
             )
     if jax.process_index() == 0:  # one writer: processes share the workdir
-        write_json_atomic(path, resolved)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, new_doc)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fails fast, before any data is read, on unknown method, fusion, optimiser or schedule."""
+    """Fails fast, before any data is read, on a bad method, fusion, optimiser or train field.
+
+    Raises:
+      ValueError: naming the config field and the fix.
+    """
     make_method(config.method)
     if config.model.fusion not in FUSIONS:
         raise ValueError(
             f"unknown fusion {config.model.fusion!r} (config.model.fusion); "
             f"choose one of {sorted(FUSIONS)}"
         )
-    make_optimizer(config.train, 1, None)
+    train = config.train
+    for field, minimum in (
+        ("epochs", 1),
+        ("batch_size", 1),
+        ("eval_batch_size", 1),
+        ("log_every", 1),
+        ("keep_checkpoints", 1),
+        ("num_devices", 0),
+    ):
+        value = train.get(field, minimum)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"config.train.{field} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(train.get("eval_test_every_epoch", False), bool):
+        raise ValueError(
+            "config.train.eval_test_every_epoch must be True or False, got "
+            f"{train.eval_test_every_epoch!r}"
+        )
+    make_optimizer(train, 1, None)
 
 
 # ----------------------------------------------------------------------------- data
@@ -144,7 +296,19 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
 @dataclasses.dataclass
 class Run:
-    """The static parts of a run and its jitted steps."""
+    """The static parts of a run and its jitted steps.
+
+    Attributes:
+      config: the experiment config.
+      meta: the dataset.
+      mesh: the 1-D ('data',) mesh.
+      graphdef: the model's graph definition.
+      method: the built method (a frozen dataclass).
+      train_step: jitted `(state, global batch) -> (state, metrics)`; donates the state.
+      eval_step: jitted `(state, global batch) -> outputs`.
+      steps_per_epoch: training batches per epoch.
+      modalities: modality names, in config order.
+    """
 
     config: ml_collections.ConfigDict
     meta: schema.DatasetMeta
@@ -157,16 +321,36 @@ class Run:
     modalities: list[str]
 
 
-def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[Run, TrainState]:
-    """Builds model, method, optimiser and jitted steps; returns the run and a fresh state."""
-    mesh = make_mesh(config.train.get("num_devices", 0))
-    modalities = list(config.model.modalities)
-    batch = config.train.batch_size
-    if batch % mesh.shape["data"]:
+def _check_batch_size(field: str, batch: int, devices: int) -> None:
+    """A global batch must split over the devices and over the processes."""
+    processes = jax.process_count()
+    if batch % devices or batch % processes:
         raise RunError(
-            f"config.train.batch_size={batch} is not divisible by the {mesh.shape['data']} "
-            "devices: choose a multiple"
+            f"config.train.{field}={batch} is not divisible by the {devices} devices "
+            f"(and {processes} processes): choose a multiple"
         )
+
+
+def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[Run, TrainState]:
+    """Builds and checks everything a run needs from its config and dataset; writes nothing.
+
+    The mesh, the batch sizes against it, the splits the run and its method read, the model,
+    method and optimiser (`create_train_state`), then a trace of the train and eval steps on
+    abstract batches: every check that can reject the config runs here, so a caller can write
+    config.json afterwards knowing it records a config that starts. The traces are jit's own
+    (`.trace`), reused by the first real call.
+
+    Returns:
+      (run, state): the run and a fresh train state, replicated over the mesh.
+
+    Raises:
+      RunError, DataError, ValueError: naming the config field or split and the fix.
+    """
+    mesh = make_mesh(config.train.get("num_devices", 0))
+    devices = mesh.shape["data"]
+    batch = config.train.batch_size
+    _check_batch_size("batch_size", batch, devices)
+    _check_batch_size("eval_batch_size", config.train.eval_batch_size, devices)
     steps_per_epoch = pipeline.batches_per_epoch(meta, config.data.train_split, batch)
     if steps_per_epoch < 1:
         raise RunError(
@@ -174,22 +358,41 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
             f"{meta.split_sizes[config.data.train_split]} training "
             "examples: use a smaller batch"
         )
-    # 'rbg' keys for initialisation only: on CPU they compile ~2x faster than threefry for
-    # the many differently shaped random draws of a ResNet; dropout keeps the default impl.
-    rngs = nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"), dropout=config.seed + 1)
-    model = build_model(config.model, meta.num_classes, rngs=rngs)
-    method = make_method(config.method)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    balancing = method.gradient_transform(params, model.modality_patterns())
-    tx, _ = make_optimizer(config.train, steps_per_epoch, balancing, method.placement)
-    replicated = jax.NamedSharding(mesh, jax.P())
-    method_state = method.init_state(modalities, meta.num_classes)
-    state = TrainState(jnp.zeros([], jnp.int32), params, rest, tx.init(params), method_state)
-    state = jax.device_put(state, replicated)
+    for field in ("val_split", "test_split"):
+        if config.data[field] not in meta.split_sizes:
+            raise RunError(
+                f"config.data.{field}={config.data[field]!r}: {meta.name} has no such split "
+                f"(it has {sorted(meta.split_sizes)})"
+            )
+    input_shapes = {m: spec.shape for m, spec in meta.modalities.items()}
+    graphdef, method, tx, state = create_train_state(
+        config, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
+    )
+    # A method's end-of-epoch hook may read a split of its own (MSLR, PMR): check it now.
+    method_split = getattr(method, "split", None)
+    if isinstance(method_split, str) and method_split not in meta.split_sizes:
+        raise RunError(
+            f"method {method.name!r} reads split {method_split!r} (config.method.*.split), "
+            f"which {meta.name} lacks: choose one of {sorted(meta.split_sizes)}"
+        )
     train_step = jax.jit(make_train_step(graphdef, method, tx), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(graphdef, method))
+    # Trace-time checks (e.g. a method that needs another fusion) fail here, not mid-run.
+    train_step.trace(state, abstract_batch(input_shapes, batch, mesh=mesh))
+    eval_step.trace(
+        state,
+        abstract_batch(input_shapes, config.train.eval_batch_size, mesh=mesh, with_index=True),
+    )
     run = Run(
-        config, meta, mesh, graphdef, method, train_step, eval_step, steps_per_epoch, modalities
+        config,
+        meta,
+        mesh,
+        graphdef,
+        method,
+        train_step,
+        eval_step,
+        steps_per_epoch,
+        list(config.model.modalities),
     )
     return run, state
 
@@ -197,25 +400,49 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
 # ----------------------------------------------------------------------------- evaluation
 
 
-def predict(run: Run, state: TrainState, split: str) -> dict[str, Any]:
-    """Eval-mode outputs for every example of `split` (padding removed), gathered on host.
+def predict(
+    run: Run, state: TrainState, split: str, indices: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Eval-mode outputs for every example of `split` (or of `indices`), gathered on the host.
+
+    Outputs stay on the devices until the split is done, then are gathered (from every process)
+    in one transfer and put in the split's stored order.
+
+    Args:
+      run: the run.
+      state: the state to evaluate.
+      split: split name.
+      indices: optional strictly increasing positions in the split's stored order; only those
+        examples are read and predicted.
 
     Returns:
-      {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]}, 'features': {m: [N, D]}}.
+      {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]}, 'features': {m: [N, D]}}
+      in the split's stored order (N = split size, or len(indices) in their order).
     """
     cfg = run.config
     chunks = []
     for batch in pipeline.eval_batches(
-        run.meta, split, global_batch_size=cfg.train.eval_batch_size, cache=cfg.data.cache
+        run.meta,
+        split,
+        global_batch_size=cfg.train.eval_batch_size,
+        indices=indices,
+        cache=cfg.data.cache,
     ):
         global_batch = pipeline.to_global(batch, run.mesh)
         out = run.eval_step(state, global_batch)
-        # The whole global batch on every process (with several, outputs span all of them).
-        out, mask, labels = multihost_utils.process_allgather(
-            (out, global_batch["mask"], global_batch["label"]), tiled=True
+        chunks.append((out, global_batch["mask"], global_batch["label"], global_batch["index"]))
+    # The whole split on every process (with several, outputs span all of them).
+    chunks = multihost_utils.process_allgather(chunks, tiled=True)
+    host = []
+    for out, mask, labels, index in chunks:
+        host.append(
+            jax.tree.map(lambda x, mask=mask: np.asarray(x)[mask], out)
+            | {"labels": np.asarray(labels)[mask], "index": np.asarray(index)[mask]}
         )
-        chunks.append(jax.tree.map(lambda x, mask=mask: x[mask], out) | {"labels": labels[mask]})
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+    outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *host)
+    # Several processes interleave their parts batch by batch: restore the stored order.
+    order = np.argsort(outputs.pop("index"), kind="stable")
+    return jax.tree.map(lambda x: x[order], outputs)
 
 
 def evaluate_outputs(outputs: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -233,7 +460,11 @@ def evaluate_outputs(outputs: dict[str, Any], prefix: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- training
 
 
-def _epoch_batches(run: Run, epoch: int, start_batch: int) -> Iterator[dict]:
+def epoch_batches(run: Run, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+    """This process's training batches of `epoch` (numpy, local), from batch `start_batch` on.
+
+    Feed each through `pipeline.to_global(batch, run.mesh)` into `run.train_step`.
+    """
     cfg = run.config
     return pipeline.train_batches(
         run.meta,
@@ -246,10 +477,14 @@ def _epoch_batches(run: Run, epoch: int, start_batch: int) -> Iterator[dict]:
     )
 
 
+_epoch_batches = epoch_batches  # the former private name, still used by some tests
+
+
 def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -> str:
     parts = [f"epoch {epoch + 1:3d}/{total}", f"loss {record['train/loss']:.4f}"]
     parts.append(f"val {100 * record['val/accuracy']:.1f}")
-    parts.append(f"test {100 * record['test/accuracy']:.1f}")
+    if "test/accuracy" in record:  # config.train.eval_test_every_epoch
+        parts.append(f"test {100 * record['test/accuracy']:.1f}")
     parts.append(
         "unimodal val "
         + " ".join(f"{m} {100 * record[f'val/accuracy/{m}']:.1f}" for m in modalities)
@@ -264,6 +499,9 @@ def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains, evaluates and writes results for one run; resumes if `workdir` holds one.
 
+    Nothing is written to `workdir` (not even the directory) until the config, the data and
+    the whole set-up (model, method, optimiser, mesh, a trace of both steps) have been checked.
+
     Args:
       config: the full experiment config (see configs/).
       workdir: run directory; created if needed.
@@ -277,30 +515,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     started = time.time()
     validate_config(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    meta = load_dataset(config)  # before config.json: a bad data.dir must leave no trace
-    check_run_config(workdir, config)
+    meta = load_dataset(config)
     run, state = setup(config, meta)
+    check_run_config(workdir, config, resolved_settings(config, meta, run.method, state.params))
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")
     history: dict[str, Any] = {"epochs": [], "steps": [], "best": None}
     if ckpts.latest_step() is not None:
         state, history = ckpts.restore(state)
         print(f"resumed {workdir} at step {int(state.step)} (epoch {len(history['epochs'])})")
-    epochs = config.train.epochs
-    log_every = max(1, config.train.log_every)
     show = config.get("progress", True) and jax.process_index() == 0
     timing: dict[str, float] = {}
     try:
-        for epoch in range(len(history["epochs"]), epochs):
-            state, history = _train_epoch(
-                run, state, history, epoch, writer, log_every, show, timing
-            )
+        for epoch in range(len(history["epochs"]), config.train.epochs):
+            state, history = _train_epoch(run, state, history, epoch, writer, show, timing)
+            step = history["epochs"][-1]["step"]
             # Best first: once the latest checkpoint names epoch e as best, its weights are on
             # disk; a kill in between only repeats epoch e, which re-saves it.
             if history["best"]["epoch"] == epoch:
-                ckpts.save_best(int(state.step), state)
-            ckpts.save(int(state.step), state, history)
+                ckpts.save_best(step, state)
+            ckpts.save(step, state, history)
         results = finish(run, ckpts, state, history, workdir, started, timing)
     finally:
         writer.close()
@@ -308,13 +542,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return results
 
 
-def _train_epoch(run, state, history, epoch, writer, log_every, show, timing):
+def _train_epoch(
+    run: Run,
+    state: TrainState,
+    history: dict,
+    epoch: int,
+    writer: MetricWriter,
+    show: bool,
+    timing: dict[str, float],
+) -> tuple[TrainState, dict]:
+    """One epoch: train steps, validation (and test if asked), the method's hook, bookkeeping.
+
+    The host never waits for a step except to log (every `log_every` steps and the first of
+    the epoch), to time the process's first step once, and at the epoch's end: steps are
+    counted on the host and metrics stay on the devices until then.
+    """
     cfg = run.config
+    log_every = cfg.train.log_every
     start = time.time()
-    sums: dict[str, float] = {}
-    count = 0
+    step = int(state.step)  # one read per epoch: the previous epoch has finished anyway
+    step_metrics: list[dict[str, jax.Array]] = []
     bar = tqdm(
-        _epoch_batches(run, epoch, 0),
+        epoch_batches(run, epoch),
         total=run.steps_per_epoch,
         desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
         disable=not show,
@@ -323,40 +572,48 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show, timing):
     for batch in bar:
         step_start = time.time()
         state, metrics = run.train_step(state, pipeline.to_global(batch, run.mesh))
-        step = int(state.step)  # waits for the step
+        step += 1
         if not timing:
-            # The process's first step traces and compiles the step (or loads it from the
-            # persistent compilation cache) before running it.
+            # The process's first step compiles the step (or loads it from the persistent
+            # compilation cache) before running it; wait for it once to time that.
+            jax.block_until_ready(metrics)
             timing["first_step_seconds"] = time.time() - step_start
             if show:
                 tqdm.write(
                     f"first train step (incl. compilation): {timing['first_step_seconds']:.1f}s"
                 )
-        if step % log_every == 0 or count == 0:
+        if step % log_every == 0 or not step_metrics:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(host["loss"], step, epoch, history)
             history["steps"].append({"step": step, **{f"train/{k}": v for k, v in host.items()}})
             writer.scalars(step, {f"train/{k}": v for k, v in host.items()})
             bar.set_postfix(loss=f"{host['loss']:.3f}")
-        sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()} if sums else dict(metrics)
-        count += 1
-    train_means = {f"train/{k}": float(v) / count for k, v in jax.device_get(sums).items()}
-    _check_finite(train_means["train/loss"], int(state.step), epoch, history)
-    record = {"epoch": epoch, "step": int(state.step), **train_means}
-    for prefix, split in (("val", cfg.data.val_split), ("test", cfg.data.test_split)):
-        record |= evaluate_outputs(predict(run, state, split), prefix)
-    new_method_state = run.method.end_of_epoch(
-        jax.device_get(state.method_state), _EpochContext(run, state, epoch)
-    )
+        step_metrics.append(metrics)
+    # Scalars of every step, fetched in one transfer; the mean is taken on the host.
+    fetched = jax.device_get(step_metrics)
+    train_means = {
+        f"train/{k}": float(np.mean([m[k] for m in fetched], dtype=np.float64)) for k in fetched[0]
+    }
+    _check_finite(train_means["train/loss"], step, epoch, history)
+    if int(state.step) != step:
+        raise RunError(f"step counter out of sync: host {step}, device {int(state.step)}")
+    record = {"epoch": epoch, "step": step, **train_means}
+    splits = {"val": cfg.data.val_split}
+    if cfg.train.get("eval_test_every_epoch", False):
+        splits["test"] = cfg.data.test_split
+    context = _EpochContext(run, state, epoch)
+    for prefix, split in splits.items():
+        record |= evaluate_outputs(context.predict(split), prefix)
+    new_method_state = run.method.end_of_epoch(jax.device_get(state.method_state), context)
     state = state._replace(
         method_state=jax.device_put(new_method_state, jax.NamedSharding(run.mesh, jax.P()))
     )
     record["epoch_seconds"] = time.time() - start
-    writer.scalars(int(state.step), {k: v for k, v in record.items() if "/" in k})
+    writer.scalars(step, {k: v for k, v in record.items() if "/" in k})
     history["epochs"].append(record)
     best = history["best"]
     if best is None or record["val/accuracy"] > best["val/accuracy"]:
-        history["best"] = {"epoch": epoch, "step": record["step"], **record}
+        history["best"] = {"epoch": epoch, "step": step, **record}
     if jax.process_index() == 0:
         print(_summary_line(epoch, cfg.train.epochs, record, run.modalities), flush=True)
     return state, history
@@ -364,14 +621,43 @@ def _train_epoch(run, state, history, epoch, writer, log_every, show, timing):
 
 @dataclasses.dataclass
 class _EpochContext:
-    """What a method's `end_of_epoch` may use (see `mlb_jax.methods.base.EpochContext`)."""
+    """What a method's `end_of_epoch` may use (see `mlb_jax.methods.base.EpochContext`).
+
+    Predictions of the epoch's final state are computed once per split: the trainer's own
+    validation pass and a method's hook (MSLR reads the same split) share them.
+    """
 
     run: Run
     state: TrainState
     epoch: int
+    cache: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    def predict(self, split: str) -> dict[str, Any]:
-        return predict(self.run, self.state, split)
+    def split_size(self, split: str) -> int:
+        """Number of examples of `split` (the range of `predict`'s `indices`)."""
+        return pipeline.split_size(self.run.meta, split)
+
+    def predict(self, split: str, indices: np.ndarray | None = None) -> dict[str, Any]:
+        """Eval-mode outputs of `split` (see `predict`), or of its examples at `indices`.
+
+        Args:
+          split: split name.
+          indices: optional strictly increasing int positions in the split's stored order.
+
+        Returns:
+          {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]},
+          'features': {m: [N, D]}}, N = split size or len(indices), in that order.
+        """
+        if split in self.cache:
+            out = self.cache[split]
+            if indices is None:
+                return out
+            # Checked as the pipeline checks them, so both paths reject the same input.
+            indices = pipeline.check_indices(indices, len(out["labels"]), split)
+            return jax.tree.map(lambda x: x[indices], out)
+        if indices is not None:
+            return predict(self.run, self.state, split, indices)
+        self.cache[split] = predict(self.run, self.state, split)
+        return self.cache[split]
 
     def model(self) -> Any:
         return nnx.merge(self.run.graphdef, self.state.params, self.state.rest)
@@ -400,6 +686,9 @@ def finish(
     timing: dict[str, float] | None = None,
 ) -> dict:
     """Best-on-validation model: test metrics, probes, results.json and plots.
+
+    The test split is predicted here once, for the selected state (per epoch only with
+    config.train.eval_test_every_epoch), and the training split once, for the probes.
 
     `started` is when this invocation began (time.time()); results record its wall time.
     `timing` may hold `first_step_seconds` (compilation + one step, this invocation).

@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     meta = trainer.load_dataset(config)
     run, state = trainer.setup(config, meta)
     batches = [
-        batch for _, batch in zip(range(steps), trainer._epoch_batches(run, epoch=0, start_batch=0))
+        batch for _, batch in zip(range(steps), trainer.epoch_batches(run, epoch=0), strict=False)
     ]
     global_batches = [trainer.pipeline.to_global(batch, run.mesh) for batch in batches]
     # Gloo gives a process 30 s to join the first collective. On a loaded machine one process

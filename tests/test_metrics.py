@@ -9,6 +9,9 @@ from mlb_jax.metrics import accuracy, expected_calibration_error
 def test_accuracy():
     logits = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]])
     assert accuracy(logits, np.array([0, 0, 1])) == pytest.approx(2 / 3)
+    assert accuracy(logits, np.array([1, 0, 0])) == 0.0
+    with pytest.raises(ValueError, match="empty split"):
+        accuracy(np.zeros((0, 2)), np.zeros(0, int))
 
 
 def test_ece_against_hand_computation():
@@ -21,6 +24,13 @@ def test_ece_against_hand_computation():
     # bin of 0.9: |acc 0.5 - conf 0.9| * 2/3; bin of 0.6: |1 - 0.6| * 1/3.
     expected = (2 / 3) * 0.4 + (1 / 3) * 0.4
     assert expected_calibration_error(logits, labels) == pytest.approx(expected, abs=1e-9)
+
+
+def test_ece_of_a_certain_correct_prediction_is_zero_and_of_a_wrong_one_is_one():
+    # Confidence ~1 lands in the last bin (a confidence of exactly 1.0 must not overflow it).
+    logits = np.array([[100.0, 0.0]])
+    assert expected_calibration_error(logits, np.array([0])) == pytest.approx(0, abs=1e-9)
+    assert expected_calibration_error(logits, np.array([1])) == pytest.approx(1, abs=1e-9)
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

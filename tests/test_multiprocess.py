@@ -124,11 +124,11 @@ def single_process_reference(config) -> tuple[list, list[dict], list[dict], dict
 
 
 def reference_predict(run, state, config) -> dict[str, np.ndarray]:
-    """`trainer.predict` of the test split as two processes see it, computed in this one.
+    """`trainer.predict` of the test split as two processes compute it, done in this one.
 
     With two processes every global eval batch is process 0's next local batch followed by
-    process 1's, each padded at the end of its part, so the examples come out in a different
-    order than from one process: build the same global batches here.
+    process 1's, each padded at the end of its part: build the same global batches here, then
+    put the rows in the split's stored order by their 'index', as `trainer.predict` must.
     """
     parts = [
         pipeline.eval_batches(
@@ -148,9 +148,15 @@ def reference_predict(run, state, config) -> dict[str, np.ndarray]:
         mask = batch["mask"]
         chunks.append(
             jax.tree.map(lambda x, mask=mask: np.asarray(x)[mask], out)
-            | {"labels": batch["label"][mask]}
+            | {"labels": batch["label"][mask], "index": batch["index"][mask]}
         )
-    return flat_outputs(jax.tree.map(lambda *xs: np.concatenate(xs), *chunks))
+    outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+    index = outputs.pop("index")
+    # The two processes' parts really are interleaved (else this test would not test order).
+    assert not np.array_equal(index, np.sort(index))
+    np.testing.assert_array_equal(np.sort(index), np.arange(run.meta.split_sizes["test"]))
+    order = np.argsort(index)
+    return flat_outputs(jax.tree.map(lambda x: x[order], outputs))
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -190,7 +196,7 @@ def test_two_processes_equal_one_process(tmp_path):
                     err_msg=f"{path} after step {step + 1}",
                 )
         # trainer.predict gathers every process's part of the test split on every process:
-        # all 40 examples (padded eval batches of 32), none twice.
+        # all 40 examples (padded eval batches of 32), none twice, in the stored order.
         predicted = {k[len("predict/") :]: v for k, v in child.items() if k.startswith("predict/")}
         assert predicted.keys() == ref_predicted.keys()
         assert len(predicted["labels"]) == 40

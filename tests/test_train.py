@@ -1,5 +1,6 @@
 """End-to-end training on the tiny synthetic config: 8 devices, resume, results, bad input."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 
 from mlb_jax import trainer
 from mlb_jax.checkpointing import RunCheckpoints
+from mlb_jax.data.schema import DataError
+from mlb_jax.methods import make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,23 +36,53 @@ def data_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_cache):
-    """An uninterrupted tiny MLB run on all 8 devices."""
+    """An uninterrupted tiny MLB run on all 8 devices, and the splits `predict` was asked for."""
     workdir = tmp_path_factory.mktemp("reference")
-    results = trainer.train_and_evaluate(load_tiny(data_cache), workdir)
-    return workdir, results
+    calls = []
+    original = trainer.predict
+
+    def recording_predict(run, state, split, indices=None):
+        calls.append((split, None if indices is None else len(indices)))
+        return original(run, state, split, indices)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "predict", recording_predict)
+        results = trainer.train_and_evaluate(load_tiny(data_cache), workdir)
+    return workdir, results, calls
+
+
+def fresh_state(config):
+    """A step-0 train state laid out as `trainer.setup` lays it out, without tracing a step."""
+    meta = trainer.load_dataset(config)
+    shapes = {m: spec.shape for m, spec in meta.modalities.items()}
+    mesh = trainer.make_mesh(config.train.num_devices)
+    return trainer.create_train_state(config, meta.num_classes, shapes, mesh=mesh)[3]
+
+
+def restore_final(workdir, config, abstract_state):
+    """(final train state, history) of the run in `workdir`, laid out as `abstract_state`."""
+    ckpts = RunCheckpoints(workdir)
+    try:
+        return ckpts.restore(abstract_state)
+    finally:
+        ckpts.close()
 
 
 def final_params(workdir, config):
-    meta = trainer.load_dataset(config)
-    _, state = trainer.setup(config, meta)
+    state, _ = restore_final(workdir, config, fresh_state(config))
+    return jax.tree.map(np.asarray, state.params)
+
+
+def read_history(workdir):
     ckpts = RunCheckpoints(workdir)
-    restored, _ = ckpts.restore(state)
-    ckpts.close()
-    return jax.tree.map(np.asarray, restored.params)
+    try:
+        return ckpts.restore_meta()
+    finally:
+        ckpts.close()
 
 
-def test_results_contract_and_loss_decreases(reference_run):
-    workdir, results = reference_run
+def test_results_contract_and_loss_decreases(reference_run, data_cache):
+    workdir, results, _ = reference_run
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     for key in (
@@ -70,31 +103,112 @@ def test_results_contract_and_loss_decreases(reference_run):
     assert 0 < on_disk["first_step_seconds"] <= on_disk["train_seconds"]
     # Every test example counted exactly once despite the padded last eval batch (40 / 32).
     assert on_disk["num_test_examples"] == 40
-    epochs = json.loads((workdir / "config.json").read_text())["train"]["epochs"]
-    assert epochs == 2
     assert (workdir / "training.png").stat().st_size > 0
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
-
-def test_training_loss_decreases(reference_run, data_cache):
-    workdir, _ = reference_run
-    ckpts = RunCheckpoints(workdir)
-    config = load_tiny(data_cache)
-    meta = trainer.load_dataset(config)
-    _, state = trainer.setup(config, meta)
-    _, history = ckpts.restore(state)
-    ckpts.close()
+    history = read_history(workdir)
     losses = [e["train/loss"] for e in history["epochs"]]
-    assert losses[1] < losses[0]
-    # MLB coefficients were logged every step interval for both modalities.
+    assert len(losses) == 2 and losses[1] < losses[0]  # epoch-mean training loss decreases
+    assert [e["step"] for e in history["epochs"]] == [8, 16]
+    # Steps counted on the host: the first step of each epoch, then every log_every = 2.
+    assert [s["step"] for s in history["steps"]] == [1, 2, 4, 6, 8, 9, 10, 12, 14, 16]
+    # MLB coefficients were logged for both modalities at every logged step.
     assert all("train/k/audio" in s and "train/k/video" in s for s in history["steps"])
+    assert on_disk["val_accuracy"] == max(e["val/accuracy"] for e in history["epochs"])
+
+
+def test_config_json_records_what_the_run_uses(reference_run, data_cache):
+    workdir, _, _ = reference_run
+    config = load_tiny(data_cache)
+    written = json.loads((workdir / "config.json").read_text())
+    assert written["train"]["epochs"] == 2 and written["method"]["name"] == "mlb"
+    resolved = written["resolved"]
+    method = make_method(config.method)
+    assert resolved["method"] == json.loads(json.dumps(dataclasses.asdict(method)))
+    assert resolved["method"]["beta_max"] == config.method.beta_max == 4.0
+    assert resolved["model"]["param_dtypes"] == ["float32"]
+    assert resolved["model"]["conv"] == config.model.get("conv", "auto")
+    assert resolved["data"]["split_sizes"] == {"train": 128, "validation": 32, "test": 40}
+    assert resolved["data"]["modalities"]["video"] == {"kind": "frames", "shape": [2, 16, 16, 3]}
+    assert written["environment"]["device_count"] == 8
+
+
+def test_test_split_is_evaluated_once_for_the_selected_epoch(reference_run):
+    workdir, results, calls = reference_run
+    # Validation once per epoch (MLB has no end-of-epoch predictions); test and train once,
+    # at the end, for the best checkpoint (test metrics and the linear probes).
+    assert calls == [("validation", None), ("validation", None), ("test", None), ("train", None)]
+    history = read_history(workdir)
+    assert all("test/accuracy" not in e for e in history["epochs"])
+    assert results["num_test_examples"] == 40
+
+
+def test_predict_subset_equals_the_rows_of_the_whole_split(reference_run, data_cache):
+    workdir, _, _ = reference_run
+    config = load_tiny(data_cache)
+    run, state = trainer.setup(config, trainer.load_dataset(config))
+    state, _ = restore_final(workdir, config, state)
+    whole = trainer.predict(run, state, "train")
+    assert len(whole["labels"]) == 128
+    indices = np.array([0, 5, 6, 31, 32, 33, 100, 127])  # spans eval batches of 32
+    subset = trainer.predict(run, state, "train", indices)
+    assert len(subset["labels"]) == len(indices)
+    np.testing.assert_array_equal(subset["labels"], whole["labels"][indices])
+    for a, b in zip(jax.tree.leaves(subset), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b[indices], rtol=1e-5, atol=1e-6)
+
+    # The end-of-epoch context hands out the epoch's predictions of a split once.
+    context = trainer._EpochContext(run, state, epoch=0, cache={"train": whole})
+    assert context.predict("train") is whole
+    cached = context.predict("train", indices)
+    np.testing.assert_array_equal(cached["logits"], whole["logits"][indices])
+    assert context.split_size("validation") == 32
+    with pytest.raises(DataError, match="strictly increasing"):
+        context.predict("train", np.array([3, 1]))
+
+
+def test_summary_line_shows_test_only_when_evaluated_every_epoch():
+    record = {
+        "train/loss": 1.23456,
+        "val/accuracy": 0.5,
+        "val/accuracy/audio": 0.25,
+        "val/accuracy/video": 0.125,
+        "train/k/audio": 0.5,
+        "train/k/video": 1.5,
+        "epoch_seconds": 2.34,
+    }
+    line = trainer._summary_line(0, 12, record, ["audio", "video"])
+    assert line == (
+        "epoch   1/12 | loss 1.2346 | val 50.0 | unimodal val audio 25.0 video 12.5 "
+        "| k audio 0.50 video 1.50 | 2.3s"
+    )
+    line = trainer._summary_line(0, 12, record | {"test/accuracy": 0.75}, ["audio", "video"])
+    assert "| val 50.0 | test 75.0 | unimodal val" in line
+
+
+def test_epoch_context_predicts_each_split_once(monkeypatch):
+    calls = []
+
+    def fake_predict(run, state, split, indices=None):
+        calls.append((split, None if indices is None else list(indices)))
+        n = 6 if indices is None else len(indices)
+        rows = np.arange(6) if indices is None else np.asarray(indices)
+        return {"labels": rows, "logits": rows[:, None] * np.ones((n, 3))}
+
+    monkeypatch.setattr(trainer, "predict", fake_predict)
+    context = trainer._EpochContext(run=None, state=None, epoch=3)
+    first = context.predict("validation")
+    assert context.predict("validation") is first  # MSLR's hook reuses the trainer's pass
+    np.testing.assert_array_equal(context.predict("validation", [1, 4])["labels"], [1, 4])
+    np.testing.assert_array_equal(context.predict("train", [0, 2])["labels"], [0, 2])
+    assert calls == [("validation", None), ("train", [0, 2])]
 
 
 def run_steps(config, num_steps):
     """Params and metrics after `num_steps` train steps of the tiny config."""
     meta = trainer.load_dataset(config)
     run, state = trainer.setup(config, meta)
-    batches = trainer._epoch_batches(run, epoch=0, start_batch=0)
+    batches = trainer.epoch_batches(run, epoch=0)
     metrics = []
     for _, batch in zip(range(num_steps), batches):
         state, m = run.train_step(state, trainer.pipeline.to_global(batch, run.mesh))
@@ -119,7 +233,7 @@ def test_eight_devices_equal_one_device(data_cache):
 
 
 def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_path, monkeypatch):
-    ref_dir, ref_results = reference_run
+    ref_dir, ref_results, _ = reference_run
     config = load_tiny(data_cache)
     saves = []
     original = RunCheckpoints.save
@@ -144,35 +258,92 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_cache, tmp_path):
-    config = load_tiny(data_cache)
-    config.train.epochs = 3
-    config.train.lr = 1e9
-    config.train.schedule = "constant"
-    with pytest.raises(trainer.RunError, match=r"training loss is (nan|inf)"):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_cache, tmp_path, monkeypatch):
+    config = load_tiny(data_cache)  # the reference config: its compiled step is cached
+    original = trainer._train_epoch
+
+    def diverge_in_epoch_2(run, state, history, epoch, *args):
+        if epoch == 1:  # as a too-large step would: parameters overflow after epoch 1
+            state = state._replace(params=jax.tree.map(lambda x: x * np.inf, state.params))
+        return original(run, state, history, epoch, *args)
+
+    monkeypatch.setattr(trainer, "_train_epoch", diverge_in_epoch_2)
+    with pytest.raises(
+        trainer.RunError,
+        match=r"training loss is nan at step 9 \(epoch 2\); the last good checkpoint "
+        r"\(step 8\) is kept\. Lower config.train.lr",
+    ):
         trainer.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "results.json").exists()
     ckpts = RunCheckpoints(tmp_path)
-    step = ckpts.latest_step()
-    if step is not None:  # whatever was saved holds finite parameters
-        _, state = trainer.setup(config, trainer.load_dataset(config))
-        restored, _ = ckpts.restore(state)
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
-    ckpts.close()
+    try:
+        assert ckpts.latest_step() == 8
+        restored, history = ckpts.restore(fresh_state(config))
+    finally:
+        ckpts.close()
+    assert len(history["epochs"]) == 1 and int(restored.step) == 8
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
 
 
 def test_other_methods_hyperparameters_do_not_block_resume(reference_run, data_cache):
-    workdir, _ = reference_run
+    workdir, _, _ = reference_run
     config = load_tiny(data_cache)
+    meta = trainer.load_dataset(config)
+
+    def resolved(cfg):
+        shapes = {m: s.shape for m, s in meta.modalities.items()}
+        _, method, _, state = trainer.create_train_state(cfg, meta.num_classes, shapes)
+        return trainer.resolved_settings(cfg, meta, method, state.params)
+
+    before = (workdir / "config.json").read_text()
     config.method.agm.alpha = 123.0  # the run is MLB: AGM's block cannot affect it
-    trainer.check_run_config(workdir, config)
+    trainer.check_run_config(workdir, config, resolved(config))
     config.method.alpha = 123.0  # MLB's own alpha does
-    with pytest.raises(trainer.RunError, match=r"method.alpha: 1.0 -> 123.0"):
-        trainer.check_run_config(workdir, config)
+    with pytest.raises(trainer.RunError, match=r"resolved.method.alpha: 1.0 -> 123.0"):
+        trainer.check_run_config(workdir, config, resolved(config))
+    assert json.loads((workdir / "config.json").read_text())["method"]["alpha"] == 1.0
+    assert (
+        json.loads(before)["resolved"]
+        == json.loads((workdir / "config.json").read_text())["resolved"]
+    )
+
+
+def test_changed_ogm_ge_setting_is_refused_on_resume(data_cache, tmp_path):
+    # OGM-GE reads its settings from config.method.ogm, another method's block by name.
+    config = load_tiny(data_cache)
+    config.method.name = "ogm_ge"
+    meta = trainer.load_dataset(config)
+    shapes = {m: s.shape for m, s in meta.modalities.items()}
+    _, method, _, state = trainer.create_train_state(config, meta.num_classes, shapes)
+    trainer.check_run_config(
+        tmp_path, config, trainer.resolved_settings(config, meta, method, state.params)
+    )
+    written = (tmp_path / "config.json").read_text()
+    assert json.loads(written)["resolved"]["method"]["alpha"] == 0.3
+    config.method.ogm.alpha = 0.5
+    with pytest.raises(trainer.RunError, match=r"resolved.method.alpha: 0.3 -> 0.5"):
+        trainer.train_and_evaluate(config, tmp_path)
+    assert (tmp_path / "config.json").read_text() == written  # untouched
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("placement", "sideways", "placement"),
+        ("score", "bogus", "bogus"),
+    ],
+)
+def test_bad_method_value_leaves_no_config_json(data_cache, tmp_path, field, value, message):
+    config = load_tiny(data_cache)
+    config.method[field] = value
+    with pytest.raises(ValueError, match=message):
+        trainer.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # not even the directory
 
 
 def test_incompatible_workdir_is_refused(reference_run, data_cache):
-    workdir, _ = reference_run
+    workdir, _, _ = reference_run
     config = load_tiny(data_cache)
     config.train.lr = 0.5
     with pytest.raises(trainer.RunError, match=r"holds a run with a different config \(train.lr"):
@@ -208,10 +379,27 @@ def test_cli_bad_names_one_line(override, message, data_cache, tmp_path):
     assert len(lines) == 1 and message in lines[0]
 
 
-def test_cli_unknown_config_key(tmp_path):
-    proc = run_cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.lrr=1")
-    assert proc.returncode != 0
-    assert "lrr" in proc.stderr
+@pytest.mark.parametrize(
+    ("flag", "line"),
+    [
+        (
+            "--config.train.epochz=3",
+            "error: --config.train.epochz: no such field in the config "
+            "(did you mean train.epochs?)",
+        ),
+        (
+            "--config.train.lr=fast",
+            "error: --config.train.lr=fast: could not convert string to float: 'fast' "
+            "(expected a float, like the config file's 0.01)",
+        ),
+        ("--workdirr=x", "error: --workdirr: unknown flag (did you mean --workdir?)"),
+    ],
+)
+def test_cli_flag_mistakes_are_one_line(flag, line, tmp_path):
+    proc = run_cli("--config=configs/synthetic_av.py", f"--workdir={tmp_path / 'w'}", flag)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [line]  # exactly one line, no traceback
+    assert not (tmp_path / "w").exists()
 
 
 def test_cli_missing_data_dir(tmp_path):
@@ -222,7 +410,9 @@ def test_cli_missing_data_dir(tmp_path):
         f"--config.data.dir={tmp_path / 'nothing'}",
     )
     assert proc.returncode == 2
-    assert "error:" in proc.stderr and str(tmp_path / "nothing") in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(tmp_path / "nothing") in lines[0]
+    assert not (tmp_path / "w").exists()
 
 
 def test_cli_process_flags_without_distributed_one_line(tmp_path):

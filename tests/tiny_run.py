@@ -3,16 +3,11 @@
 import pathlib
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
-from test_train import load_tiny
+from test_train import fresh_state, load_tiny
 
 from mlb_jax import trainer
 from mlb_jax.checkpointing import RunCheckpoints
-from mlb_jax.methods import make_method
-from mlb_jax.models import ModalitySpec, MultimodalClassifier
-from mlb_jax.optim import make_optimizer
-from mlb_jax.steps import TrainState, make_eval_step, make_train_step
+from mlb_jax.steps import abstract_batch, create_train_state, make_eval_step, make_train_step
 
 
 def tiny_config(data_cache: pathlib.Path, method: str):
@@ -30,10 +25,9 @@ def run_tiny(config, workdir: pathlib.Path):
 
 def restore_latest(config, workdir: pathlib.Path):
     """(train state, history) of the latest checkpoint in `workdir`."""
-    _, state = trainer.setup(config, trainer.load_dataset(config))
     ckpts = RunCheckpoints(workdir)
     try:
-        return ckpts.restore(state)
+        return ckpts.restore(fresh_state(config))
     finally:
         ckpts.close()
 
@@ -43,10 +37,10 @@ def epoch_means(history: dict, key: str) -> list[float]:
     return [e[f"train/{key}"] for e in history["epochs"]]
 
 
-THREE_MODALITIES = {
-    "audio": ModalitySpec("audio"),
-    "video": ModalitySpec("video"),
-    "audio2": ModalitySpec("audio", 2),
+THREE_MODALITIES = {  # config.model.modalities of an M = 3 model
+    "audio": {"kind": "audio", "in_channels": 1},
+    "video": {"kind": "video", "in_channels": 3},
+    "audio2": {"kind": "audio", "in_channels": 2},
 }
 THREE_INPUTS = {"audio": (16, 12), "video": (2, 16, 16, 3), "audio2": (16, 12, 2)}
 
@@ -59,27 +53,12 @@ def trace_three_modality_step(method: str, num_classes: int = 4, batch: int = 8)
     """
     config = load_tiny(pathlib.Path("unused"))
     config.method.name = method
-    rngs = nnx.Rngs(params=jax.random.key(0, impl="rbg"), dropout=1)
-    model = MultimodalClassifier(THREE_MODALITIES, num_classes, base_width=2, rngs=rngs)
-    method_obj = make_method(config.method)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    balancing = method_obj.gradient_transform(params, model.modality_patterns())
-    tx, _ = make_optimizer(config.train, 10, balancing, method_obj.placement)
-    method_state = method_obj.init_state(list(THREE_MODALITIES), num_classes)
-    state = TrainState(
-        jnp.zeros([], jnp.int32),
-        params,
-        rest,
-        tx.init(params),
-        jax.tree.map(jnp.asarray, method_state),
+    config.model.modalities = THREE_MODALITIES
+    graphdef, method_obj, tx, state = create_train_state(
+        config, num_classes, THREE_INPUTS, steps_per_epoch=10
     )
-    batch_spec = {
-        "inputs": {
-            m: jax.ShapeDtypeStruct((batch, *s), jnp.float32) for m, s in THREE_INPUTS.items()
-        },
-        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
-        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
-    }
+    state = state._replace(method_state=jax.tree.map(jax.numpy.asarray, state.method_state))
+    batch_spec = abstract_batch(THREE_INPUTS, batch)
     new_state, metrics = jax.eval_shape(
         make_train_step(graphdef, method_obj, tx), state, batch_spec
     )

@@ -86,7 +86,7 @@ def eval_batch_count(
     if indices is None:
         most_local = -(-total // process_count)
     else:
-        indices = _check_indices(indices, total, split)
+        indices = check_indices(indices, total, split)
         bounds = _process_bounds(total, process_count)
         most_local = int(np.diff(np.searchsorted(indices, bounds)).max())
     return -(-most_local // local_batch)
@@ -229,7 +229,7 @@ def eval_batches(
     if indices is None:
         local = np.arange(stop - start)
     else:
-        indices = _check_indices(indices, total, split)
+        indices = check_indices(indices, total, split)
         local = indices[(indices >= start) & (indices < stop)] - start
     if cache:
         examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
@@ -284,8 +284,12 @@ def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
     )
 
 
-def _split_size(meta: DatasetMeta, split: str) -> int:
-    """Returns the size of a split, or raises naming the splits there are."""
+def split_size(meta: DatasetMeta, split: str) -> int:
+    """The number of examples of a split.
+
+    Raises:
+        DataError: Unknown split (the message names the splits there are).
+    """
     if split not in meta.split_sizes:
         raise DataError(
             f"{meta.name} has no split {split!r} (it has {sorted(meta.split_sizes)}): "
@@ -305,8 +309,20 @@ def _process_bounds(total: int, process_count: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
-def _check_indices(indices: Sequence[int] | np.ndarray, total: int, split: str) -> np.ndarray:
-    """The subset positions as int64, checked: non-empty, strictly increasing, in the split."""
+def check_indices(indices: Sequence[int] | np.ndarray, total: int, split: str) -> np.ndarray:
+    """Subset positions of `eval_batches`, checked: non-empty, strictly increasing, in range.
+
+    Args:
+        indices: Positions in the split's stored order.
+        total: The split's size.
+        split: Split name (for the message).
+
+    Returns:
+        The positions as int64 [len(indices)].
+
+    Raises:
+        DataError: Empty, not 1-D integers, not strictly increasing, or outside [0, total).
+    """
     array = np.asarray(indices)
     if array.ndim != 1 or not len(array) or not np.issubdtype(array.dtype, np.integer):
         raise DataError(
@@ -333,7 +349,7 @@ def _process_args(
     Returns:
         ``(process_index, process_count, local_batch_size)``.
     """
-    _split_size(meta, split)
+    split_size(meta, split)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
