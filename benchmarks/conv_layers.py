@@ -3,8 +3,9 @@
 For every convolution of the two ResNet-18 encoders at a benchmark shape (batch 16; video
 frames folded into the batch), times the three passes (forward, input gradient, kernel
 gradient) three ways: XLA's ``lax.conv_general_dilated`` and its autodiff, the algorithm
-``mlb_jax.models.conv.plan`` picks (``MLB_JAX_CONV=im2col``), and ``torch.nn.functional.conv2d``
-with autograd, all with the same threads. Prints one line per layer and the totals; this is
+``mlb_jax.models.conv.plan`` picks (``mlb_jax.models.conv.conv_general_dilated``, what
+``config.model.conv='plan'`` runs), and ``torch.nn.functional.conv2d`` with autograd, all with
+the same threads. Prints one line per layer and the totals; this is
 the table behind the thresholds in ``mlb_jax/models/conv.py``.
 
     python benchmarks/conv_layers.py --shape 112 --reps 3
@@ -19,7 +20,6 @@ import time
 from collections.abc import Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["MLB_JAX_CONV"] = "im2col"
 
 import numpy as np
 

@@ -1,0 +1,286 @@
+"""What the CPU convolution plan buys: one jitted MLB train step under conv='plan' and 'xla'.
+
+Builds the project's train step (``mlb_jax.steps.create_train_state`` and ``make_train_step``,
+``jax.jit`` with the state donated, as the trainer does) twice per shape, once with
+``config.model.conv='plan'`` (`mlb_jax.models.conv`: Winograd, patches and shifted-rows
+products where XLA's CPU convolution is slow) and once with ``'xla'`` (XLA's convolution
+everywhere), in one process from the same initial parameters and batch. Repetitions alternate
+between the two (rotating which goes first), so that load from other processes on a shared
+machine hits both alike: read the ratio of step times. Memory: XLA's buffer plan of each
+compiled step (``compiled.memory_analysis()``: temporaries, i.e. activations kept for the
+backward pass and scratch, and arguments) and, with ``--rss``, the peak resident set size of
+each choice run alone in a child process (Linux ``VmHWM``).
+
+Shapes: ``demo`` is configs/synthetic_av.py (base width 8, audio 64x48, video 3 frames of
+64x64, batch 64); ``112`` and ``224`` are benchmarks/step_speed.py's full-width ResNet-18
+shapes (base width 64, audio 257x188, video 3 frames of 112x112 or 224x224, batch 16).
+
+    python benchmarks/conv_choice.py                       # demo and 112, 3 repetitions
+    python benchmarks/conv_choice.py --shapes demo --reps 10
+    python benchmarks/conv_choice.py --rss                 # also peak RSS (slow: recompiles)
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CHOICES = ("plan", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One benchmark configuration.
+
+    Attributes:
+        base_width: ResNet-18 base width (64 = standard).
+        batch: global batch size B.
+        audio: spectrogram (F, T).
+        video: clip (T, H, W, C).
+        num_classes: K.
+    """
+
+    base_width: int
+    batch: int
+    audio: tuple[int, int]
+    video: tuple[int, int, int, int]
+    num_classes: int
+
+
+SHAPES = {
+    "demo": Shape(8, 64, (64, 48), (3, 64, 64, 3), 8),  # configs/synthetic_av.py
+    "112": Shape(64, 16, (257, 188), (3, 112, 112, 3), 6),  # benchmarks/step_speed.py
+    "224": Shape(64, 16, (257, 188), (3, 224, 224, 3), 6),
+}
+
+
+def load_config(shape: Shape, conv: str, method: str) -> Any:
+    """configs/synthetic_av.py with the shape's width, the conv choice and a constant LR."""
+    spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.base_width = shape.base_width
+    config.model.conv = conv
+    config.method.name = method
+    config.train.schedule = "constant"
+    config.train.num_devices = 1
+    return config
+
+
+def make_batch(shape: Shape, seed: int = 0) -> dict[str, Any]:
+    """Random float32 inputs and labels in the pipeline's format, on the default device."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+    batch = {
+        "inputs": {
+            "audio": rng.standard_normal((shape.batch, *shape.audio), np.float32),
+            "video": rng.standard_normal((shape.batch, *shape.video), np.float32),
+        },
+        "label": rng.integers(0, shape.num_classes, shape.batch).astype(np.int32),
+        "mask": np.ones(shape.batch, bool),
+    }
+    return jax.device_put(batch)
+
+
+@dataclasses.dataclass
+class Step:
+    """A compiled train step with its (donated) state.
+
+    Attributes:
+        step: ``(state, batch) -> (state, metrics)``.
+        state: the current train state.
+        compile_seconds: trace, lower and compile time.
+        memory: XLA's buffer plan of the compiled step, bytes by kind (empty if unavailable).
+    """
+
+    step: Callable[..., Any]
+    state: Any
+    compile_seconds: float
+    memory: dict[str, int]
+
+    def run(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Runs one step to completion and returns its metrics."""
+        import jax
+
+        self.state, metrics = self.step(self.state, batch)
+        jax.block_until_ready((self.state, metrics))
+        return metrics
+
+
+def build_step(shape: Shape, conv: str, method: str, batch: dict[str, Any]) -> Step:
+    """The trainer's jitted train step for ``config.model.conv=conv``, compiled for ``batch``."""
+    import jax
+
+    from mlb_jax.models.conv import resolve
+    from mlb_jax.steps import create_train_state, make_train_step
+
+    config = load_config(shape, conv, method)
+    if resolve(conv) != conv:
+        raise SystemExit(f"conv={conv!r} resolves to {resolve(conv)!r} on this backend")
+    input_shapes = {"audio": shape.audio, "video": shape.video}
+    graphdef, method_obj, tx, state = create_train_state(config, shape.num_classes, input_shapes)
+    jitted = jax.jit(make_train_step(graphdef, method_obj, tx), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = jitted.lower(state, batch).compile()
+    seconds = time.perf_counter() - start
+    memory = {}
+    try:
+        analysis = compiled.memory_analysis()
+        for kind in ("temp", "argument", "output", "alias", "generated_code"):
+            memory[kind] = int(getattr(analysis, f"{kind}_size_in_bytes"))
+    except Exception:  # not every backend reports a buffer plan
+        pass
+    return Step(compiled, state, seconds, memory)
+
+
+def alternate(runners: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Times the runners in turn after one untimed call each, rotating which goes first.
+
+    Returns:
+        name -> ``reps`` wall-clock seconds.
+    """
+    names = list(runners)
+    for name in names:
+        runners[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size so far (Linux ``VmHWM``), KiB."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def probe(shape_name: str, conv: str, method: str) -> None:
+    """Child mode: one choice alone, compile and two steps; prints peak RSS as JSON."""
+    shape = SHAPES[shape_name]
+    batch = make_batch(shape)
+    before = peak_rss_kib()
+    step = build_step(shape, conv, method, batch)
+    for _ in range(2):
+        step.run(batch)
+    print(json.dumps({"before_kib": before, "peak_kib": peak_rss_kib()}))
+
+
+def child_rss(shape_name: str, conv: str, method: str) -> dict[str, int]:
+    """Runs `probe` in a fresh Python and returns its JSON."""
+    command = [
+        sys.executable,
+        __file__,
+        f"--probe={shape_name},{conv}",
+        f"--method={method}",
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def mib(n_bytes: float) -> str:
+    """Bytes as MiB with one decimal."""
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def measure(shape_name: str, args: argparse.Namespace) -> None:
+    """Compiles both choices at one shape, times them alternately, prints ratios and memory."""
+    shape = SHAPES[shape_name]
+    print(
+        f"\n{shape_name}: base width {shape.base_width}, batch {shape.batch}, audio "
+        f"{shape.audio[0]}x{shape.audio[1]}, video {shape.video[0]}x{shape.video[1]}x"
+        f"{shape.video[2]}, method {args.method}",
+        flush=True,
+    )
+    batch = make_batch(shape)
+    steps = {conv: build_step(shape, conv, args.method, batch) for conv in CHOICES}
+    first = {conv: steps[conv].run(batch) for conv in CHOICES}
+    loss = {conv: float(first[conv]["loss"]) for conv in CHOICES}
+    print(
+        f"  first-step loss: plan {loss['plan']:.6f}, xla {loss['xla']:.6f} (same parameters "
+        "and batch; differences are float32 rounding)"
+    )
+    times = alternate({conv: lambda c=conv: steps[c].run(batch) for conv in CHOICES}, args.reps)
+    for conv in CHOICES:
+        median = statistics.median(times[conv])
+        print(
+            f"  {conv:<4} step {1000 * median:8.1f} ms median ({1000 * min(times[conv]):.1f} min, "
+            f"{args.reps} reps) = {shape.batch / median:7.1f} samples/s; compile "
+            f"{steps[conv].compile_seconds:.1f} s"
+        )
+    pairs = [p / x for p, x in zip(times["plan"], times["xla"], strict=True)]
+    ratio = statistics.median(times["plan"]) / statistics.median(times["xla"])
+    print(
+        f"  plan/xla step time = {ratio:.3f} (per-repetition ratios: median "
+        f"{statistics.median(pairs):.3f}, range {min(pairs):.3f}-{max(pairs):.3f})"
+    )
+    if all(steps[conv].memory for conv in CHOICES):
+        for kind in ("temp", "argument"):
+            plan_bytes, xla_bytes = (steps[conv].memory[kind] for conv in CHOICES)
+            print(
+                f"  XLA buffer plan, {kind}: plan {mib(plan_bytes)}, xla {mib(xla_bytes)} "
+                f"(plan/xla {plan_bytes / xla_bytes:.2f})"
+            )
+    if args.rss:
+        rss = {conv: child_rss(shape_name, conv, args.method) for conv in CHOICES}
+        for conv in CHOICES:
+            grown = rss[conv]["peak_kib"] - rss[conv]["before_kib"]
+            print(
+                f"  peak RSS alone, {conv}: {rss[conv]['peak_kib'] / 1024:.0f} MiB "
+                f"({grown / 1024:.0f} MiB above the process before building the step)"
+            )
+        print(f"  peak RSS plan/xla: {rss['plan']['peak_kib'] / rss['xla']['peak_kib']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parses arguments and runs the benchmark (or one child probe)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shapes", default="demo,112", help=f"comma-separated, from {sorted(SHAPES)}"
+    )
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each choice")
+    parser.add_argument("--method", default="mlb", help="training method (default mlb)")
+    parser.add_argument(
+        "--rss", action="store_true", help="also peak RSS, each choice alone in a child process"
+    )
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # child mode: 'shape,conv'
+    args = parser.parse_args(argv)
+    if args.probe:
+        shape_name, conv = args.probe.split(",")
+        probe(shape_name, conv, args.method)
+        return
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape {unknown[0]!r}; choose from {sorted(SHAPES)}")
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    import jax
+
+    threads = len(os.sched_getaffinity(0))
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {threads} CPU thread(s)")
+    for shape_name in args.shapes.split(","):
+        measure(shape_name, args)
+
+
+if __name__ == "__main__":
+    main()
