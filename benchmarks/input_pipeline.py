@@ -104,14 +104,10 @@ def measure_pipeline(args: argparse.Namespace, meta: Any) -> dict[str, float]:
 
 def measure_step(args: argparse.Namespace, meta: Any) -> tuple[float, float]:
     """Step time alone on a resident batch, and fed by the streamed pipeline (seconds)."""
-    import jax
-
     from mlb_jax.data import pipeline
+    from mlb_jax.trainer import make_mesh
 
-    # One device, as the trainer builds its mesh (auto sharding).
-    mesh = jax.make_mesh(
-        (1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1]
-    )
+    mesh = make_mesh(1)  # the trainer's own ('data',) mesh, over one device
     batches = pipeline.train_batches(
         meta, "train", global_batch_size=BATCH, seed=0, epoch=0, cache=False
     )

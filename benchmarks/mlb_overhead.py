@@ -2,10 +2,11 @@
 
 MLB adds to multi-loss only the modality scores (a softmax of each unimodal head's logits, already
 computed for the loss) and one multiply per gradient leaf; joint training also drops the unimodal
-cross-entropies. All three steps are the project's own jitted train step (built as in
-``mlb_jax.trainer.setup``, see ``step_speed.py``), compiled for the same batch and started from
-the same initialisation. Repetitions alternate between the methods, rotating which goes first,
-so that load from other processes hits all alike. Two measures are printed:
+cross-entropies. All three steps are the project's own jitted train step (set up by
+``mlb_jax.steps.create_train_state``, as ``mlb_jax.trainer.setup`` does; see ``step_speed.py``),
+compiled for the same batch and started from the same initialisation. Repetitions alternate
+between the methods, rotating which goes first, so that load from other processes hits all
+alike. Two measures are printed:
 
 * wall-clock step time of each method and the ratios MLB / multi-loss (target <= 1.03) and
   MLB / joint, as medians over the repetitions;

@@ -3,9 +3,9 @@
 Both sides run the same model (two full-width ResNet-18 encoders, late-linear fusion, unimodal
 heads), the same method (MLB by default: multi-loss plus per-modality gradient scaling), SGD
 with momentum 0.9, float32, the same batch and the same number of threads. The JAX side is the
-project's own jitted step, built from the same pieces as ``mlb_jax.trainer.setup``
-(``build_model``, ``make_method``, ``make_optimizer``, ``make_train_step``, ``jax.jit`` with the
-state donated); the PyTorch side is ``benchmarks/torch_reference.py``.
+project's own jitted step, built as ``mlb_jax.trainer.setup`` builds it
+(``mlb_jax.steps.create_train_state``, then ``make_train_step`` under ``jax.jit`` with the state
+donated); the PyTorch side is ``benchmarks/torch_reference.py``.
 
 Repetitions alternate between the frameworks (and which of the two goes first), so that load
 from other processes on a shared machine hits both alike; the figure to read is the ratio of
@@ -158,6 +158,9 @@ def build_jax_step(
 ) -> tuple[JaxStep, Any]:
     """The project's train step as ``mlb_jax.trainer.setup`` builds it, compiled for ``batch``.
 
+    ``create_train_state`` is the trainer's own set-up (model, method, optimiser, state), so
+    the benchmark measures exactly the step a run executes, on one device.
+
     Args:
         method: 'joint', 'multiloss' or 'mlb'.
         base_width: ResNet base width (64 = standard ResNet-18).
@@ -169,30 +172,14 @@ def build_jax_step(
         (the compiled step with a fresh state, the model's graphdef).
     """
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from mlb_jax.methods import make_method
-    from mlb_jax.models import build_model
-    from mlb_jax.optim import make_optimizer
-    from mlb_jax.steps import TrainState, make_train_step
+    from mlb_jax.steps import create_train_state, make_train_step
 
     config = load_config(method, base_width)
-    rngs = nnx.Rngs(params=jax.random.key(seed, impl="rbg"), dropout=seed + 1)
-    model = build_model(config.model, num_classes, rngs=rngs)
-    method_obj = make_method(config.method)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    balancing = method_obj.gradient_transform(params, model.modality_patterns())
-    tx, _ = make_optimizer(config.train, 1, balancing, method_obj.placement)
-    fields = {
-        "step": jnp.zeros([], jnp.int32),
-        "params": params,
-        "rest": rest,
-        "opt_state": tx.init(params),
-    }
-    if "method_state" in TrainState._fields:  # methods with per-epoch state
-        fields["method_state"] = method_obj.init_state(list(model.modality_names), num_classes)
-    state = jax.device_put(TrainState(**fields), jax.devices()[0])
+    config.seed = seed
+    input_shapes = {m: x.shape[1:] for m, x in batch["inputs"].items()}
+    graphdef, method_obj, tx, state = create_train_state(config, num_classes, input_shapes)
+    state = jax.device_put(state, jax.devices()[0])
     jitted = jax.jit(make_train_step(graphdef, method_obj, tx), donate_argnums=0)
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
