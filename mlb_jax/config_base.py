@@ -19,6 +19,17 @@ from mlb_jax.methods import (
 )
 
 
+def synthetic_knobs() -> ml_collections.ConfigDict:
+    """The synthetic generator's default knobs (`mlb_jax.data.synthetic.SyntheticConfig`).
+
+    Imported here, not at module level, because the data layer imports TensorFlow.
+    """
+    from mlb_jax.data.synthetic import SyntheticConfig, knob_names
+
+    defaults = SyntheticConfig()
+    return ml_collections.ConfigDict({name: getattr(defaults, name) for name in knob_names()})
+
+
 def synthetic_av() -> ml_collections.ConfigDict:
     """The demo config (configs/synthetic_av.py): MLB on the embedded synthetic dataset."""
     c = ml_collections.ConfigDict()
@@ -33,20 +44,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.data.train_split = "train"  # split names as written by the converter
     c.data.val_split = "validation"  # model selection (best epoch) uses this split
     c.data.test_split = "test"  # reported accuracy comes from this split
-    c.data.synthetic = ml_collections.ConfigDict()  # generator knobs, see mlb_jax/data/README.md
-    c.data.synthetic.seed = 0  # generator seed (the dataset, not the run)
-    c.data.synthetic.num_classes = 8  # K, a multiple of group_size
-    c.data.synthetic.group_size = 2  # classes per audio group: audio alone tells only the group
-    c.data.synthetic.n_train = 2400  # training examples
-    c.data.synthetic.n_val = 400  # validation examples (model selection)
-    c.data.synthetic.n_test = 800  # test examples (reported)
-    c.data.synthetic.spectrogram_shape = (64, 48)  # audio (F, T)
-    c.data.synthetic.frames_shape = (3, 64, 64, 3)  # video (T, H, W, 3)
-    c.data.synthetic.audio_strength = 3.0  # height of the group's frequency band (easy cue)
-    c.data.synthetic.audio_noise = 1.0  # std of the audio background noise
-    c.data.synthetic.audio_within_strength = 0.0  # faint within-group audio cue (0 = none)
-    c.data.synthetic.video_strength = 0.04  # amplitude of the class grating (slow cue)
-    c.data.synthetic.video_noise = 0.25  # std of the per-pixel video noise
+    # Generator knobs: their defaults (and the demo's dataset) are `SyntheticConfig`'s, each
+    # documented there and in mlb_jax/data/README.md; override as --config.data.synthetic.<knob>.
+    c.data.synthetic = synthetic_knobs()
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = {  # name -> encoder kind and input channels
