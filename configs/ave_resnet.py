@@ -15,7 +15,8 @@ All three methods use LR 1e-3 here, as in the reference, so
 `python -m mlb_jax.compare --config=configs/ave_resnet.py --config.data.dir=DATA/ave/official
 --methods=joint,multiloss,mlb --seeds=0,1,2 --workdir=runs/ave_compare` runs the comparison.
 
-Hyper-parameters are the newer MLB release's `run.sh` (reference/METHODS.md §4.1, §1.2):
+Hyper-parameters are the newer MLB release's `run.sh` (docs/METHODS.md (hyper-parameters),
+(learning-rate-schedule)):
 Adam (0.9, 0.999, eps 1e-7) with coupled L2 weight decay 1e-4, batch 32, LR 1e-3 constant for
 780 steps then cosine warm restarts over global steps (T0 4, T_mult 2); MLB with alpha 2.0 and
 beta_max 1 (tanh mode "2": the lagging modality is not accelerated, only the leading one slowed).
@@ -27,10 +28,11 @@ Where this differs from the reference, and why:
   stopping). Raise `--config.train.epochs` for a longer budget.
 * `method.placement='gradients'` multiplies the raw gradient before Adam, which is what the
   reference code does; the paper's per-modality learning-rate reading is
-  `--config.method.placement=updates`, a different algorithm under Adam (METHODS.md §7.1).
+  `--config.method.placement=updates`, a different algorithm under Adam (docs/METHODS.md
+  (placement)).
 * Data: one row per VideoID per split, frames resized once to 224x224, deterministic top-up to
   4 frames, and the other differences listed in data_prep/README.md ("Deviations").
-* The older MLB snapshot used 1500 constant-LR steps and alpha 0.8 / 2.0 for AVE (§4.2); we
+* The older MLB snapshot used 1500 constant-LR steps and alpha 0.8 / 2.0 for AVE; we
   follow the newer release.
 * Seeds are JAX seeds (`--config.seed`); the reference's PyTorch seeds cannot be matched.
 """
@@ -51,5 +53,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.alpha = 2.0  # MLB on AVE in run.sh (docs/METHODS.md (hyper-parameters))
     c.method.beta_max = 1.0  # the same run.sh line (tanh mode "2": no acceleration)
 
-    c.train.lr = 1e-3  # AVE LR of MLB, Joint and Multi-Loss (METHODS.md §4.1)
+    c.train.lr = 1e-3  # run.sh's AVE LR of MLB, Joint and Multi-Loss
     return c

@@ -20,17 +20,17 @@ column names the splits: this config reads `train`, `validation` (best-epoch sel
 `--config.data.val_split=...` and `--config.data.test_split=...` (the same split may serve
 as validation and test, at the cost of an optimistic estimate).
 
-Defaults follow MLB's ResNet recipe (reference/METHODS.md §1.2, §4.1): Adam (eps 1e-7) with
-coupled L2 1e-4, LR 1e-3 (the reference's value for Joint and Multi-Loss on every dataset and
-for MLB on AVE and UCF), batch 32, 780 constant-LR steps then cosine warm restarts. The MLB
-coefficient uses alpha 1 and the paper's default rule (beta_max 2); the reference tuned both per
-dataset (alpha 0.5-2, beta_max 0.5-10), so tune `--config.method.alpha` and
-`--config.method.beta_max` on the validation split. Training runs a fixed 100 epochs and keeps
-the best-on-validation checkpoint (the reference stops early instead; mlb_jax has no early
-stopping). `method.placement='gradients'` is the reference code's behaviour (the multiplier acts
-on the raw gradient before Adam; METHODS.md §7.1). For a small dataset, a smaller batch
-(`--config.train.batch_size`, a multiple of the device count) gives more steps per epoch; the
-780-step constant phase is counted in steps, not epochs.
+Defaults follow MLB's ResNet recipe (docs/METHODS.md (hyper-parameters),
+(learning-rate-schedule)): Adam (eps 1e-7) with coupled L2 1e-4, LR 1e-3 (the reference's
+value for MLB, Joint and Multi-Loss on every dataset), batch 32, 780 constant-LR steps then
+cosine warm restarts. The MLB coefficient uses alpha 1 and the paper's default rule
+(beta_max 2); the reference tuned both per dataset (alpha 0.5-2, beta_max 0.5-10), so tune
+`--config.method.alpha` and `--config.method.beta_max` on the validation split. Training runs a
+fixed 100 epochs and keeps the best-on-validation checkpoint (the reference stops early instead;
+mlb_jax has no early stopping). `method.placement='gradients'` is the reference code's
+behaviour (the multiplier acts on the raw gradient before Adam; docs/METHODS.md (placement)).
+For a small dataset, a smaller batch (`--config.train.batch_size`, a multiple of the device
+count) gives more steps per epoch; the 780-step constant phase is counted in steps, not epochs.
 """
 
 import ml_collections

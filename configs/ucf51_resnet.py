@@ -17,7 +17,8 @@ the reference, so `python -m mlb_jax.compare --config=configs/ucf51_resnet.py
 --config.data.dir=DATA/ucf51/split1 --methods=joint,multiloss,mlb --seeds=0,1,2
 --workdir=runs/ucf51_compare` runs the comparison.
 
-Hyper-parameters are the newer MLB release's `run.sh` (reference/METHODS.md §4.1, §1.2):
+Hyper-parameters are the newer MLB release's `run.sh` (docs/METHODS.md (hyper-parameters),
+(learning-rate-schedule)):
 Adam (0.9, 0.999, eps 1e-7) with coupled L2 weight decay 1e-4, batch 32, LR 1e-3 constant for
 780 steps then cosine warm restarts over global steps (T0 4, T_mult 2); MLB with alpha 2.0 and
 beta_max 0.5 (tanh mode "2": the lagging modality is slowed as well, less than the leading one).
@@ -28,7 +29,8 @@ Where this differs from the reference, and why:
   budget instead (mlb_jax has no early stopping). Raise `--config.train.epochs` for longer.
 * `method.placement='gradients'` multiplies the raw gradient before Adam, which is what the
   reference code does; the paper's per-modality learning-rate reading is
-  `--config.method.placement=updates`, a different algorithm under Adam (METHODS.md §7.1).
+  `--config.method.placement=updates`, a different algorithm under Adam (docs/METHODS.md
+  (placement)).
 * Data: our own seeded validation draw (by group), RGB frames normalised with ImageNet mean/std
   (not MLB's BGR / 0-255 quirk), frames resized once to 224x224, and the other differences in
   data_prep/README.md ("Deviations").
@@ -51,5 +53,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.alpha = 2.0  # MLB on UCF101 in run.sh (docs/METHODS.md (hyper-parameters))
     c.method.beta_max = 0.5  # the same run.sh line (tanh mode "2": slows both)
 
-    c.train.lr = 1e-3  # UCF LR of MLB, Joint and Multi-Loss (METHODS.md §4.1)
+    c.train.lr = 1e-3  # run.sh's UCF LR of MLB, Joint and Multi-Loss
     return c
