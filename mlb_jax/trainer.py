@@ -518,6 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     meta = load_dataset(config)
     run, state = setup(config, meta)
     check_run_config(workdir, config, resolved_settings(config, meta, run.method, state.params))
+    workdir.mkdir(parents=True, exist_ok=True)  # every process (process 0 made it above)
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")
     history: dict[str, Any] = {"epochs": [], "steps": [], "best": None}
