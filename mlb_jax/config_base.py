@@ -54,7 +54,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
         "video": {"kind": "video", "in_channels": 3},
     }
     c.model.base_width = 8  # ResNet-18 width (64 = standard); 8 keeps the demo CPU-sized
-    c.model.conv = "auto"  # convolutions: auto (CPU plan on CPU, XLA elsewhere) | plan | xla
+    # The CPU convolution plan buys nothing at width 8 and compiles 1.5-2.3x longer
+    # (benchmarks/conv_choice.py); reference_resnet's full-width encoders use 'auto'.
+    c.model.conv = "xla"  # convolutions: auto (CPU plan on CPU, XLA elsewhere) | plan | xla
     c.model.fusion = "late_linear"  # late_linear | mid_mlp | film | gated | transformer
     c.model.fusion_hidden = 64  # hidden width of mid_mlp / transformer fusion
     c.model.dropout = 0.1  # dropout in the fusion MLP / transformer
@@ -122,6 +124,7 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.data.cache = False  # stream from disk: 224x224 frames are too large to keep decoded
 
     c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
+    c.model.conv = "auto"  # the CPU plan: 0.43-0.48x XLA's step time at this width on a CPU
     c.model.fusion = "late_linear"  # MLB's default `cls_type: linear` (concat + one Linear)
 
     c.method.name = "mlb"  # override with --config.method.name=joint|multiloss|...

@@ -31,7 +31,7 @@ from mlb_jax.methods.agm import (
     shapley_weight,
 )
 from mlb_jax.methods.base import cross_entropy
-from mlb_jax.models import ModalitySpec, MultimodalClassifier
+from mlb_jax.models import EncoderSpec, MultimodalClassifier
 
 A, V, T = "audio", "video", "text"
 
@@ -238,7 +238,7 @@ def test_padded_passes_write_no_batchnorm_statistics():
     # A real (tiny) model: after AGM's train-mode forward, BatchNorm running statistics are
     # exactly those of the plain forward; the eval-mode zero-input passes wrote nothing.
     rngs = nnx.Rngs(params=jax.random.key(0, impl="rbg"), dropout=1)
-    specs = {A: ModalitySpec("audio"), V: ModalitySpec("video")}
+    specs = {A: EncoderSpec("audio"), V: EncoderSpec("video")}
     plain = MultimodalClassifier(specs, 3, base_width=2, rngs=rngs)
     agm_model = nnx.clone(plain)
     rng = np.random.default_rng(0)
