@@ -36,6 +36,7 @@ from typing import Any
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
+import step_speed  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHOICES = ("plan", "xla")
@@ -148,25 +149,6 @@ def build_step(shape: Shape, conv: str, method: str, batch: dict[str, Any]) -> S
     return Step(compiled, state, seconds, memory)
 
 
-def alternate(runners: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """Times the runners in turn after one untimed call each, rotating which goes first.
-
-    Returns:
-        name -> ``reps`` wall-clock seconds.
-    """
-    names = list(runners)
-    for name in names:
-        runners[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def peak_rss_kib() -> int:
     """This process's peak resident set size so far (Linux ``VmHWM``), KiB."""
     for line in pathlib.Path("/proc/self/status").read_text().splitlines():
@@ -220,7 +202,9 @@ def measure(shape_name: str, args: argparse.Namespace) -> None:
         f"  first-step loss: plan {loss['plan']:.6f}, xla {loss['xla']:.6f} (same parameters "
         "and batch; differences are float32 rounding)"
     )
-    times = alternate({conv: lambda c=conv: steps[c].run(batch) for conv in CHOICES}, args.reps)
+    times = step_speed.alternate(
+        {conv: lambda c=conv: steps[c].run(batch) for conv in CHOICES}, args.reps
+    )
     for conv in CHOICES:
         median = statistics.median(times[conv])
         print(
