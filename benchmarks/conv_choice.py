@@ -22,7 +22,6 @@ shapes (base width 64, audio 257x188, video 3 frames of 112x112 or 224x224, batc
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -70,16 +69,7 @@ SHAPES = {
 
 def load_config(shape: Shape, conv: str, method: str) -> Any:
     """configs/synthetic_av.py with the shape's width, the conv choice and a constant LR."""
-    spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.model.base_width = shape.base_width
-    config.model.conv = conv
-    config.method.name = method
-    config.train.schedule = "constant"
-    config.train.num_devices = 1
-    return config
+    return step_speed.load_config(method, shape.base_width, conv)
 
 
 def make_batch(shape: Shape, seed: int = 0) -> dict[str, Any]:

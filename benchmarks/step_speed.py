@@ -110,13 +110,18 @@ def check_gpu(torch: Any) -> str | None:
     return "; ".join(problems) or None
 
 
-def load_config(method: str, base_width: int) -> Any:
-    """configs/synthetic_av.py with the benchmark's model width and method, constant LR."""
+def load_config(method: str, base_width: int, conv: str = "auto") -> Any:
+    """configs/synthetic_av.py with the benchmark's width, method and convolutions, constant LR.
+
+    ``conv`` defaults to ``auto`` (the CPU plan on the CPU), the full-width configs' choice,
+    not the demo config's ``xla``.
+    """
     spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
     config.model.base_width = base_width
+    config.model.conv = conv
     config.method.name = method
     config.train.schedule = "constant"
     config.train.num_devices = 1
@@ -155,6 +160,7 @@ def build_jax_step(
     *,
     seed: int = 0,
     num_classes: int = NUM_CLASSES,
+    conv: str = "auto",
 ) -> tuple[JaxStep, Any]:
     """The project's train step as ``mlb_jax.trainer.setup`` builds it, compiled for ``batch``.
 
@@ -167,6 +173,7 @@ def build_jax_step(
         batch: a device batch in the pipeline's format (from `jax_batch`).
         seed: initialisation seed.
         num_classes: K.
+        conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan or xla.
 
     Returns:
         (the compiled step with a fresh state, the model's graphdef).
@@ -175,7 +182,7 @@ def build_jax_step(
 
     from mlb_jax.steps import create_train_state, make_train_step
 
-    config = load_config(method, base_width)
+    config = load_config(method, base_width, conv)
     config.seed = seed
     input_shapes = {m: x.shape[1:] for m, x in batch["inputs"].items()}
     graphdef, method_obj, tx, state = create_train_state(config, num_classes, input_shapes)
@@ -478,7 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--with-xla-conv",
         action="store_true",
-        help="also time the JAX step with XLA's convolution everywhere (MLB_JAX_CONV=xla)",
+        help="also time the JAX step with XLA's convolution everywhere (config.model.conv=xla)",
     )
     parser.add_argument("--check", action="store_true", help="only the equivalence check")
     parser.add_argument("--probe", choices=("jax", "torch"), help=argparse.SUPPRESS)
@@ -515,14 +522,7 @@ def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
         "pytorch": torch_runner(torch, step, inputs, args.device),
     }
     if args.with_xla_conv:
-        # mlb_jax.models.conv reads MLB_JAX_CONV when the step is traced.
-        previous = os.environ.get("MLB_JAX_CONV")
-        os.environ["MLB_JAX_CONV"] = "xla"
-        xla_step, _ = build_jax_step(args.method, args.base_width, device_batch)
-        if previous is None:
-            del os.environ["MLB_JAX_CONV"]
-        else:
-            os.environ["MLB_JAX_CONV"] = previous
+        xla_step, _ = build_jax_step(args.method, args.base_width, device_batch, conv="xla")
         runners["jax-xlaconv"] = lambda: xla_step.run(device_batch)
     times = alternate(runners, args.reps, args.warmup)
     for name, seconds in times.items():

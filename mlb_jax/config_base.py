@@ -111,9 +111,10 @@ def synthetic_av() -> ml_collections.ConfigDict:
 def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     """`synthetic_av` set to the reference ResNet-18 recipe for a converted dataset.
 
-    The newer MLB release's `run.sh` (reference/METHODS.md §4.1, §1.2): Adam (0.9, 0.999,
-    eps 1e-7) with coupled L2 1e-4, batch 32, constant LR for 780 steps then cosine warm
-    restarts over global steps. Each dataset config sets its own MLB alpha / beta_max and LR.
+    The newer MLB release's `run.sh` (docs/METHODS.md (hyper-parameters),
+    (learning-rate-schedule)): Adam (0.9, 0.999, eps 1e-7) with coupled L2 1e-4, batch 32,
+    constant LR for 780 steps then cosine warm restarts over global steps. Each dataset config
+    sets its own MLB alpha / beta_max and LR.
 
     Args:
       dataset: the converter's dataset name (informational; `data.dir` is what is read).
@@ -136,6 +137,6 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.train.optimizer = "adam"  # Adam (0.9, 0.999, eps 1e-7), as the reference
     c.train.momentum = 0.9  # unused by Adam
     c.train.weight_decay = 1e-4  # coupled L2 (PyTorch Adam weight_decay), `run.sh --wd 0.0001`
-    c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts (§1.2)
+    c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts
     c.train.warmup_steps = 780  # constant-LR steps before the restarts (reference: 780)
     return c

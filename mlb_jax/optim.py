@@ -2,8 +2,8 @@
 
 The chain is   [balancing] -> add_decayed_weights(wd) -> base -> [balancing]
 with the method's transform at the position its `placement` names. Weight decay is coupled
-(added to the gradient, as PyTorch SGD/Adam with `weight_decay` do, METHODS.md §7.1) and is
-added after gradient-placed balancing, as the reference code does.
+(added to the gradient, as PyTorch SGD/Adam with `weight_decay` do; docs/METHODS.md
+(placement)) and is added after gradient-placed balancing, as the reference code does.
 """
 
 from typing import Any
@@ -16,7 +16,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def mlb_warm_restarts(base_lr: float, warmup_steps: int) -> optax.Schedule:
-    """MLB's learning-rate schedule (METHODS.md §1.2).
+    """MLB's learning-rate schedule (docs/METHODS.md (learning-rate-schedule)).
 
     Constant base LR for `warmup_steps`, then cosine annealing with warm restarts (T0 = 4,
     T_mult = 2) evaluated at the absolute step, as the reference scheduler does.

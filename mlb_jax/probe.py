@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mlb_jax.metrics import accuracy
+
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit(features, labels, *, num_classes: int, steps: int, lr: float, l2: float):
@@ -73,5 +75,4 @@ def linear_probe_accuracy(
         lr=lr,
         l2=l2,
     )
-    predictions = np.asarray(jnp.argmax(x_test @ params["w"] + params["b"], axis=-1))
-    return float(np.mean(predictions == test_labels))
+    return accuracy(np.asarray(x_test @ params["w"] + params["b"]), test_labels)

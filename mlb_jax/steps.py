@@ -4,9 +4,10 @@
 alone (no dataset, nothing written), so the trainer, benchmarks and notebooks share one
 set-up. The model travels as `(graphdef, params, rest)` from `nnx.split(model, nnx.Param, ...)`:
 params are optimised, `rest` holds BatchNorm statistics and dropout RNG counters. Each step
-merges them inside `jax.jit` and splits the updated state back out (DESIGN decision 5). The
-step never looks at a method's name: it asks the method for its loss and for the extra
-arguments of the optimiser's update (DESIGN decision 4).
+merges them inside `jax.jit` and splits the updated state back out (a functional step: no
+shared NNX submodules, nothing mutated outside the jit). The step never looks at a method's
+name: it asks the method for its loss and for the extra arguments of the optimiser's update,
+so a new method plugs in without changing the step.
 """
 
 import contextlib
@@ -19,7 +20,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from mlb_jax.balancing import balancing_metrics
+from mlb_jax.balancing import balancing_metrics, top1_accuracy
 from mlb_jax.methods import Method, make_method
 from mlb_jax.models import build_model
 from mlb_jax.optim import make_optimizer
@@ -170,9 +171,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {f"loss/{k}": v for k, v in losses.items()}
         metrics["loss"] = loss
-        metrics["accuracy/fused"] = _accuracy(outputs.logits, labels)
+        metrics["accuracy/fused"] = top1_accuracy(outputs.logits, labels)
         for name, logits in outputs.unimodal_logits.items():
-            metrics[f"accuracy/{name}"] = _accuracy(logits, labels)
+            metrics[f"accuracy/{name}"] = top1_accuracy(logits, labels)
         with contextlib.suppress(ValueError):  # methods without a balancing state
             metrics |= balancing_metrics(opt_state)
         new_state = TrainState(state.step + 1, params, new_rest, opt_state, state.method_state)
@@ -201,7 +202,3 @@ def make_eval_step(graphdef: nnx.GraphDef, method: Method) -> Callable[[TrainSta
         }
 
     return eval_step
-
-
-def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))

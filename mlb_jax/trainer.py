@@ -27,7 +27,7 @@ from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline, schema, synthetic
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
-from mlb_jax.models import FUSIONS
+from mlb_jax.models import FUSIONS, resolve_conv
 from mlb_jax.optim import make_optimizer
 from mlb_jax.plots import plot_training
 from mlb_jax.probe import linear_probe_accuracy
@@ -138,8 +138,10 @@ def resolved_settings(
         {
             "method": dataclasses.asdict(method),
             "model": {
-                # The convolution algorithm changes the numbers ('auto' = the model's choice).
+                # The convolution algorithm changes the numbers: the choice and, for 'auto',
+                # what it resolves to on this backend (a resume on another backend differs).
                 "conv": config.model.get("conv", "auto"),
+                "conv_resolved": resolve_conv(config.model.get("conv", "auto")),
                 "param_dtypes": sorted({str(x.dtype) for x in leaves}),
                 "num_params": int(sum(x.size for x in leaves)),
             },
@@ -477,9 +479,6 @@ def epoch_batches(run: Run, epoch: int, start_batch: int = 0) -> Iterator[dict]:
     )
 
 
-_epoch_batches = epoch_batches  # the former private name, still used by some tests
-
-
 def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -> str:
     parts = [f"epoch {epoch + 1:3d}/{total}", f"loss {record['train/loss']:.4f}"]
     parts.append(f"val {100 * record['val/accuracy']:.1f}")
@@ -728,6 +727,8 @@ def finish(
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
         "wall_seconds": time.time() - started,  # this invocation only (a resume restarts it)
         "first_step_seconds": (timing or {}).get("first_step_seconds"),  # None: no step ran
+        "conv": cfg.model.get("conv", "auto"),  # the config's convolution choice
+        "conv_resolved": resolve_conv(cfg.model.get("conv", "auto")),  # what ran: plan | xla
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)

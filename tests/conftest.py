@@ -8,6 +8,8 @@ start (CLI runs, notebooks), so they see the same 8-device CPU platform.
 import os
 import pathlib
 
+import pytest
+
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -25,3 +27,13 @@ jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
+
+
+@pytest.fixture(scope="session")
+def data_cache() -> pathlib.Path:
+    """The synthetic datasets' cache shared by every test, xdist worker and run.
+
+    A dataset's directory is keyed by a hash of its knobs, so a stale one is never reused, and
+    two workers building the same one at once is handled by `ensure_synthetic`.
+    """
+    return _ROOT / ".test_data"

@@ -114,11 +114,6 @@ def test_three_modalities_through_the_generic_step():
     assert outputs["logits"].shape == (8, 4) and "loss/fused" in metrics
 
 
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 def test_tiny_training_on_eight_devices(data_cache, tmp_path):
     assert jax.device_count() == 8
     results, state, history = run_tiny(tiny_config(data_cache, "mmcosine"), tmp_path)

@@ -192,8 +192,8 @@ def test_three_modalities_through_the_generic_step():
 # ----------------------------------------------------------------------------- training
 
 
-def test_training_run_loss_decreases(tmp_path_factory):
-    config = tiny_config(tmp_path_factory.mktemp("data"), "mmpareto")
+def test_training_run_loss_decreases(tmp_path_factory, data_cache):
+    config = tiny_config(data_cache, "mmpareto")
     results, _, history = run_tiny(config, tmp_path_factory.mktemp("mmpareto"))
     assert results["method"] == "mmpareto" and results["steps"] == 16
     losses = epoch_means(history, "loss")

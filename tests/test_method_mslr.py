@@ -227,11 +227,6 @@ def test_three_modalities_through_the_generic_step():
 # ----------------------------------------------------------------------------- training, resume
 
 
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 def mslr_config(data_cache):
     config = tiny_config(data_cache, "mslr")
     config.method.mslr.keep_memory = 1  # the second end_of_epoch already uses the history

@@ -322,8 +322,8 @@ def test_three_modalities_through_the_generic_step():
 # ----------------------------------------------------------------------------- training
 
 
-def test_ogm_ge_training_run_loss_decreases(tmp_path_factory):
-    config = tiny_config(tmp_path_factory.mktemp("data"), "ogm_ge")
+def test_ogm_ge_training_run_loss_decreases(tmp_path_factory, data_cache):
+    config = tiny_config(data_cache, "ogm_ge")
     results, restored, history = run_tiny(config, tmp_path_factory.mktemp("ogm_ge"))
     assert results["method"] == "ogm_ge" and results["steps"] == 16
     losses = epoch_means(history, "loss")

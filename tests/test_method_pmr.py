@@ -237,11 +237,6 @@ def test_three_modalities_through_the_generic_step():
 
 
 @pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_cache):
     workdir = tmp_path_factory.mktemp("pmr_reference")
     return workdir, *run_tiny(tiny_config(data_cache, "pmr"), workdir)

@@ -159,8 +159,7 @@ def reference_predict(run, state, config) -> dict[str, np.ndarray]:
     return flat_outputs(jax.tree.map(lambda x: x[order], outputs))
 
 
-def test_two_processes_equal_one_process(tmp_path):
-    data_cache = tmp_path / "data"
+def test_two_processes_equal_one_process(tmp_path, data_cache):
     config = tiny_config(str(data_cache))
     trainer.load_dataset(config)  # build the dataset once, before the children read it
     children = run_children(data_cache, tmp_path)

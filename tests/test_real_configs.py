@@ -164,7 +164,7 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
 
     run, state = trainer.setup(config, meta)
     before = param_paths(state.params)
-    batch = next(trainer._epoch_batches(run, 0, 0))
+    batch = next(trainer.epoch_batches(run, 0))
     assert batch["inputs"]["audio"].shape == (BATCH, *audio_shape)
     assert batch["inputs"]["video"].shape == (BATCH, *video_shape)
     state, metrics = run.train_step(state, trainer.pipeline.to_global(batch, run.mesh))
