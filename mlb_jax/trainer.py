@@ -62,6 +62,7 @@ __all__ = [
     "RunError",
     "check_run_config",
     "create_train_state",
+    "early_stop_reason",
     "epoch_batches",
     "evaluate_outputs",
     "finish",
@@ -250,6 +251,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("log_every", 1),
         ("keep_checkpoints", 1),
         ("num_devices", 0),
+        ("early_stopping_patience", 0),
     ):
         value = train.get(field, minimum)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -528,6 +530,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     timing: dict[str, float] = {}
     try:
         for epoch in range(len(history["epochs"]), config.train.epochs):
+            # Checked before each epoch from the history alone, so a resumed run keeps its count.
+            if early_stop_reason(history, config.train):
+                break
             state, history = _train_epoch(run, state, history, epoch, writer, show, timing)
             step = history["epochs"][-1]["step"]
             # Best first: once the latest checkpoint names epoch e as best, its weights are on
@@ -535,11 +540,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if history["best"]["epoch"] == epoch:
                 ckpts.save_best(step, state)
             ckpts.save(step, state, history)
+        reason = early_stop_reason(history, config.train)
+        if reason and jax.process_index() == 0:
+            print(f"{reason}: restoring the best checkpoint", flush=True)
         results = finish(run, ckpts, state, history, workdir, started, timing)
     finally:
         writer.close()
         ckpts.close()
     return results
+
+
+def early_stop_reason(history: dict, train_config: ml_collections.ConfigDict) -> str | None:
+    """Why training stops before `train.epochs`, or None to go on (or: it ran them all).
+
+    It stops once `train.early_stopping_patience` epochs in a row brought no better fused
+    validation accuracy (strictly higher: the rule that selects the best checkpoint), as the
+    reference stops after `n_steps_stop` validations without improvement (docs/REPRODUCING.md).
+    The count comes from the history alone, so a resumed run keeps it.
+
+    Args:
+      history: the run's history ('epochs' records, 'best' record or None).
+      train_config: `config.train` (`epochs`, `early_stopping_patience`: 0 = never early).
+
+    Returns:
+      One line naming the epochs and the patience, or None.
+    """
+    patience = train_config.get("early_stopping_patience", 0)
+    done = len(history["epochs"])
+    if patience <= 0 or history["best"] is None or done >= train_config.epochs:
+        return None
+    best = history["best"]
+    since = done - 1 - best["epoch"]
+    if since < patience:
+        return None
+    return (
+        f"early stopping after epoch {done}: validation accuracy has not improved for "
+        f"{since} epochs (patience {patience}) since epoch {best['epoch'] + 1} "
+        f"({100 * best['val/accuracy']:.1f})"
+    )
 
 
 def _train_epoch(
@@ -722,6 +760,8 @@ def finish(
         "seed": cfg.seed,
         "steps": int(state.step),
         "epochs": len(history["epochs"]),
+        # Why training ended before config.train.epochs (None: it ran them all).
+        "early_stopped": early_stop_reason(history, cfg.train),
         "dataset": run.meta.name,
         "num_test_examples": len(test["labels"]),
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
