@@ -3,8 +3,14 @@
     python -m mlb_jax.compare --config=configs/synthetic_av.py \
         --methods=joint,multiloss,mlb --seeds=0,1,2 --workdir=runs/compare
 
-Each run lives in `<workdir>/<method>/seed_<s>`; a run whose results.json exists is not
-repeated, and an interrupted one resumes from its checkpoint. `comparison.md` holds mean ±
+Each run lives in `<workdir>/<row>/seed_<s>`; a run whose results.json exists is not
+repeated, and an interrupted one resumes from its checkpoint. `unimodal` runs one row per
+modality (`unimodal_audio`, ...); `ensemble`, `pre_frozen` and `pre_finetuned` are built on
+those runs of the same seed, which run first (and are added when not asked for):
+
+    python -m mlb_jax.compare --config=configs/synthetic_av.py --workdir=runs/reference_rows \
+        --methods=unimodal,ensemble,pre_frozen,pre_finetuned,joint,mlb
+ `comparison.md` holds mean ±
 std over seeds of fused test accuracy, unimodal and probe accuracy per modality, and ECE.
 """
 
@@ -71,37 +77,71 @@ def expand_methods(names: list[str]) -> list[str]:
     return out
 
 
+def plan_rows(methods: list[str], modalities: list[str]) -> list[tuple[str, str, str]]:
+    """The table's rows in run order: (row name, method, modality of a unimodal run or '').
+
+    'unimodal' becomes one row per modality ('unimodal_<m>'). Methods built on unimodal runs
+    (ensemble, pre_frozen, pre_finetuned) come after those rows, which are added if missing.
+    """
+    rows = [(f"unimodal_{m}", "unimodal", m) for m in modalities] if needs_unimodal(methods) else []
+    return rows + [(method, method, "") for method in methods if method != "unimodal"]
+
+
+def needs_unimodal(methods: list[str]) -> bool:
+    """Whether `methods` include unimodal runs or a method built on them."""
+    from mlb_jax.methods import BUILT_ON_UNIMODAL
+
+    return any(m == "unimodal" or m in BUILT_ON_UNIMODAL for m in methods)
+
+
 def run_all(config, workdir: pathlib.Path, methods: list[str], seeds: list[int]) -> dict:
-    """Runs (or reuses) every method x seed; returns method -> list of results dicts."""
+    """Runs (or reuses) every row x seed of `plan_rows`; returns row -> list of results.
+
+    A method built on unimodal runs gets this comparison's unimodal runs of the same seed.
+    """
+    from mlb_jax.methods import BUILT_ON_UNIMODAL
     from mlb_jax.trainer import RESULTS_FILE, train_and_evaluate
 
+    modalities = list(config.model.modalities) if needs_unimodal(methods) else []
     results: dict[str, list[dict]] = {}
-    for method in methods:
+    for row, method, modality in plan_rows(methods, modalities):
         for seed in seeds:
-            run_dir = workdir / method / f"seed_{seed}"
+            run_dir = workdir / row / f"seed_{seed}"
             done = run_dir / RESULTS_FILE
             if done.exists():
                 res = json.loads(done.read_text())
-                print(f"{method} seed {seed}: done earlier ({100 * res['accuracy']:.1f})")
+                print(f"{row} seed {seed}: done earlier ({100 * res['accuracy']:.1f})")
             else:
-                print(f"=== {method} seed {seed} -> {run_dir}", flush=True)
+                print(f"=== {row} seed {seed} -> {run_dir}", flush=True)
                 cfg = config.copy_and_resolve_references()
                 with cfg.unlocked():
                     cfg.method.name = method
                     cfg.seed = seed
+                    if modality:
+                        cfg.method.modality = modality
+                    if method in BUILT_ON_UNIMODAL:
+                        cfg.method[BUILT_ON_UNIMODAL[method]].workdirs = {
+                            m: str(workdir / f"unimodal_{m}" / f"seed_{seed}") for m in modalities
+                        }
                 res = train_and_evaluate(cfg, run_dir)
-            results.setdefault(method, []).append(res)
+            results.setdefault(row, []).append(res)
     return results
 
 
 def summarise(results: dict[str, list[dict]]) -> tuple[dict, list[str]]:
-    """Method -> metric -> (mean, std) over seeds, and the metric names in table order."""
-    modalities = list(next(iter(results.values()))[0]["unimodal_accuracy"])
+    """Row -> metric -> (mean, std) over seeds, and the metric names in table order.
+
+    A modality a row has no number for (the other modality of a unimodal run) is NaN.
+    """
+    modalities = list(
+        dict.fromkeys(m for runs in results.values() for m in runs[0]["unimodal_accuracy"])
+    )
+    nan = float("nan")
     columns = {"fused": lambda r: r["accuracy"]}
     for m in modalities:
-        columns[f"{m} (unimodal head)"] = lambda r, m=m: r["unimodal_accuracy"][m]
+        columns[f"{m} (unimodal head)"] = lambda r, m=m: r["unimodal_accuracy"].get(m, nan)
     for m in modalities:
-        columns[f"{m} (probe)"] = lambda r, m=m: r["probe_accuracy"][m]
+        columns[f"{m} (probe)"] = lambda r, m=m: r["probe_accuracy"].get(m, nan)
     columns["ECE"] = lambda r: r["ece"]
     table = {
         method: {
@@ -122,9 +162,12 @@ def markdown_table(table: dict, columns: list[str], seeds: list[int]) -> str:
         cells = []
         for c in columns:
             mean, std = row[c]
-            cells.append(
-                f"{mean:.3f} ± {std:.3f}" if c == "ECE" else f"{100 * mean:.1f} ± {100 * std:.1f}"
-            )
+            if np.isnan(mean):
+                cells.append("—")
+            elif c == "ECE":
+                cells.append(f"{mean:.3f} ± {std:.3f}")
+            else:
+                cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     note = f"\nTest split, best-on-validation epoch, mean ± std over seeds {seeds}.\n"
     return "\n".join([head, rule, *rows]) + "\n" + note

@@ -12,9 +12,11 @@ from mlb_jax.methods import (
     MSLR,
     OGM,
     PMR,
+    Ensemble,
     MMCosine,
     MMPareto,
     ReconBoost,
+    Unimodal,
     default_block,
 )
 
@@ -82,6 +84,13 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.method.pmr = default_block(PMR)  # pmr: mlb_jax.methods.PMR
     c.method.mmcosine = default_block(MMCosine)  # mmcosine: mlb_jax.methods.MMCosine
     c.method.reconboost = default_block(ReconBoost)  # reconboost: mlb_jax.methods.ReconBoost
+    # The paper's reference rows (docs/METHODS.md (unimodal-ensemble-and-pretrained-fusion)).
+    c.method.modality = Unimodal.modality  # unimodal: the one modality trained, e.g. 'audio'
+    # ensemble, pre_frozen, pre_finetuned: modality -> finished unimodal run directory.
+    c.method.ensemble = default_block(Ensemble)  # ensemble: mlb_jax.methods.Ensemble
+    c.method.ensemble.workdirs = {m: "" for m in c.model.modalities}
+    c.method.pretrained = ml_collections.ConfigDict()  # pre_frozen, pre_finetuned
+    c.method.pretrained.workdirs = {m: "" for m in c.model.modalities}
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12  # training epochs

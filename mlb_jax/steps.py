@@ -65,7 +65,8 @@ def create_train_state(
       num_classes: K.
       input_shapes: modality -> shape of one example without the batch dimension, e.g.
         {'audio': (F, T), 'video': (T, H, W, 3)} (`DatasetMeta.modalities[m].shape`); must
-        name exactly the modalities of `config.model.modalities`.
+        name every modality the method uses (`Method.used_modalities` of
+        `config.model.modalities`: all of them but for method 'unimodal').
       steps_per_epoch: optimisation steps per epoch (epoch-based learning-rate schedules).
       mesh: if given, the state is placed on it replicated (NamedSharding, P()); otherwise it
         stays where it was created (the default device).
@@ -79,17 +80,22 @@ def create_train_state(
       ValueError: naming the config field, for a bad method, model or optimiser setting, or
         input shapes that do not match `config.model.modalities`.
     """
-    modalities = list(config.model.modalities)
-    if sorted(input_shapes) != sorted(modalities):
+    method = make_method(config.method)
+    modalities = method.used_modalities(list(config.model.modalities))
+    missing = sorted(set(modalities) - set(input_shapes))
+    if missing:
         raise ValueError(
-            f"config.model.modalities {modalities} do not match the data's modalities "
+            f"config.model.modalities {missing} are not among the data's modalities "
             f"{sorted(input_shapes)}: configure the modalities the dataset holds"
         )
-    method = make_method(config.method)
+    model_config = config.model
+    if modalities != list(config.model.modalities):  # e.g. method 'unimodal'
+        model_config = ml_collections.ConfigDict(config.model.to_dict())
+        model_config.modalities = {m: config.model.modalities[m] for m in modalities}
     # 'rbg' keys for initialisation only: on CPU they compile ~2x faster than threefry for
     # the many differently shaped random draws of a ResNet; dropout keeps the default impl.
     rngs = nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"), dropout=config.seed + 1)
-    model = build_model(config.model, num_classes, rngs=rngs)
+    model = build_model(model_config, num_classes, rngs=rngs)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     balancing = method.gradient_transform(params, model.modality_patterns())
     tx, _ = make_optimizer(config.train, steps_per_epoch, balancing, method.placement)

@@ -372,6 +372,18 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     graphdef, method, tx, state = create_train_state(
         config, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
     )
+    # The pipeline decodes only what the model reads (one modality for method 'unimodal').
+    modalities = method.used_modalities(list(config.model.modalities))
+    meta = dataclasses.replace(meta, modalities={m: meta.modalities[m] for m in modalities})
+    input_shapes = {m: input_shapes[m] for m in modalities}
+    params, rest = method.warm_start(state.params, state.rest, meta.num_classes)
+    if params is not state.params or rest is not state.rest:  # e.g. pretrained encoders
+        replicated = jax.NamedSharding(mesh, jax.P())
+        state = state._replace(
+            params=jax.device_put(params, replicated),
+            rest=jax.device_put(rest, replicated),
+            opt_state=jax.device_put(tx.init(params), replicated),
+        )
     # A method's end-of-epoch hook may read a split of its own (MSLR, PMR): check it now.
     method_split = getattr(method, "split", None)
     if isinstance(method_split, str) and method_split not in meta.split_sizes:
@@ -396,7 +408,7 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
         train_step,
         eval_step,
         steps_per_epoch,
-        list(config.model.modalities),
+        modalities,
     )
     return run, state
 
@@ -517,8 +529,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     validate_config(config)
     workdir = pathlib.Path(workdir)
     meta = load_dataset(config)
+    if not make_method(config.method).trains:  # the ensemble of finished unimodal runs
+        from mlb_jax.ensemble import evaluate_ensemble
+
+        return evaluate_ensemble(config, meta, workdir, started)
     run, state = setup(config, meta)
-    check_run_config(workdir, config, resolved_settings(config, meta, run.method, state.params))
+    check_run_config(workdir, config, resolved_settings(config, run.meta, run.method, state.params))
     workdir.mkdir(parents=True, exist_ok=True)  # every process (process 0 made it above)
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")

@@ -13,9 +13,17 @@ from mlb_jax.config_base import synthetic_av
 from mlb_jax.methods import BLOCKS, METHODS, MLB, MSLR, OGM, default_block, make_method
 from mlb_jax.methods.config import TOP_LEVEL_FIELDS
 
+# The settings without which these methods cannot be built at all.
+REQUIRED = {
+    "unimodal": {"modality": "audio"},
+    "ensemble": {"ensemble": {"workdirs": {"audio": "runs/a", "video": "runs/v"}}},
+    "pre_frozen": {"pretrained": {"workdirs": {"audio": "runs/a", "video": "runs/v"}}},
+    "pre_finetuned": {"pretrained": {"workdirs": {"audio": "runs/a", "video": "runs/v"}}},
+}
+
 
 def method_config(name, **fields):
-    return ml_collections.ConfigDict({"name": name, **fields})
+    return ml_collections.ConfigDict({"name": name, **REQUIRED.get(name, {}), **fields})
 
 
 # (method, block or None for top-level, field, bad value, expected message)
@@ -36,6 +44,16 @@ BAD_VALUES = [
     ("pmr", "pmr", "momentum", 1.0, r"config.method.pmr.momentum must be in \[0, 1\), got 1.0"),
     ("mmcosine", "mmcosine", "scaling", -1.0, r"config.method.mmcosine.scaling must be > 0"),
     ("reconboost", "reconboost", "alpha", -0.5, r"config.method.reconboost.alpha must be >= 0"),
+    ("unimodal", None, "modality", "", r"config.method.modality must be the modality to train"),
+    ("ensemble", "ensemble", "norm", "zscore", r"config.method.ensemble.norm must be one of"),
+    ("pre_frozen", "pretrained", "workdirs", {}, r"config.method.pretrained.workdirs must be a"),
+    (
+        "pre_finetuned",
+        None,
+        "placement",
+        "updates",
+        r"config.method.placement='updates' has no effect with method 'pre_finetuned' \(its",
+    ),
 ]
 
 
@@ -56,7 +74,9 @@ def test_a_bad_value_fails_at_construction_naming_the_field(name, block, field, 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_an_unknown_field_is_refused_with_the_allowed_ones(name):
-    block = {"ogm_ge": "ogm"}.get(name, name)
+    block = {"ogm_ge": "ogm", "pre_frozen": "pretrained", "pre_finetuned": "pretrained"}.get(
+        name, name
+    )
     if block in BLOCKS:
         config = method_config(name, **{block: {"not_a_field": 1}})
         expected = f"unknown field config.method.{block}.not_a_field; allowed: "
@@ -85,14 +105,22 @@ READS = {
     "pmr": set(),
     "mmcosine": set(),
     "reconboost": set(),
+    "unimodal": {"modality"},
+    "ensemble": set(),
+    "pre_frozen": set(),
+    "pre_finetuned": set(),
 }
-NON_DEFAULT = {"unimodal_weight": 0.5, "placement": "updates"}
+NON_DEFAULT = {"unimodal_weight": 0.5, "placement": "updates", "modality": "video"}
+DEFAULT = {"unimodal_weight": MLB.unimodal_weight, "placement": MLB.placement, "modality": ""}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 @pytest.mark.parametrize("field", list(NON_DEFAULT))
 def test_a_shared_field_the_method_ignores_is_refused(name, field):
     config = method_config(name, **{field: NON_DEFAULT[field]})
+    if name == "unimodal" and field == "modality":
+        assert make_method(config).modality == "video"
+        return  # it has no default: no modality is no unimodal run
     if field in READS[name]:
         assert getattr(make_method(config), field) == NON_DEFAULT[field]
     else:
@@ -104,7 +132,7 @@ def test_a_shared_field_the_method_ignores_is_refused(name, field):
         )
         assert message.endswith("): remove it")
     # Its default value is always accepted.
-    make_method(method_config(name, **{field: getattr(MLB, field)}))
+    make_method(method_config(name, **{field: DEFAULT[field]}))
 
 
 def test_mlb_fields_and_other_blocks_are_not_read_by_other_methods():
@@ -160,11 +188,13 @@ def test_defaults_live_in_the_dataclasses():
     # Every other top-level field and every block is the dataclass default.
     for field in TOP_LEVEL_FIELDS:
         if field != "beta_max":
-            assert demo[field] == getattr(MLB, field), field
+            assert demo[field] == (DEFAULT[field] if field in DEFAULT else getattr(MLB, field))
     for block, cls in BLOCKS.items():
         expected = default_block(cls).to_dict()
         if block == "mslr":
             expected["init_lr"] = {"audio": 0.7, "video": 1.3}
+        if block in ("ensemble", "pretrained"):  # one entry per modality, to fill in
+            expected["workdirs"] = {"audio": "", "video": ""}
         assert demo[block].to_dict() == expected, block
     # The demo's numbers are the ones it always had.
     assert demo.ogm.to_dict() == {

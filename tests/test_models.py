@@ -496,7 +496,11 @@ def test_modality_spec_is_a_deprecated_alias_of_encoder_spec():
         ({"width": 8}, 5, r"unknown field\(s\) \['width'\]"),
         ({}, None, "'num_classes' is unset"),
         ({"num_classes": 4}, 5, "num_classes=4 disagrees with num_classes=5"),
-        ({"modalities": {"audio": {"kind": "audio"}}}, 5, "at least 2 modalities"),
+        (
+            {"modalities": {"audio": {"kind": "audio"}}, "fusion": "film"},
+            5,
+            r"this fusion needs at least 2 modalities, got 1: \['audio'\] \(a one-modality",
+        ),
     ],
 )
 def test_build_model_errors(overrides, num_classes, match):

@@ -20,7 +20,7 @@ from test_data_prep import SIZE, _manifest
 from data_prep import ave, cremad, ucf51
 from mlb_jax import trainer
 from mlb_jax.data.schema import DataError
-from mlb_jax.methods import METHODS, make_method
+from mlb_jax.methods import BUILT_ON_UNIMODAL, METHODS, make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,12 @@ def test_every_method_builds_from_every_config(name):
     # `mlb_jax.compare` runs any method on any config: MLB's alpha / beta_max set by a dataset
     # config must not stop the other methods, and each method's resolved settings are JSON.
     config = load_config(name)
+    # What a user must add for the reference rows: the modality, the unimodal runs.
+    for block in set(BUILT_ON_UNIMODAL.values()):
+        config.method[block].workdirs = {m: f"runs/unimodal_{m}" for m in config.model.modalities}
     for method in METHODS:
         config.method.name = method
+        config.method.modality = "audio" if method == "unimodal" else ""
         settings = dataclasses.asdict(make_method(config.method))
         assert json.loads(json.dumps(settings))["name"] == method
     config.method.name = "mlb"

@@ -11,6 +11,7 @@ from typing import Any
 from mlb_jax.methods.agm import AGM, make_agm
 from mlb_jax.methods.base import EpochContext, Method, cross_entropy
 from mlb_jax.methods.config import default_block, method_from_config
+from mlb_jax.methods.ensemble import Ensemble, make_ensemble
 from mlb_jax.methods.joint import make_joint
 from mlb_jax.methods.mlb import MLB, make_mlb
 from mlb_jax.methods.mmcosine import MMCosine, make_mmcosine
@@ -19,7 +20,9 @@ from mlb_jax.methods.mslr import MSLR, make_mslr
 from mlb_jax.methods.multiloss import MultiLoss, make_multiloss
 from mlb_jax.methods.ogm import OGM, make_ogm, make_ogm_ge
 from mlb_jax.methods.pmr import PMR, make_pmr
+from mlb_jax.methods.pretrained import PretrainedFusion, make_pre_finetuned, make_pre_frozen
 from mlb_jax.methods.reconboost import ReconBoost, make_reconboost
+from mlb_jax.methods.unimodal import Unimodal, make_unimodal
 
 METHODS: dict[str, Callable[..., Method]] = {
     "joint": make_joint,
@@ -33,11 +36,25 @@ METHODS: dict[str, Callable[..., Method]] = {
     "pmr": make_pmr,
     "mmcosine": make_mmcosine,
     "reconboost": make_reconboost,
+    # The paper's reference rows: built on (or being) one-modality runs.
+    "unimodal": make_unimodal,
+    "ensemble": make_ensemble,
+    "pre_frozen": make_pre_frozen,
+    "pre_finetuned": make_pre_finetuned,
+}
+
+# Methods built on finished `unimodal` runs -> the block whose `workdirs` (modality -> run
+# directory) names them; the compare runner trains those runs first and fills it in.
+BUILT_ON_UNIMODAL: dict[str, str] = {
+    "ensemble": "ensemble",
+    "pre_frozen": "pretrained",
+    "pre_finetuned": "pretrained",
 }
 
 # config.method.<block> -> the method class whose settings it holds (OGM's serves ogm_ge too).
 BLOCKS: dict[str, type[Method]] = {
-    cls.config_block: cls for cls in (OGM, MSLR, MMPareto, AGM, PMR, MMCosine, ReconBoost)
+    cls.config_block: cls
+    for cls in (OGM, MSLR, MMPareto, AGM, PMR, MMCosine, ReconBoost, Ensemble, PretrainedFusion)
 }
 
 
@@ -58,17 +75,21 @@ def make_method(config: Any) -> Method:
 __all__ = [
     "AGM",
     "BLOCKS",
+    "BUILT_ON_UNIMODAL",
     "METHODS",
     "MLB",
     "MSLR",
     "OGM",
     "PMR",
+    "Ensemble",
     "EpochContext",
     "MMCosine",
     "MMPareto",
     "Method",
     "MultiLoss",
+    "PretrainedFusion",
     "ReconBoost",
+    "Unimodal",
     "cross_entropy",
     "default_block",
     "make_method",

@@ -20,7 +20,7 @@ is the JSON-serialisable record of every setting it uses.
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol
 
 import jax
@@ -94,10 +94,13 @@ class Method:
     block_fields: ClassVar[tuple[str, ...]] = ()
     # ... and the fields read from config.method itself.
     top_level_fields: ClassVar[tuple[str, ...]] = ()
+    # False for a method that trains nothing and combines finished runs (mlb_jax/ensemble.py).
+    trains: ClassVar[bool] = True
     # Why a shared top-level field the method does not read has no effect (the error text).
     unread_because: ClassVar[Mapping[str, str]] = {
         "placement": "it has no gradient transformation",
         "unimodal_weight": "it has no unimodal cross-entropy losses",
+        "modality": "it trains every modality; only method 'unimodal' reads it",
     }
 
     def __post_init__(self) -> None:
@@ -139,6 +142,30 @@ class Method:
             value = getattr(self, field.name)
             if isinstance(value, float):
                 self.require(field.name, math.isfinite(value), "a finite number")
+
+    def used_modalities(self, available: Sequence[str]) -> list[str]:
+        """The modalities the model is built with and the pipeline decodes (default: all).
+
+        Args:
+          available: the modalities of config.model.modalities, in order.
+
+        Raises:
+          ValueError: naming the config field, if the method asks for one that is not there.
+        """
+        return list(available)
+
+    def warm_start(self, params: PyTree, rest: PyTree, num_classes: int) -> tuple[PyTree, PyTree]:
+        """Initial (params, rest) replacing the random ones (default: unchanged).
+
+        Called once when a run is set up (a resumed run then restores its checkpoint over it).
+
+        Args:
+          params: the model's freshly initialised parameters (an nnx.State).
+          rest: the rest of the model's state (BatchNorm statistics, RNG counters).
+          num_classes: K.
+        """
+        del num_classes
+        return params, rest
 
     def init_state(self, modalities: list[str], num_classes: int) -> PyTree:
         """Initial per-epoch method state (a pytree of arrays; empty by default)."""

@@ -3,7 +3,8 @@
 `config.method` holds
   * `name`: the registry name of the method to train;
   * top-level fields (`TOP_LEVEL_FIELDS`): `unimodal_weight` and `placement`, which several
-    methods read, and MLB's own hyper-parameters `alpha`, `beta_max`, `score`, `score_ema`;
+    methods read, MLB's own hyper-parameters `alpha`, `beta_max`, `score`, `score_ema`, and
+    `modality` (the one modality of method 'unimodal');
   * one block per method with per-method settings (`config.method.ogm`, `.mslr`, ...).
 
 `method_from_config(cls, config)` builds `cls` from the fields it declares it reads
@@ -34,10 +35,10 @@ from mlb_jax.methods.base import Method
 M = TypeVar("M", bound=Method)
 
 # Read by several methods; a method that does not read one refuses a non-default value.
-SHARED_FIELDS = ("unimodal_weight", "placement")
+SHARED_FIELDS = ("unimodal_weight", "placement", "modality")
 # MLB's hyper-parameters, kept at the top level of config.method (the paper's names).
 MLB_FIELDS = ("alpha", "beta_max", "score", "score_ema")
-TOP_LEVEL_FIELDS = ("unimodal_weight", *MLB_FIELDS, "placement")
+TOP_LEVEL_FIELDS = ("unimodal_weight", *MLB_FIELDS, "placement", "modality")
 
 
 def _plain(value: Any) -> Any:
@@ -93,11 +94,15 @@ def _to_config(value: Any) -> Any:
 
 
 def _top_level_defaults() -> dict[str, Any]:
-    """The defaults of the top-level fields: MLB's dataclass, the method that reads them all."""
-    # Imported here, not at module level: mlb.py builds MLB with this module.
+    """The defaults of the top-level fields: the dataclass defaults of MLB and Unimodal."""
+    # Imported here, not at module level: those modules build their methods with this one.
     from mlb_jax.methods.mlb import MLB
+    from mlb_jax.methods.unimodal import Unimodal
 
-    return {field: getattr(MLB, field) for field in TOP_LEVEL_FIELDS}
+    return {
+        field: getattr(MLB if field != "modality" else Unimodal, field)
+        for field in TOP_LEVEL_FIELDS
+    }
 
 
 def _known_blocks() -> list[str]:

@@ -36,18 +36,21 @@ from mlb_jax.models.heads import torch_linear, torch_uniform_init
 _MODALITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def check_modality_names(names: list[str] | tuple[str, ...]) -> None:
-    """Checks that there are at least two modalities and that every name is an identifier.
+def check_modality_names(names: list[str] | tuple[str, ...], minimum: int = 2) -> None:
+    """Checks that there are at least `minimum` modalities and that every name is an identifier.
 
     Args:
         names: modality names in order.
+        minimum: 2 for a fusion that mixes modalities; 1 where one modality is a model (the
+            late linear classifier of method 'unimodal').
 
     Raises:
-        ValueError: naming the offending modality, or if fewer than two are given.
+        ValueError: naming the offending modality, or if fewer than `minimum` are given.
     """
-    if len(names) < 2:
+    if len(names) < minimum:
         raise ValueError(
-            f"a multimodal model needs at least 2 modalities, got {len(names)}: {list(names)}"
+            f"this fusion needs at least {minimum} modalities, got {len(names)}: {list(names)} "
+            "(a one-modality model, as method 'unimodal' trains, uses late_linear)"
         )
     for name in names:
         if not isinstance(name, str) or not _MODALITY_NAME.match(name):
@@ -137,7 +140,7 @@ class LateLinearFusion(Fusion):
             num_classes: K.
             rngs: parameter random streams.
         """
-        check_modality_names(tuple(feature_dims))
+        check_modality_names(tuple(feature_dims), minimum=1)
         self.modalities = tuple(feature_dims)
         self.linear = nnx.Dict(
             {

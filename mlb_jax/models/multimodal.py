@@ -173,11 +173,11 @@ class MultimodalClassifier(nnx.Module):
 
         Raises:
             ValueError: on an unknown encoder kind, fusion name or convolution choice, a bad
-                modality name or channel count, fewer than two modalities, or a non-positive
-                ``num_classes``.
+                modality name or channel count, fewer modalities than the fusion needs, or a
+                non-positive ``num_classes``.
         """
         # Validate everything before building encoders, which is the slow part.
-        check_modality_names(tuple(modalities))
+        check_modality_names(tuple(modalities), minimum=1)
         specs = {name: _as_spec(name, spec) for name, spec in modalities.items()}
         check_fusion_name(fusion)
         # What every encoder convolution runs, 'plan' or 'xla' (static, for the run's records).
