@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"  # data_prep.ucf51 splits: train / validation / test
     c.data.val_split = "validation"  # 10 % of the training groups; selects the best epoch
     c.data.test_split = "test"  # official testlist0<k>.txt; the reported accuracy
+    # UCF_Dataset.py transforms the whole [T, C, H, W] clip: one crop and flip for all frames.
+    c.data.augment.per_clip = True
 
     c.method.alpha = 2.0  # MLB on UCF101 in run.sh (docs/METHODS.md (hyper-parameters))
     c.method.beta_max = 0.5  # the same run.sh line (tanh mode "2": slows both)

@@ -1,6 +1,6 @@
 """AVE -> TFRecords: the official train/val/test lists, 16 kHz log-PSD, 4 frames of the event.
 
-    python -m data_prep.ave --raw_dir=AVE_Dataset --out_dir=DATA [--frame_size=224]
+    python -m data_prep.ave --raw_dir=AVE_Dataset --out_dir=DATA [--frame_size=256x341]
 
 Each row ``Category&VideoID&Quality&StartTime&EndTime`` names an event segment of AVE/<id>.mp4.
 Audio: 16 kHz mono, cut to [Start, End), tiled to 10 s (160,000 samples), scipy spectrogram
@@ -68,7 +68,7 @@ AUDIO = media.AudioSettings(
 NUM_FRAMES = 4
 
 
-def make_config(frame_size: tuple[int, int] = common.REFERENCE_FRAME_SIZE):
+def make_config(frame_size: tuple[int, int] = common.DEFAULT_FRAME_SIZE):
     """The config of the official split with frames of `frame_size` (H, W)."""
     return common.ConverterConfig(
         name=common.sized_name("official", frame_size),

@@ -33,13 +33,20 @@ from data_prep import media
 from data_prep.decode import Example, Outcome, atomic_write, decode_all
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
-from mlb_jax.data.schema import DataError, ModalitySpec
+from mlb_jax.data.schema import DataError, ModalitySpec, load_meta
 
 # Split names of every converted dataset (the same as mlb_jax.data.synthetic's).
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
-# Frame size of the reference code (Resize((224, 224)) / RandomResizedCrop(224)).
+# Model input size of the reference code (Resize((224, 224)) / RandomResizedCrop(224)): what
+# training crops and evaluation resizes produce (config.data.augment.size), not what is stored.
 REFERENCE_FRAME_SIZE = (224, 224)
+# Default stored (H, W): 256 pixels on the short side with the source's 4:3 aspect (CREMA-D
+# 480x360 flv, most AVE clips), so RandomResizedCrop's area and aspect draws, relative to the
+# stored frame, are those of the reference, which crops the decoded source frame; UCF101's
+# 320x240 sources are kept at their own size (ucf51.DEFAULT_FRAME_SIZE). --frame_size=224 (or
+# smaller) for CPU-sized work.
+DEFAULT_FRAME_SIZE = (256, 341)
 
 REPORT_NAME = "conversion_report.json"
 # <data_dir>/<CACHE_NAME>/<dataset>/ holds the decoded examples until the dataset is written.
@@ -365,8 +372,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parser(description: str, *, raw_dir: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with the flags every converter has."""
+def parser(
+    description: str,
+    *,
+    raw_dir: bool = True,
+    default_frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+) -> argparse.ArgumentParser:
+    """An argument parser with the flags every converter has.
+
+    ``--frame_size`` defaults to ``default_frame_size`` ((H, W) pixels).
+    """
     p = argparse.ArgumentParser(description=description)
     if raw_dir:
         p.add_argument(
@@ -384,8 +399,9 @@ def parser(description: str, *, raw_dir: bool = True) -> argparse.ArgumentParser
     p.add_argument(
         "--frame_size",
         type=frame_size,
-        default=REFERENCE_FRAME_SIZE,
-        help="stored frame size, 224 or HxW (default: the reference 224x224)",
+        default=default_frame_size,
+        help="stored frame size, 224 or HxW (default: "
+        f"{default_frame_size[0]}x{default_frame_size[1]}, large enough to crop 224 from)",
     )
     p.add_argument(
         "--workers",
@@ -419,9 +435,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
-def sized_name(base: str, size: tuple[int, int]) -> str:
-    """Config name: `base`, plus ``_<H>x<W>`` when frames are not the reference 224x224."""
-    return base if tuple(size) == REFERENCE_FRAME_SIZE else f"{base}_{size[0]}x{size[1]}"
+def sized_name(
+    base: str, size: tuple[int, int], default: tuple[int, int] = DEFAULT_FRAME_SIZE
+) -> str:
+    """Config name: `base`, plus ``_<H>x<W>`` when frames are not the dataset's default size."""
+    return base if tuple(size) == tuple(default) else f"{base}_{size[0]}x{size[1]}"
 
 
 def convert(
@@ -444,12 +462,24 @@ def convert(
         )
     if not run.progress:
         import_tfds().disable_progress_bar()  # TFDS's bars are global to the process
-    return prepare(
+    version_dir = prepare(
         functools.partial(builder_cls, run=run),
         data_dir=out_dir,
         config=config,
         manual_dir=raw_dir,
     )
+    # A finished dataset is reused: one written by an older converter under the same name
+    # (e.g. 224x224 frames, the default before frames were stored large enough to crop) must
+    # not pass for what was asked.
+    stored = load_meta(version_dir).modalities
+    for name, spec in config.modalities.items():
+        if tuple(stored[name].shape) != tuple(spec.shape):
+            raise DataError(
+                f"{version_dir} holds {name} of shape {tuple(stored[name].shape)}, not the "
+                f"requested {tuple(spec.shape)} (written by an older converter): delete it "
+                "to convert again, or pass the --frame_size it was written with"
+            )
+    return version_dir
 
 
 def main(

@@ -1,6 +1,6 @@
 """CREMA-D -> TFRecords: VAVL speaker-independent folds, 22.05 kHz log-STFT, 3 frames at 1 fps.
 
-    python -m data_prep.cremad --raw_dir=CREMA-D --out_dir=DATA [--fold=0] [--frame_size=224]
+    python -m data_prep.cremad --raw_dir=CREMA-D --out_dir=DATA [--fold=0] [--frame_size=256x341]
 
 Audio (AudioWAV/<clip>.wav): 22,050 Hz mono, tiled to 3 s (66,150 samples), STFT 512 / hop 353,
 ln(|X| + 1e-7) -> float32 [257, 188]. Video (VideoFlash/<clip>.flv): the first frame of the
@@ -46,7 +46,7 @@ class CremaDConfig(common.ConverterConfig):
     fold: int = 0
 
 
-def make_config(fold: int = 0, frame_size: tuple[int, int] = common.REFERENCE_FRAME_SIZE):
+def make_config(fold: int = 0, frame_size: tuple[int, int] = common.DEFAULT_FRAME_SIZE):
     """The config of fold `fold` (0-4; MLB uses 0, 1, 2) with frames of `frame_size` (H, W)."""
     return CremaDConfig(
         name=common.sized_name(f"fold{fold}", frame_size),

@@ -3,7 +3,7 @@
     python -m data_prep.manifest --manifest=PATH --out_dir=DIR [--name=NAME] [--classes=a,b]
         [--sample_rate=16000] [--audio_seconds=3] [--audio_fit=pad|tile]
         [--transform=log_stft|log_psd] [--stft_window=512] [--stft_hop=353]
-        [--num_frames=3] [--top_up_frames] [--frame_size=224]
+        [--num_frames=3] [--top_up_frames] [--frame_size=256x341]
 
 The CSV has the header ``id,split,label,audio,video``; ``audio`` and ``video`` are paths relative
 to the CSV (or absolute) of any file PyAV decodes, and ``audio`` may be the video file itself to

@@ -102,8 +102,9 @@ class FrameSettings:
     Attributes:
         num_frames: frames kept: the first frame of each of the first `num_frames` whole
             seconds of the window.
-        height: output height in pixels (frames are resized, aspect ratio not kept, as the
-            reference's Resize((224, 224))).
+        height: output height in pixels (frames are resized to exactly height x width: the
+            source's aspect ratio is kept only if they share it; the defaults do, see
+            `data_prep.common.DEFAULT_FRAME_SIZE`).
         width: output width in pixels.
         top_up: when the window has fewer whole seconds than `num_frames`, add frames evenly
             spaced over the remaining frames of the window (the reference adds random ones:

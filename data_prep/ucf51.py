@@ -1,6 +1,6 @@
 """UCF101-51 -> TFRecords: the 51 classes with audio, official split 1/2/3, 16 kHz log-STFT.
 
-    python -m data_prep.ucf51 --raw_dir=UCF101 --out_dir=DATA [--split=1] [--frame_size=224]
+    python -m data_prep.ucf51 --raw_dir=UCF101 --out_dir=DATA [--split=1] [--frame_size=240x320]
 
 Test = ``testlist0<k>.txt``; validation = a seeded 10 % of the training (class, group) pairs, so
 no group straddles train and validation; train = the rest of ``trainlist0<k>.txt``. Audio: 16 kHz
@@ -90,6 +90,9 @@ AUDIO = media.AudioSettings(
     hop_length=353,
 )
 NUM_FRAMES = 4
+# UCF101 clips are 320x240: stored at their own size (no upsampling), so RandomResizedCrop
+# crops exactly what the reference crops (its pickle holds the 240x320 frames).
+DEFAULT_FRAME_SIZE = (240, 320)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -109,7 +112,7 @@ class UCF51Config(common.ConverterConfig):
 
 def make_config(
     split: int = 1,
-    frame_size: tuple[int, int] = common.REFERENCE_FRAME_SIZE,
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
     *,
     val_fraction: float = VAL_FRACTION,
     seed: int | None = None,
@@ -120,7 +123,7 @@ def make_config(
     if (val_fraction, seed) != (VAL_FRACTION, SEEDS[split]):
         name += f"_val{val_fraction:g}_seed{seed}"
     return UCF51Config(
-        name=common.sized_name(name, frame_size),
+        name=common.sized_name(name, frame_size, DEFAULT_FRAME_SIZE),
         description=f"UCF101, the 51 classes with audio, official split {split}; validation = "
         f"{val_fraction:g} of the training groups (seed {seed}).",
         class_names=CLASS_NAMES,
@@ -242,7 +245,7 @@ class UCF51(common.ConvertingBuilder):
 
 
 def _run(argv: Sequence[str] | None) -> pathlib.Path:
-    parser = common.parser(__doc__.splitlines()[0])
+    parser = common.parser(__doc__.splitlines()[0], default_frame_size=DEFAULT_FRAME_SIZE)
     parser.add_argument(
         "--split", type=int, default=1, choices=(1, 2, 3), help="official train/test split"
     )

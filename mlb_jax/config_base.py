@@ -49,6 +49,15 @@ def synthetic_av() -> ml_collections.ConfigDict:
     # Generator knobs: their defaults (and the demo's dataset) are `SyntheticConfig`'s, each
     # documented there and in mlb_jax/data/README.md; override as --config.data.synthetic.<knob>.
     c.data.synthetic = synthetic_knobs()
+    # Training-time frame augmentation (mlb_jax/data/augment.py): torchvision's
+    # RandomResizedCrop + RandomHorizontalFlip, as the reference loaders; evaluation resizes.
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.enabled = False  # random crop + flip of training frames
+    c.data.augment.size = ()  # model input [H, W] of train crops and eval resizes; () = stored
+    c.data.augment.crop_scale = (0.08, 1.0)  # crop area range, fraction of the stored frame
+    c.data.augment.crop_ratio = (3 / 4, 4 / 3)  # crop width / height range
+    c.data.augment.flip = True  # horizontal flip with probability 0.5
+    c.data.augment.per_clip = False  # one crop/flip per clip (UCF101) or per frame (CREMA-D, AVE)
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = {  # name -> encoder kind and input channels
@@ -132,6 +141,8 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.data.name = dataset  # converted by data_prep.<dataset> (informational; data.dir is read)
     c.data.dir = ""  # required: --config.data.dir=<converted version dir, or a parent of one>
     c.data.cache = False  # stream from disk: 224x224 frames are too large to keep decoded
+    c.data.augment.enabled = True  # the reference loaders' RandomResizedCrop(224) + flip
+    c.data.augment.size = (224, 224)  # crops of the stored (larger) frames, resized to 224
 
     c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
     c.model.conv = "auto"  # the CPU plan: 0.43-0.48x XLA's step time at this width on a CPU

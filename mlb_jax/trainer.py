@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mlb_jax.checkpointing import RunCheckpoints
-from mlb_jax.data import pipeline, schema, synthetic
+from mlb_jax.data import augment, pipeline, schema, synthetic
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
 from mlb_jax.models import FUSIONS, resolve_conv
@@ -238,6 +238,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ValueError: naming the config field and the fix.
     """
     make_method(config.method)
+    augment.check_config(config.data.get("augment"))  # absent: no augmentation, stored size
     if config.model.fusion not in FUSIONS:
         raise ValueError(
             f"unknown fusion {config.model.fusion!r} (config.model.fusion); "
@@ -368,7 +369,8 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
                 f"config.data.{field}={config.data[field]!r}: {meta.name} has no such split "
                 f"(it has {sorted(meta.split_sizes)})"
             )
-    input_shapes = {m: spec.shape for m, spec in meta.modalities.items()}
+    frame_size, _ = augment.from_config(config.data.get("augment"))
+    input_shapes = pipeline.input_shapes(meta, frame_size)  # frames at the augment size
     graphdef, method, tx, state = create_train_state(
         config, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
     )
@@ -443,6 +445,7 @@ def predict(
         global_batch_size=cfg.train.eval_batch_size,
         indices=indices,
         cache=cfg.data.cache,
+        frame_size=augment.from_config(cfg.data.get("augment"))[0],  # resize, never augment
     ):
         global_batch = pipeline.to_global(batch, run.mesh)
         out = run.eval_step(state, global_batch)
@@ -482,6 +485,7 @@ def epoch_batches(run: Run, epoch: int, start_batch: int = 0) -> Iterator[dict]:
     Feed each through `pipeline.to_global(batch, run.mesh)` into `run.train_step`.
     """
     cfg = run.config
+    frame_size, frame_augment = augment.from_config(cfg.data.get("augment"))
     return pipeline.train_batches(
         run.meta,
         cfg.data.train_split,
@@ -490,6 +494,8 @@ def epoch_batches(run: Run, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         epoch=epoch,
         start_batch=start_batch,
         cache=cfg.data.cache,
+        frame_size=frame_size,
+        augment=frame_augment,
     )
 
 
@@ -785,6 +791,7 @@ def finish(
         "first_step_seconds": (timing or {}).get("first_step_seconds"),  # None: no step ran
         "conv": cfg.model.get("conv", "auto"),  # the config's convolution choice
         "conv_resolved": resolve_conv(cfg.model.get("conv", "auto")),  # what ran: plan | xla
+        "augment": _jsonable(cfg.data.get("augment")),  # training frame augmentation (None: off)
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)

@@ -406,3 +406,13 @@ def test_decode_workers_are_spawned_import_no_tf_or_jax_and_match_one_process(ra
     with decode._without_main_module():
         data = multiprocessing.spawn.get_preparation_data("worker")
     assert not {"init_main_from_name", "init_main_from_path"} & data.keys()
+
+
+def test_default_frames_are_large_enough_to_crop_224_from():
+    """Defaults keep the 4:3 sources' aspect at 256 on the short side (UCF: its own 240x320)."""
+    assert cremad.make_config(0).modalities["video"].shape == (3, 256, 341, 3)
+    assert ave.make_config().modalities["video"].shape == (4, 256, 341, 3)
+    assert ucf51.make_config(1).modalities["video"].shape == (4, 240, 320, 3)
+    assert (cremad.make_config(0).name, ucf51.make_config(1).name) == ("fold0", "split1")
+    assert cremad.make_config(0, (224, 224)).name == "fold0_224x224"
+    assert common.parser("x").parse_args(["--out_dir=o", "--raw_dir=r"]).frame_size == (256, 341)

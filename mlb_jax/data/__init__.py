@@ -4,6 +4,7 @@ Importing this package imports TensorFlow (configured by ``_tf``: quiet, CPU onl
 and how to add a dataset are documented in ``mlb_jax/data/README.md``.
 """
 
+from mlb_jax.data.augment import Augment
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.pipeline import (
     IMAGENET_MEAN,
@@ -11,6 +12,7 @@ from mlb_jax.data.pipeline import (
     batches_per_epoch,
     eval_batch_count,
     eval_batches,
+    input_shapes,
     to_global,
     train_batches,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AudioVideoBuilder",
     "AudioVideoConfig",
+    "Augment",
     "DataError",
     "DatasetMeta",
     "ModalitySpec",
@@ -46,6 +49,7 @@ __all__ = [
     "eval_batch_count",
     "eval_batches",
     "generate",
+    "input_shapes",
     "knob_names",
     "load_meta",
     "make_features",

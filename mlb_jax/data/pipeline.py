@@ -14,7 +14,10 @@ evaluation batches also carry ``'index'``: int32 [B], each row's position in the
 order (-1 on padding rows), so outputs gathered from several processes can be put back in order.
 
 spectrograms are ``[B, F, T]`` as stored; frames are ``[B, T, H, W, 3]``, scaled to [0, 1] and
-normalised per channel, ``(x / 255 - mean) / std``.
+normalised per channel, ``(x / 255 - mean) / std``. With ``frame_size`` frames are resized to it
+(evaluation, and training without augmentation); with ``augment`` training frames get a random
+resized crop and flip (`mlb_jax.data.augment`) keyed by (seed, epoch, process, position in the
+epoch's order), so augmentation is as reproducible and resumable as the order.
 """
 
 import functools
@@ -25,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mlb_jax.data import augment as augment_lib
 from mlb_jax.data._tf import import_tf, import_tfds
 from mlb_jax.data.schema import DataError, DatasetMeta, ModalitySpec
 
@@ -106,13 +110,16 @@ def train_batches(
     shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
     frame_mean: Sequence[float] = IMAGENET_MEAN,
     frame_std: Sequence[float] = IMAGENET_STD,
+    frame_size: Sequence[int] | None = None,
+    augment: augment_lib.Augment | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One epoch of shuffled training batches of this process; the remainder is dropped.
 
     The order depends only on ``(seed, epoch)`` (and on ``cache``, which changes how it is
     drawn): two calls with the same arguments yield the same batches, and ``start_batch=n``
     yields exactly the batches after the first ``n``, for an exact resume. Every example
-    appears at most once.
+    appears at most once. Augmentation draws depend on the same arguments (and the process),
+    so resuming with ``start_batch`` also repeats the crops of an uninterrupted run.
 
     Args:
         meta: The dataset (from `load_meta`); only ``meta.modalities`` are read.
@@ -130,6 +137,9 @@ def train_batches(
         shuffle_buffer_size: Shuffle buffer of the streaming pipeline.
         frame_mean: Per-channel mean of frames scaled to [0, 1].
         frame_std: Per-channel std of frames scaled to [0, 1].
+        frame_size: Output ``(H, W)`` of every frames modality; None: the stored size. Without
+            ``augment`` frames are resized to it as `eval_batches` does.
+        augment: Random resized crop (to ``frame_size``) and flip of frames; None: none.
 
     Returns:
         An iterator over batches in the format of the module docstring (``mask`` all True).
@@ -141,7 +151,8 @@ def train_batches(
     process_index, process_count, local_batch = _process_args(
         meta, split, global_batch_size, process_index, process_count
     )
-    to_batch = _batch_formatter(meta, frame_mean, frame_std)
+    sizes = _frame_sizes(meta, frame_size)
+    to_batch = _batch_formatter(meta, frame_mean, frame_std, {} if augment else sizes)
     num_batches = batches_per_epoch(meta, split, global_batch_size)
     if num_batches == 0:
         raise DataError(
@@ -163,16 +174,25 @@ def train_batches(
         split, process_index=process_index, process_count=process_count, drop_remainder=True
     )
     used = num_batches * local_batch  # Same on every process: the sub-splits are equal.
+    start = start_batch * local_batch
+    # Every example's position in this process's order of the epoch, assigned before skipping
+    # `start`: the augmentation key of a resumed run's example is an uninterrupted run's.
+    augmenter = _augmenter(meta, sizes, augment, augment_lib.epoch_key(seed, epoch, process_index))
     if cache:
         examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
         order = np.random.default_rng([seed, epoch]).permutation(len(examples["label"]))
-        ds = _gather(examples, order[start_batch * local_batch : used])
+        ds = _gather(examples, order[start:used])
+        positions = tf.data.Dataset.range(start, used)
+        ds = tf.data.Dataset.zip((positions, ds)).map(
+            augmenter, num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=file_seed)
         ds = ds.shuffle(min(shuffle_buffer_size, used), seed=buffer_seed)
         # Skip before decoding, so a resume does not decode what it throws away.
-        ds = ds.take(used).skip(start_batch * local_batch)
-        ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.take(used).enumerate().skip(start)
+        decode = _decoder(meta.modalities)
+        ds = ds.map(lambda i, ex: augmenter(i, decode(ex)), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)
     return _finish(ds, to_batch)
 
@@ -188,6 +208,7 @@ def eval_batches(
     cache: bool = False,
     frame_mean: Sequence[float] = IMAGENET_MEAN,
     frame_std: Sequence[float] = IMAGENET_STD,
+    frame_size: Sequence[int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every example of this process's part of a split (or of a subset of it) once, in order.
 
@@ -209,6 +230,8 @@ def eval_batches(
         cache: Keep the decoded split in memory across calls (small datasets).
         frame_mean: Per-channel mean of frames scaled to [0, 1].
         frame_std: Per-channel std of frames scaled to [0, 1].
+        frame_size: Output ``(H, W)`` of every frames modality, the whole frame resized
+            (bilinear, antialiased; no augmentation); None: the stored size.
 
     Returns:
         An iterator over batches in the format of the module docstring, with ``'index'``.
@@ -221,7 +244,7 @@ def eval_batches(
         meta, split, global_batch_size, process_index, process_count
     )
     total = meta.split_sizes[split]
-    to_batch = _batch_formatter(meta, frame_mean, frame_std)
+    to_batch = _batch_formatter(meta, frame_mean, frame_std, _frame_sizes(meta, frame_size))
     subsplit = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count, drop_remainder=False
     )
@@ -441,10 +464,81 @@ def _gather(examples: dict[str, Any], order: np.ndarray) -> Any:
     )
 
 
-def _batch_formatter(
-    meta: DatasetMeta, frame_mean: Sequence[float], frame_std: Sequence[float]
+def input_shapes(
+    meta: DatasetMeta, frame_size: Sequence[int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shape of one example of each modality in the batches, given ``frame_size``.
+
+    Args:
+        meta: The dataset.
+        frame_size: ``(H, W)`` given to `train_batches` / `eval_batches`; None: stored size.
+
+    Returns:
+        modality -> shape without the batch dimension: spectrograms as stored, frames
+        ``(T, H, W, 3)`` at ``frame_size``.
+    """
+    sizes = _frame_sizes(meta, frame_size)
+    return {
+        name: (spec.shape[0], *sizes[name], spec.shape[3]) if name in sizes else spec.shape
+        for name, spec in meta.modalities.items()
+    }
+
+
+def _frame_sizes(meta: DatasetMeta, frame_size: Sequence[int] | None) -> dict[str, tuple[int, int]]:
+    """Output ``(H, W)`` of every frames modality: ``frame_size``, or the stored size."""
+    if frame_size is not None and (
+        len(frame_size) != 2
+        or min(frame_size) < 1
+        or not all(isinstance(v, int) for v in frame_size)
+    ):
+        raise DataError(f"frame_size {frame_size!r} must be (height, width), positive ints")
+    return {
+        name: tuple(frame_size) if frame_size is not None else tuple(spec.shape[1:3])
+        for name, spec in meta.modalities.items()
+        if spec.kind == "frames"
+    }
+
+
+def _augmenter(
+    meta: DatasetMeta,
+    sizes: Mapping[str, tuple[int, int]],
+    augment: augment_lib.Augment | None,
+    epoch_key: np.ndarray,
 ) -> Any:
-    """Returns the batch function: raw arrays -> the batch format, frames normalised."""
+    """Returns ``(position, raw example) -> raw example``, frames augmented if ``augment``.
+
+    Augmented frames are float32 on the 0-255 scale (normalised later by `_batch_formatter`).
+    Each frames modality gets its own draws: its index is folded into the example's key.
+    """
+    if augment is None:
+        return lambda position, example: example
+    key = tf.constant(epoch_key, tf.int64)
+    names = [name for name in meta.modalities if name in sizes]
+
+    def apply(position: Any, example: dict[str, Any]) -> dict[str, Any]:
+        example = dict(example)
+        example_key = augment_lib.example_key(key, position)
+        for index, name in enumerate(names):
+            modality_key = tf.random.experimental.stateless_fold_in(example_key, index)
+            example[name] = augment_lib.random_resized_crop(
+                example[name], modality_key, sizes[name], augment
+            )
+        return example
+
+    return apply
+
+
+def _batch_formatter(
+    meta: DatasetMeta,
+    frame_mean: Sequence[float],
+    frame_std: Sequence[float],
+    sizes: Mapping[str, tuple[int, int]],
+) -> Any:
+    """Returns the batch function: raw arrays -> the batch format, frames normalised.
+
+    Frames modalities in ``sizes`` whose stored size differs are resized to it first (the
+    evaluation resize).
+    """
     if len(frame_mean) != 3 or len(frame_std) != 3 or min(frame_std) <= 0:
         raise DataError(
             f"frame_mean {tuple(frame_mean)} / frame_std {tuple(frame_std)} must be 3 values "
@@ -458,7 +552,10 @@ def _batch_formatter(
         inputs = {}
         for name, spec in meta.modalities.items():
             if spec.kind == "frames":
-                inputs[name] = tf.cast(raw[name], tf.float32) * scale + offset
+                frames = raw[name]
+                if name in sizes and tuple(sizes[name]) != tuple(spec.shape[1:3]):
+                    frames = augment_lib.resize(frames, sizes[name])
+                inputs[name] = tf.cast(frames, tf.float32) * scale + offset
             else:
                 inputs[name] = raw[name]
         batch = {"inputs": inputs, "label": raw["label"], "mask": raw["mask"]}
