@@ -119,6 +119,7 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.train.num_devices = 0  # devices in the ('data',) mesh (0 = all)
     c.train.keep_checkpoints = 2  # latest checkpoints kept
     c.train.eval_test_every_epoch = False  # test split every epoch too (else: best epoch only)
+    c.train.keep_last_batch = False  # train on the last, smaller batch of an epoch too
 
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes
@@ -153,6 +154,7 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
 
     c.train.epochs = 100  # fixed budget instead of the reference's early stopping
     c.train.batch_size = 32  # the reference's ResNet batch
+    c.train.keep_last_batch = True  # the reference's loaders keep it (a multiple of the devices)
     c.train.eval_batch_size = 128  # any multiple of the device count; no effect on results
     c.train.optimizer = "adam"  # Adam (0.9, 0.999, eps 1e-7), as the reference
     c.train.momentum = 0.9  # unused by Adam

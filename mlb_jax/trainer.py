@@ -257,11 +257,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = train.get(field, minimum)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"config.train.{field} must be an integer >= {minimum}, got {value!r}")
-    if not isinstance(train.get("eval_test_every_epoch", False), bool):
-        raise ValueError(
-            "config.train.eval_test_every_epoch must be True or False, got "
-            f"{train.eval_test_every_epoch!r}"
-        )
+    for field in ("eval_test_every_epoch", "keep_last_batch"):
+        if not isinstance(train.get(field, False), bool):
+            raise ValueError(f"config.train.{field} must be True or False, got {train[field]!r}")
     make_optimizer(train, 1, None)
 
 
@@ -356,7 +354,9 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     batch = config.train.batch_size
     _check_batch_size("batch_size", batch, devices)
     _check_batch_size("eval_batch_size", config.train.eval_batch_size, devices)
-    steps_per_epoch = pipeline.batches_per_epoch(meta, config.data.train_split, batch)
+    steps_per_epoch = pipeline.batches_per_epoch(
+        meta, config.data.train_split, batch, _keep_partial(config, mesh)
+    )
     if steps_per_epoch < 1:
         raise RunError(
             f"config.train.batch_size={batch} exceeds the "
@@ -496,7 +496,17 @@ def epoch_batches(run: Run, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         cache=cfg.data.cache,
         frame_size=frame_size,
         augment=frame_augment,
+        keep_partial=_keep_partial(cfg, run.mesh),
     )
+
+
+def _keep_partial(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """`train_batches`' keep_partial: the device count if config.train.keep_last_batch, else 0.
+
+    The reference's loaders keep the last, smaller training batch; kept here, it holds the
+    largest multiple of the device count of the examples left (all of them on one device).
+    """
+    return mesh.shape["data"] if config.train.get("keep_last_batch", False) else 0
 
 
 def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -> str:

@@ -99,6 +99,32 @@ def _epoch(meta, **kwargs) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("cache", [False, True])
+def test_kept_partial_batch_holds_the_largest_multiple_of_the_devices(meta, cache):
+    # 21 examples, batch 8: two full batches, 5 left. With 2 devices 4 of them are kept
+    # (one dropped), with 1 device all 5; a resume skips into the partial epoch exactly.
+    two = _epoch(meta, global_batch_size=8, cache=cache, keep_partial=2)
+    assert [len(rows) for rows in two] == [8, 8, 4]
+    assert batches_per_epoch(meta, "train", 8, keep_partial=2) == 3
+    assert len(set(_flat(two))) == 20
+    one = _epoch(meta, global_batch_size=8, cache=cache, keep_partial=1)
+    assert [len(rows) for rows in one] == [8, 8, 5]
+    assert sorted(_flat(one)) == list(range(21))  # every example, once
+    if cache:  # a permutation of the whole split: the full batches do not change
+        assert one[:2] == two[:2] == _epoch(meta, global_batch_size=8, cache=cache)
+    assert _epoch(meta, global_batch_size=8, cache=cache, keep_partial=1, start_batch=2) == [one[2]]
+    # Two processes: each yields half of every batch, the partial one too.
+    halves = [
+        _epoch(
+            meta, global_batch_size=8, cache=cache, keep_partial=2, process_index=p, process_count=2
+        )
+        for p in (0, 1)
+    ]
+    assert [[len(rows) for rows in h] for h in halves] == [[4, 4, 2], [4, 4, 2]]
+    with pytest.raises(DataError, match=r"keep_partial=3 must be 0 or divide the global batch"):
+        batches_per_epoch(meta, "train", 8, keep_partial=3)
+
+
+@pytest.mark.parametrize("cache", [False, True])
 def test_train_epoch_is_deterministic_shuffled_and_resumable(meta, cache):
     epoch0 = _epoch(meta, cache=cache)
     assert len(epoch0) == batches_per_epoch(meta, "train", 4) == 21 // 4

@@ -433,3 +433,16 @@ def test_setup_process_passes_only_the_given_process_arguments(monkeypatch):
         {},
         {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 0},
     ]
+
+
+def test_last_partial_batch_is_trained_when_kept(data_cache, tmp_path):
+    # Trained on the 40-example test split with batch 16: two full batches and one of the 8
+    # left (one per device); the full batches' step is the other tiny runs' compiled one.
+    config = load_tiny(data_cache)
+    config.train.epochs = 1
+    config.data.train_split = "test"
+    config.train.keep_last_batch = True
+    results = trainer.train_and_evaluate(config, tmp_path)
+    assert results["steps"] == 3
+    config.train.keep_last_batch = False
+    assert trainer.setup(config, trainer.load_dataset(config))[0].steps_per_epoch == 2

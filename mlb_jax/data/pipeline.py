@@ -43,22 +43,48 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SHUFFLE_BUFFER = 2048
 
 
-def batches_per_epoch(meta: DatasetMeta, split: str, global_batch_size: int) -> int:
-    """Number of training batches `train_batches` yields per epoch (the remainder is dropped).
+def batches_per_epoch(
+    meta: DatasetMeta, split: str, global_batch_size: int, keep_partial: int = 0
+) -> int:
+    """Number of training batches `train_batches` yields per epoch.
 
     Args:
         meta: The dataset.
         split: Split name.
         global_batch_size: Examples per step over all processes.
+        keep_partial: 0 drops the examples that do not fill a last batch; n > 0 keeps a last,
+            smaller batch of the largest multiple of n of them (n = the device count, so it
+            splits evenly; see `partial_batch_size`).
 
     Returns:
-        ``split_size // global_batch_size``: the same for any process count dividing the batch.
+        ``split_size // global_batch_size``, plus one if a partial batch is kept: the same for
+        any process count dividing the batch.
 
     Raises:
-        DataError: Unknown split or a batch size < 1.
+        DataError: Unknown split, a batch size < 1 or a negative ``keep_partial``.
     """
     _process_args(meta, split, global_batch_size, 0, 1)
-    return meta.split_sizes[split] // global_batch_size
+    full = meta.split_sizes[split] // global_batch_size
+    return full + (partial_batch_size(meta, split, global_batch_size, keep_partial) > 0)
+
+
+def partial_batch_size(
+    meta: DatasetMeta, split: str, global_batch_size: int, keep_partial: int
+) -> int:
+    """Global size of the kept last partial training batch (0: none; see `batches_per_epoch`).
+
+    Raises:
+        DataError: a negative ``keep_partial``, or one that does not divide the batch.
+    """
+    if keep_partial < 0 or (keep_partial and global_batch_size % keep_partial):
+        raise DataError(
+            f"keep_partial={keep_partial} must be 0 or divide the global batch size "
+            f"{global_batch_size} (it is the device count)"
+        )
+    if not keep_partial:
+        return 0
+    remaining = meta.split_sizes[split] % global_batch_size
+    return remaining // keep_partial * keep_partial
 
 
 def eval_batch_count(
@@ -112,8 +138,9 @@ def train_batches(
     frame_std: Sequence[float] = IMAGENET_STD,
     frame_size: Sequence[int] | None = None,
     augment: augment_lib.Augment | None = None,
+    keep_partial: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """One epoch of shuffled training batches of this process; the remainder is dropped.
+    """One epoch of shuffled training batches of this process, the last one maybe smaller.
 
     The order depends only on ``(seed, epoch)`` (and on ``cache``, which changes how it is
     drawn): two calls with the same arguments yield the same batches, and ``start_batch=n``
@@ -140,6 +167,11 @@ def train_batches(
         frame_size: Output ``(H, W)`` of every frames modality; None: the stored size. Without
             ``augment`` frames are resized to it as `eval_batches` does.
         augment: Random resized crop (to ``frame_size``) and flip of frames; None: none.
+        keep_partial: 0 drops the examples left after the full batches; n > 0 yields them as
+            a last, smaller batch (the largest multiple of n of them, split evenly over the
+            processes), as the reference's loaders keep their last batch. Pass the device
+            count: the batch then shards over the devices; the train step compiles once more
+            for its shape.
 
     Returns:
         An iterator over batches in the format of the module docstring (``mask`` all True).
@@ -153,7 +185,12 @@ def train_batches(
     )
     sizes = _frame_sizes(meta, frame_size)
     to_batch = _batch_formatter(meta, frame_mean, frame_std, {} if augment else sizes)
-    num_batches = batches_per_epoch(meta, split, global_batch_size)
+    num_batches = batches_per_epoch(meta, split, global_batch_size, keep_partial)
+    partial = partial_batch_size(meta, split, global_batch_size, keep_partial)
+    if partial % process_count:
+        raise DataError(
+            f"keep_partial={keep_partial} must be a multiple of the {process_count} processes"
+        )
     if num_batches == 0:
         raise DataError(
             f"global batch size {global_batch_size} is larger than split {split!r} of "
@@ -173,7 +210,8 @@ def train_batches(
     subsplit = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count, drop_remainder=True
     )
-    used = num_batches * local_batch  # Same on every process: the sub-splits are equal.
+    # Same on every process: the sub-splits are equal, and each holds its share of `partial`.
+    used = (num_batches - (partial > 0)) * local_batch + partial // process_count
     start = start_batch * local_batch
     # Every example's position in this process's order of the epoch, assigned before skipping
     # `start`: the augmentation key of a resumed run's example is an uninterrupted run's.
@@ -193,7 +231,8 @@ def train_batches(
         ds = ds.take(used).enumerate().skip(start)
         decode = _decoder(meta.modalities)
         ds = ds.map(lambda i, ex: augmenter(i, decode(ex)), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
+    # `used` ends with the partial batch's examples, if one is kept: nothing else is dropped.
+    ds = ds.batch(local_batch, drop_remainder=not partial)
     return _finish(ds, to_batch)
 
 
