@@ -121,7 +121,7 @@ def _ogm(line: int, lr: float, alpha: float, last_epoch: int, noise: bool = Fals
         0, f"{_BI}:130 gates on the config's epoch window, from 0"
     )
     out["method.ogm.end_epoch"] = _default(
-        last_epoch, f"{_BI}:130 window; the release OGM.json is not public, so every epoch"
+        last_epoch, f"{_BI}:130 window; the release OGM.json could not be read, so every epoch"
     )
     return out
 
@@ -232,7 +232,7 @@ def _build() -> dict[str, dict[str, dict[str, Setting]]]:
             "pre_finetuned": _line(54, 1e-4),
             "mslr": {
                 **_line(55, 1e-3),
-                # run.sh:55 passes no MSLR flags and configs/UCF/res/MSLR.json is not public.
+                # run.sh:55 passes no MSLR flags and configs/UCF/res/MSLR.json could not be read.
                 "method.mslr.keep_memory": _default(
                     5,
                     f"{_BI} Bias_Infusion_MSLR default keep_memory_epoch 5 (no flag on run.sh:55)",
@@ -426,6 +426,12 @@ def summary(dataset: str, method: str, table: Mapping[str, Mapping[str, Any]]) -
 # ----------------------------------------------------------------------------- documentation
 
 DATASET_TITLES = {"cremad": "CREMA-D", "ave": "AVE", "ucf51": "UCF101-51"}
+# Short names of the long source paths in the rendered tables (each table gives its legend).
+ABBREVIATIONS = {
+    "cremad": {_CREMAD_CFG: "D"},
+    "ave": {_AVE_CFG: "D", _AVE_UNI: "U"},
+    "ucf51": {_UCF_CFG: "D", _UCF_UNI: "U"},
+}
 
 
 def _fmt(value: Any) -> str:
@@ -439,7 +445,17 @@ def markdown() -> str:
         paths = sorted({p for entry in entries.values() for p in entry})
         common = [p for p in paths if p.startswith("train.")]
         own = [p for p in paths if not p.startswith("train.")]
+        short = {**ABBREVIATIONS[dataset], _BI: "BI"}
+
+        def src(setting: Setting, short: dict[str, str] = short) -> str:
+            text = setting.source
+            for path, name in short.items():
+                text = text.replace(path, name)
+            return text
+
+        legend = "; ".join(f"{name} = `{path}`" for path, name in short.items())
         blocks.append(f"### {DATASET_TITLES[dataset]} (`config.recipe = '{dataset}'`)\n")
+        blocks.append(f"Sources at {REFERENCE_REPO}@{REFERENCE_COMMIT[:7]}: {legend}.\n")
         header = ["method", *(f"`{p}`" for p in common)]
         rows = [
             "| " + " | ".join(header) + " |",
@@ -447,7 +463,7 @@ def markdown() -> str:
         ]
         for method, entry in entries.items():
             cells = [f"`{method}`"]
-            cells += [f"{_fmt(entry[p].value)} ({entry[p].source})" for p in common]
+            cells += [f"{_fmt(entry[p].value)} ({src(entry[p])})" for p in common]
             rows.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(rows) + "\n")
         rows = ["| method | setting | value | source |", "| --- | --- | --- | --- |"]
@@ -455,7 +471,7 @@ def markdown() -> str:
             for p in own:
                 if p in entry:
                     rows.append(
-                        f"| `{method}` | `{p}` | {_fmt(entry[p].value)} | {entry[p].source} |"
+                        f"| `{method}` | `{p}` | {_fmt(entry[p].value)} | {src(entry[p])} |"
                     )
         blocks.append("Method settings:\n\n" + "\n".join(rows) + "\n")
     return "\n".join(blocks)
