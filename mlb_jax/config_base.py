@@ -5,7 +5,9 @@ a field and its one-line comment live in exactly one place.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
+from mlb_jax import recipes
 from mlb_jax.methods import (
     AGM,
     MLB,
@@ -36,6 +38,8 @@ def synthetic_av() -> ml_collections.ConfigDict:
     """The demo config (configs/synthetic_av.py): MLB on the embedded synthetic dataset."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds model init, dropout and the data order
+    # Reference recipe (mlb_jax/recipes.py) filling the fields left None; '' = none.
+    c.recipe = ""
     c.progress = True  # show a progress bar per epoch
 
     c.data = ml_collections.ConfigDict()
@@ -115,6 +119,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.train.step_gamma = 0.1  # step schedule: decay factor
     c.train.warmup_steps = 0  # mlb_warm_restarts: constant-LR steps before the restarts
     c.train.grad_clip_norm = 0.0  # global-norm clipping (0 = off)
+    c.train.early_stopping_patience = (
+        0  # epochs without a better validation before stopping; 0 = off
+    )
     c.train.log_every = 10  # steps between logged train metrics (TensorBoard, plots)
     c.train.num_devices = 0  # devices in the ('data',) mesh (0 = all)
     c.train.keep_checkpoints = 2  # latest checkpoints kept
@@ -128,12 +135,13 @@ def synthetic_av() -> ml_collections.ConfigDict:
 
 
 def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
-    """`synthetic_av` set to the reference ResNet-18 recipe for a converted dataset.
+    """`synthetic_av` set to the reference ResNet-18 set-up for a converted dataset.
 
     The newer MLB release's `run.sh` (docs/METHODS.md (hyper-parameters),
     (learning-rate-schedule)): Adam (0.9, 0.999, eps 1e-7) with coupled L2 1e-4, batch 32,
-    constant LR for 780 steps then cosine warm restarts over global steps. Each dataset config
-    sets its own MLB alpha / beta_max and LR.
+    constant LR for 780 steps then cosine warm restarts over global steps. The values here
+    are a custom dataset's defaults (configs/custom_resnet.py); the reference datasets' configs
+    then call `leave_to_recipe`, which hands the per-method fields to mlb_jax/recipes.py.
 
     Args:
       dataset: the converter's dataset name (informational; `data.dir` is what is read).
@@ -152,7 +160,7 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.method.name = "mlb"  # override with --config.method.name=joint|multiloss|...
     c.method.placement = "gradients"  # raw gradient before Adam: the reference code's behaviour
 
-    c.train.epochs = 100  # fixed budget instead of the reference's early stopping
+    c.train.epochs = 100  # a fixed budget (the reference recipes: up to 1000-1500 epochs)
     c.train.batch_size = 32  # the reference's ResNet batch
     c.train.keep_last_batch = True  # the reference's loaders keep it (a multiple of the devices)
     c.train.eval_batch_size = 128  # any multiple of the device count; no effect on results
@@ -161,4 +169,30 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4  # coupled L2 (PyTorch Adam weight_decay), `run.sh --wd 0.0001`
     c.train.schedule = "mlb_warm_restarts"  # constant LR, then cosine warm restarts
     c.train.warmup_steps = 780  # constant-LR steps before the restarts (reference: 780)
+    return c
+
+
+def leave_to_recipe(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+    """Names `dataset`'s reference recipe and leaves every field it sets to it.
+
+    Every path of `mlb_jax.recipes.RECIPE_FIELDS` becomes a typed placeholder (None, of the
+    type of its current value, so `--config.x=...` still parses): `recipes.resolve`, called by
+    the trainer, fills it from the recipe of `config.method.name`; an explicit value wins.
+
+    Args:
+      c: a config built by `reference_resnet`.
+      dataset: a key of `mlb_jax.recipes.RECIPES` ('cremad', 'ave', 'ucf51').
+
+    Returns:
+      `c`, changed in place.
+    """
+    if dataset not in recipes.RECIPES:
+        raise ValueError(f"unknown recipe {dataset!r}; choose one of {list(recipes.DATASETS)}")
+    c.recipe = dataset  # mlb_jax/recipes.py: the per-method settings of the reference code
+    for path in recipes.RECIPE_FIELDS:
+        *parents, leaf = path.split(".")
+        node = c
+        for key in parents:
+            node = node[key]
+        node[leaf] = config_dict.placeholder(type(node[leaf]))
     return c

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from mlb_jax import recipes
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import augment, pipeline, schema, synthetic
 from mlb_jax.methods import make_method
@@ -49,6 +50,7 @@ RESUME_MAY_DIFFER = (
     "progress",
     "data.cache_dir",
     "environment.",
+    "resolved.recipe.",  # where each value came from; the values are compared in the config
 )
 # config.json's key for what the built run uses (see `resolved_settings`).
 RESOLVED_KEY = "resolved"
@@ -542,6 +544,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       RunError, DataError, ValueError: bad input, each with one clear message.
     """
     started = time.time()
+    config, recipe = recipes.resolve(config)  # the reference recipe fills the unset fields
+    if recipe and jax.process_index() == 0:
+        print(recipes.summary(config.recipe, config.method.name, recipe), flush=True)
     validate_config(config)
     workdir = pathlib.Path(workdir)
     meta = load_dataset(config)
@@ -550,7 +555,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
         return evaluate_ensemble(config, meta, workdir, started)
     run, state = setup(config, meta)
-    check_run_config(workdir, config, resolved_settings(config, run.meta, run.method, state.params))
+    resolved = resolved_settings(config, run.meta, run.method, state.params)
+    if recipe:  # each recipe field's value and source, in config.json
+        resolved["recipe"] = recipe
+    check_run_config(workdir, config, resolved)
     workdir.mkdir(parents=True, exist_ok=True)  # every process (process 0 made it above)
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")

@@ -1,13 +1,15 @@
 """PMR: prototypes, absent classes, coefficients, the loss, resume, and a tiny training run."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_train import final_params
+from flax import nnx
+from test_train import final_params, load_tiny
 from tiny_run import (
     assert_same_shapes,
     epoch_means,
@@ -31,6 +33,7 @@ from mlb_jax.methods.pmr import (
     update_prototypes,
 )
 from mlb_jax.models.multimodal import ModelOutput
+from mlb_jax.steps import create_train_state
 
 A, V, T = "audio", "video", "text"
 
@@ -234,6 +237,47 @@ def test_three_modalities_through_the_generic_step():
     assert {f"loss/prototype_{m}" for m in ("audio", "video", "audio2")} <= set(metrics)
     assert state.method_state["prototypes"]["audio2"].shape == (4, 512)
     assert outputs["features"]["audio2"].shape == (8, 16)
+
+
+TWO_INPUTS = {"audio": (16, 12), "video": (2, 16, 16, 3)}
+
+
+def _pmr_forward(reference_eval_mode: bool):
+    """BatchNorm statistics before / after the train step's forward pass, and its logits.
+
+    Runs, eagerly and without gradients (no compile), what `train_step`'s loss function does
+    with the model: merge, `method.forward(train=True)`, split off the new statistics.
+    """
+    config = load_tiny(pathlib.Path("unused"))
+    config.method.name = "pmr"
+    config.method.pmr.reference_eval_mode = reference_eval_mode
+    graphdef, method, _, state = create_train_state(config, 4, TWO_INPUTS)
+    rng = np.random.default_rng(0)
+    inputs = {
+        m: jnp.asarray(rng.normal(size=(8, *shape)), jnp.float32) for m, shape in TWO_INPUTS.items()
+    }
+    model = nnx.merge(graphdef, state.params, jax.tree.map(lambda x: x, state.rest))
+    trained = method.forward(model, inputs, train=True, method_state=state.method_state)
+    _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    evaluated = nnx.merge(graphdef, state.params, state.rest)(inputs, train=False)
+    return state.rest, new_rest, trained.logits, evaluated.logits
+
+
+def _same_leaves(a, b) -> bool:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    return all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+
+
+def test_reference_eval_mode_trains_with_frozen_running_statistics():
+    # M-20: the reference's prototype pass leaves the model in eval mode for the epoch.
+    stats, new_stats, trained, evaluated = _pmr_forward(True)
+    assert _same_leaves(stats, new_stats)
+    np.testing.assert_array_equal(np.asarray(trained), np.asarray(evaluated))
+    # Off (the default): BatchNorm normalises with, and updates, the batch statistics.
+    stats, new_stats, trained, evaluated = _pmr_forward(False)
+    assert not _same_leaves(stats, new_stats)
+    assert not np.allclose(np.asarray(trained), np.asarray(evaluated))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """The real-dataset configs: MLB's published hyper-parameters, and one train step each.
 
+The per-method reference values themselves are checked in tests/test_recipes.py.
+
 Each config is run through the real code path on a tiny fake raw copy of its dataset (the
 layouts of tests/fake_media.py), converted by its data_prep converter at a tiny frame size;
 only the model width, batch and device count are shrunk.
@@ -18,14 +20,15 @@ from fake_media import make_fake_ave, make_fake_cremad, make_fake_ucf
 from test_data_prep import SIZE, _manifest
 
 from data_prep import ave, cremad, ucf51
-from mlb_jax import trainer
+from mlb_jax import recipes, trainer
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import BUILT_ON_UNIMODAL, METHODS, make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # (alpha, beta_max) of the reference run.sh's MLB lines (docs/METHODS.md (hyper-parameters)),
-# and the LR each line passes (run.sh: --lr 0.001 for MLB on CREMA-D, AVE and UCF).
+# and the LR each line passes (run.sh: --lr 0.001 for MLB on CREMA-D, AVE and UCF), as the
+# configs resolve them for the default method (mlb).
 REFERENCE_MLB = {
     "cremad_resnet": (0.5, 10.0, 1e-3),
     "ave_resnet": (2.0, 1.0, 1e-3),
@@ -54,7 +57,7 @@ def flat_keys(config: ml_collections.ConfigDict) -> set[str]:
 
 @pytest.mark.parametrize("name", REFERENCE_MLB)
 def test_mlb_hyperparameters_are_the_papers(name):
-    config = load_config(name)
+    config, _ = recipes.resolve(load_config(name))
     alpha, beta_max, lr = REFERENCE_MLB[name]
     assert config.method.alpha == alpha
     assert config.method.beta_max == beta_max
@@ -72,15 +75,17 @@ def test_every_method_builds_from_every_config(name):
     for method in METHODS:
         config.method.name = method
         config.method.modality = "audio" if method == "unimodal" else ""
-        settings = dataclasses.asdict(make_method(config.method))
+        resolved, _ = recipes.resolve(config)
+        settings = dataclasses.asdict(make_method(resolved.method))
         assert json.loads(json.dumps(settings))["name"] == method
     config.method.name = "mlb"
-    assert make_method(config.method).beta_max == config.method.beta_max
+    resolved, _ = recipes.resolve(config)
+    assert make_method(resolved.method).beta_max == resolved.method.beta_max
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_resnet_recipe_and_field_structure(name):
-    config = load_config(name)
+    config, _ = recipes.resolve(load_config(name))
     assert flat_keys(config) == flat_keys(load_config("synthetic_av"))
     assert (config.method.name, config.method.placement) == ("mlb", "gradients")
     assert (config.model.base_width, config.model.fusion) == (64, "late_linear")
@@ -91,7 +96,13 @@ def test_resnet_recipe_and_field_structure(name):
     train = config.train
     assert (train.optimizer, train.weight_decay, train.batch_size) == ("adam", 1e-4, 32)
     assert (train.schedule, train.warmup_steps) == ("mlb_warm_restarts", 780)
-    assert 0 < train.epochs < 1500
+    # The reference's budget with early stopping; custom_resnet: a fixed 100 epochs.
+    assert (train.epochs, train.early_stopping_patience) == {
+        "cremad_resnet": (1500, 100),
+        "ave_resnet": (1500, 150),
+        "ucf51_resnet": (1000, 100),
+        "custom_resnet": (100, 0),
+    }[name]
     assert (config.data.train_split, config.data.val_split, config.data.test_split) == (
         "train",
         "validation",
@@ -161,6 +172,7 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     config.train.batch_size = BATCH
     config.train.num_devices = DEVICES
     config.train.epochs = 1
+    config, _ = recipes.resolve(config)  # what train_and_evaluate does first
     meta = trainer.load_dataset(config)
     assert meta.num_classes == num_classes
     assert meta.modalities["audio"].shape == audio_shape

@@ -36,6 +36,11 @@ Deliberate differences from the reference:
 * Prototypes are stored [K, max_feature_dim] and the first D columns used, because the
   method's state is built before the model's feature width is known to it; D must not exceed
   max_feature_dim (default 512, a standard ResNet-18).
+* The model trains in train mode. MLB's prototype pass switches the whole model to eval mode
+  and nothing switches it back before that epoch's training steps (docs/METHODS.md
+  (known-bugs-of-the-reference-code), M-20), so every PMR epoch trains with BatchNorm's
+  running statistics, which are never updated (and dropout off).
+  `reference_eval_mode=True` reproduces that: the training forward pass runs in eval mode.
 """
 
 import dataclasses
@@ -183,6 +188,8 @@ class PMR(Method):
       split: the training split's name (read by `end_of_epoch`).
       subset_seed: seed of the prototype subset.
       max_feature_dim: width of the stored prototypes (>= every modality's feature width).
+      reference_eval_mode: train with the model in eval mode (BatchNorm running statistics,
+        not updated; dropout off), as the reference does by accident (M-20). Off by default.
     """
 
     name: str = "pmr"
@@ -193,6 +200,7 @@ class PMR(Method):
     split: str = "train"
     subset_seed: int = 0
     max_feature_dim: int = 512
+    reference_eval_mode: bool = False
 
     config_block: ClassVar[str | None] = "pmr"
     block_fields: ClassVar[tuple[str, ...]] = (
@@ -203,6 +211,7 @@ class PMR(Method):
         "split",
         "subset_seed",
         "max_feature_dim",
+        "reference_eval_mode",
     )
 
     def validate(self) -> None:
@@ -238,6 +247,21 @@ class PMR(Method):
             },
             "valid": np.zeros((num_classes,), bool),
         }
+
+    def forward(
+        self, model: Any, inputs: Mapping[str, jax.Array], *, train: bool, method_state: PyTree
+    ) -> Any:
+        """The model's pass; in eval mode throughout with `reference_eval_mode` (M-20).
+
+        Args:
+          model: the multimodal model.
+          inputs: modality -> batch.
+          train: the step's mode; ignored (eval mode) when `reference_eval_mode` is set, so
+            BatchNorm normalises with, and leaves unchanged, its running statistics.
+          method_state: unused.
+        """
+        del method_state
+        return model(inputs, train=train and not self.reference_eval_mode)
 
     def _features(self, x: jax.Array) -> jax.Array:
         return normalize_features(x) if self.normalize else x.astype(jnp.float32)
