@@ -28,7 +28,8 @@ cosine warm restarts. The MLB coefficient uses alpha 1 and the paper's default r
 `--config.method.alpha` and `--config.method.beta_max` on the validation split. Training runs a
 fixed 100 epochs and keeps the best-on-validation checkpoint (the reference stops early instead;
 `--config.train.early_stopping_patience=N` does too). `method.placement='gradients'` is the
-reference code's behaviour (the multiplier acts on the raw gradient before Adam; docs/METHODS.md (placement)).
+reference code's behaviour (the multiplier acts on the raw gradient before Adam;
+docs/METHODS.md (placement)).
 For a small dataset, a smaller batch (`--config.train.batch_size`, a multiple of the device
 count) gives more steps per epoch; the 780-step constant phase is counted in steps, not epochs.
 """
