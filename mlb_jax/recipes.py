@@ -54,10 +54,6 @@ _AVE_UNI = "configs/AVE/release/res/unimodal_audio.json"
 _UCF_UNI = "configs/UCF/res/unimodal_audio.json"
 _BI = "agents/general_agent/helpers/Bias_Infusion.py"
 
-# Methods being added elsewhere (unimodal baselines, ensembles, pre-trained encoders): they
-# have recipes here but need not be registered in mlb_jax.methods.METHODS.
-EXTRA_METHODS = ("unimodal", "ensemble", "pre_frozen", "pre_finetuned")
-
 # Fields of run.sh's training settings shared by a dataset's lines, from its default config:
 # (batch, max_epoch, n_steps_stop, warm_up_steps, weight_decay) with their config lines.
 _DEFAULTS = {
@@ -335,7 +331,7 @@ def recipe(dataset: str, method: str) -> dict[str, Setting]:
     from mlb_jax.methods import METHODS
 
     if method not in RECIPES[dataset]:
-        known = sorted(set(METHODS) | set(EXTRA_METHODS))
+        known = sorted(METHODS)
         if method not in known:
             raise ValueError(
                 f"unknown method {method!r} (config.method.name); choose one of {known}"

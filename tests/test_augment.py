@@ -271,7 +271,7 @@ def test_trainer_feeds_augmented_batches_and_resumes_them(meta):
     config.data.augment.size = (8, 8)
     config.data.augment.per_clip = True
     config.train.batch_size = 4
-    run = types.SimpleNamespace(config=config, meta=meta)
+    run = types.SimpleNamespace(config=config, meta=meta, mesh=None)  # no kept partial batch
     full = list(trainer.epoch_batches(run, epoch=0))
     tail = list(trainer.epoch_batches(run, epoch=0, start_batch=3))
     assert full[0]["inputs"]["video"].shape == (4, 3, 8, 8, 3)
