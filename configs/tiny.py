@@ -24,4 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic.n_test = 40  # not a multiple of the eval batch: exercises padding
     c.data.synthetic.spectrogram_shape = (32, 24)
     c.data.synthetic.frames_shape = (2, 16, 16, 3)
+    # Crops and flips of the training frames (resized back to 16x16): every tiny run, the
+    # kill-and-resume tests included, goes through the augmentation path.
+    c.data.augment.enabled = True
     return c
