@@ -20,7 +20,6 @@ from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import schema
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
-from mlb_jax.models import resolve_conv
 from mlb_jax.probe import linear_probe_accuracy
 
 
@@ -131,9 +130,8 @@ def evaluate_ensemble(
         "train_seconds": 0.0,
         "wall_seconds": time.time() - started,
         "first_step_seconds": None,
-        "conv": config.model.get("conv", "auto"),
-        "conv_resolved": resolve_conv(config.model.get("conv", "auto")),
         "early_stopped": None,
+        **trainer.recorded_choices(config),
         "members": {m: str(d) for m, d in method.workdirs},
     }
     if jax.process_index() == 0:

@@ -71,6 +71,7 @@ __all__ = [
     "load_dataset",
     "make_mesh",
     "predict",
+    "recorded_choices",
     "resolved_settings",
     "setup",
     "train_and_evaluate",
@@ -754,6 +755,22 @@ def _check_finite(loss: float, step: int, epoch: int, history: dict) -> None:
 # ----------------------------------------------------------------------------- results
 
 
+def recorded_choices(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config's choices that change the numbers, as results.json records them.
+
+    Returns:
+      {'conv': the convolution choice, 'conv_resolved': what ran (plan | xla), 'augment':
+      the training-frame augmentation block (None: off), 'recipe': the reference recipe's
+      dataset ('' : none; its values and sources are in config.json's resolved.recipe)}.
+    """
+    return {
+        "conv": config.model.get("conv", "auto"),
+        "conv_resolved": resolve_conv(config.model.get("conv", "auto")),
+        "augment": _jsonable(config.data.get("augment")),
+        "recipe": config.get("recipe", ""),
+    }
+
+
 def finish(
     run: Run,
     ckpts: RunCheckpoints,
@@ -807,9 +824,7 @@ def finish(
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
         "wall_seconds": time.time() - started,  # this invocation only (a resume restarts it)
         "first_step_seconds": (timing or {}).get("first_step_seconds"),  # None: no step ran
-        "conv": cfg.model.get("conv", "auto"),  # the config's convolution choice
-        "conv_resolved": resolve_conv(cfg.model.get("conv", "auto")),  # what ran: plan | xla
-        "augment": _jsonable(cfg.data.get("augment")),  # training frame augmentation (None: off)
+        **recorded_choices(cfg),
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)

@@ -94,6 +94,8 @@ def test_results_contract_and_loss_decreases(reference_run, data_cache):
     assert set(on_disk["probe_accuracy"]) == {"audio", "video"}
     assert on_disk["method"] == "mlb" and on_disk["seed"] == 0
     assert (on_disk["conv"], on_disk["conv_resolved"]) == ("xla", "xla")
+    assert on_disk["recipe"] == "" and on_disk["augment"]["enabled"] is True  # configs/tiny.py
+    assert on_disk["early_stopped"] is None  # patience 0: never stops early
     assert on_disk["steps"] == 2 * (128 // 16)  # 2 epochs of 8 steps
     # The first step (compilation included) is part of the first epoch's time.
     assert 0 < on_disk["first_step_seconds"] <= on_disk["train_seconds"]
