@@ -105,9 +105,22 @@ def test_cremad_fold_is_speaker_independent_with_reference_shapes(raw, tmp_path,
         "neutral": 0, "happy": 0, "sad": 1, "fear": 1, "disgust": 0, "anger": 0
     }  # fmt: skip
     assert not (out / common.CACHE_NAME).exists()  # cache dropped after success
-    capsys.readouterr()
+    split_file = raw / "CREMA-D" / "data_splits_VALV.pkl"  # found in --raw_dir: it wins
+    assert f"cremad: VAVL fold key 1 from {split_file}" in capsys.readouterr().out
     assert cremad.main(argv) == 0  # a finished dataset is reused, not rebuilt
     assert "already converted" in capsys.readouterr().out
+
+
+def test_cremad_split_file_flag_is_used_instead_of_the_shipped_folds(raw, tmp_path, capsys):
+    root = copy_raw(raw / "CREMA-D", tmp_path / "CREMA-D")
+    split_file = tmp_path / "elsewhere" / "data_splits_VALV.json"
+    split_file.parent.mkdir()
+    (root / "data_splits_VALV.pkl").rename(split_file)
+    out = tmp_path / "out"
+    argv = [f"--raw_dir={root}", f"--out_dir={out}", f"--split_file={split_file}", *SIZE]
+    assert cremad.main([*argv, "--workers=2"]) == 0
+    assert f"cremad: VAVL fold key 1 from {split_file}" in capsys.readouterr().out
+    assert load_meta(out).split_sizes == {"train": 6, "validation": 2, "test": 2}
 
 
 def test_ave_official_split_event_segments(raw, tmp_path):
@@ -231,10 +244,8 @@ def test_corrupt_file_fraction_limit_and_resume(raw, tmp_path, capsys):
     assert load_meta(out).split_sizes == {"train": 5, "validation": 2, "test": 2}
 
 
-def _cremad_without_split_file(raw, tmp):
-    root = copy_raw(raw / "CREMA-D", tmp / "CREMA-D")
-    (root / "data_splits_VALV.pkl").unlink()
-    return cremad, [f"--raw_dir={root}"]
+def _cremad_split_file_missing(raw, tmp):
+    return cremad, [f"--raw_dir={raw / 'CREMA-D'}", f"--split_file={tmp / 'nope.pkl'}"]
 
 
 def _cremad_actor_in_two_splits(raw, tmp):
@@ -294,8 +305,9 @@ BAD_INPUTS = {
                         r"raw directory .*nope does not exist"),
     "wrong raw dir": (lambda raw, tmp: (cremad, [f"--raw_dir={raw / 'AVE_Dataset'}"]),
                       r"AVE_Dataset has no AudioWAV/: pass --raw_dir=<the CREMA-D checkout"),
-    "CREMA-D split file missing": (_cremad_without_split_file,
-                                   r"CREMA-D split file missing: expected .*data_splits_VALV"),
+    "CREMA-D split file missing": (_cremad_split_file_missing,
+                                   r"CREMA-D split file .*nope\.pkl does not exist: pass "
+                                   r"--split_file=.*or leave it out"),
     "CREMA-D actor in two splits": (_cremad_actor_in_two_splits,
                                     r"actor 1001 is in both train and test"),
     "AVE split file missing": (_ave_without_val_list, r"AVE split file missing: .*valSet\.txt"),
