@@ -34,14 +34,16 @@ format: $(STAMP)
 
 # Re-resolve the lock: install '.[test]' without constraints into a scratch venv (pip picks the
 # newest versions pyproject.toml's ranges allow) and freeze it into $(LOCK), keeping the file's
-# comment header. Then `make clean test` to test the new set before committing the lock.
+# comment header. `--all` keeps wheel (a runtime dependency of TensorFlow's astunparse); pip and
+# setuptools are the venv's own. Then `make clean test` to test the new set before committing the lock.
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[test]'
 	grep '^#' $(LOCK) > $(LOCK).new
-	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable >> $(LOCK).new
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable --all \
+		| grep -vE '^(pip|setuptools)==' >> $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf $(LOCK_VENV)
 
