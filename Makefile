@@ -1,16 +1,19 @@
 # Two commands a newcomer needs: `make demo` (the main job) and `make test` (the whole suite).
-# Each creates .venv with the pinned dependencies on first use.
+# Each creates .venv on first use with exactly the tested set: pyproject.toml's ranges,
+# constrained to the versions in requirements/lock.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+LOCK_VENV := .venv-lock
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,5 +32,20 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Re-resolve the lock: install '.[test]' without constraints into a scratch venv (pip picks the
+# newest versions pyproject.toml's ranges allow) and freeze it into $(LOCK), keeping the file's
+# comment header. `--all` keeps wheel (a runtime dependency of TensorFlow's astunparse); pip and
+# setuptools are the venv's own. Then `make clean test` to test the new set before committing the lock.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[test]'
+	grep '^#' $(LOCK) > $(LOCK).new
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable --all \
+		| grep -vE '^(pip|setuptools)==' >> $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .jax_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache .jax_cache
