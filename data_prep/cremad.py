@@ -2,6 +2,7 @@
 
     python -m data_prep.cremad --raw_dir=CREMA-D --out_dir=DATA [--fold=0] [--frame_size=256x341]
         [--split_file=data_splits_VALV.pkl]
+    python -m data_prep.cremad --raw_dir=CREMA-D --out_dir=DATA --split=ogm_ge
 
 Audio (AudioWAV/<clip>.wav): 22,050 Hz mono, tiled to 3 s (66,150 samples), STFT 512 / hop 353,
 ln(|X| + 1e-7) -> float32 [257, 188]. Video (VideoFlash/<clip>.flv): the first frame of the
@@ -12,16 +13,24 @@ this package as `data_prep/cremad_folds.json` (the 5,820 clips every fold covers
 validation and test speakers), used by default. A split file in the reference layout is used
 instead when given with --split_file or found in the raw directory (`SPLIT_FILES`); layouts in
 data_prep/README.md, "CREMA-D".
+
+--split=ogm_ge: instead, the split of OGM-GE (GeWu-Lab/OGM-GE_CVPR2022), which most
+multimodal-balancing papers report on: its 744-clip test list, shipped as
+`data_prep/cremad_ogmge_test.json`, is the test and the validation split (OGM-GE has no
+validation split and selects models on its test set); train is every other clip of the
+download. It is not speaker-independent (all 91 actors are in train and test); the converter
+says so in a warning. Config ``ogm_ge``, never the folds' ``fold<k>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from data_prep import common, media
@@ -39,6 +48,19 @@ _SPLIT_KEYS = {"train": common.TRAIN, "val": common.VALIDATION, "test": common.T
 # [...]}}, "clips": {speaker: ["<sentence>_<EMO>_<level>", ...]}, plus the source and checksums}.
 FOLDS_FILE = pathlib.Path(__file__).with_name("cremad_folds.json")
 
+# The named splits: the VAVL folds (default, speaker-independent, what MLB uses) and OGM-GE's.
+VAVL, OGM_GE = "vavl", "ogm_ge"
+SPLITS = (VAVL, OGM_GE)
+# OGM-GE's CREMA-D test list (data/CREMAD/test.csv of GeWu-Lab/OGM-GE_CVPR2022), shipped:
+# {"test": {speaker: ["<sentence>_<EMO>_<level>", ...]}, plus the source and checksums}.
+OGM_GE_FILE = pathlib.Path(__file__).with_name("cremad_ogmge_test.json")
+OGM_GE_WARNING = (
+    "warning: the OGM-GE split is not speaker-independent: the same 91 actors appear in train "
+    "and test (speaker leakage), and validation is the test set (model selection on test, as "
+    "in OGM-GE); compare its results only with papers that use this split (--split=vavl, the "
+    "default, gives MLB's speaker-independent folds)"
+)
+
 AUDIO = media.AudioSettings(
     sample_rate=22050,
     num_samples=3 * 22050,
@@ -55,11 +77,13 @@ class CremaDConfig(common.ConverterConfig):
     """CREMA-D config.
 
     Attributes:
+        split: `VAVL` (the folds) or `OGM_GE` (OGM-GE's lists; `fold` and `split_file` unused).
         fold: 0-based VAVL fold (key ``fold + 1`` of the folds).
         split_file: a split file in the reference layout; None: the one in the raw directory
             (`SPLIT_FILES`) if there is one, else the folds shipped with the package.
     """
 
+    split: str = VAVL
     fold: int = 0
     split_file: pathlib.Path | None = None
 
@@ -68,31 +92,59 @@ def make_config(
     fold: int = 0,
     frame_size: tuple[int, int] = common.DEFAULT_FRAME_SIZE,
     split_file: pathlib.Path | None = None,
+    split: str = VAVL,
 ) -> CremaDConfig:
     """The config of fold `fold` (0-4; MLB uses 0, 1, 2) with frames of `frame_size` (H, W).
 
-    `split_file`: see `CremaDConfig`.
+    `split_file`: see `CremaDConfig`. `split=OGM_GE`: OGM-GE's split instead (config
+    ``ogm_ge``, so never the directory of a fold); `fold` must then be 0 and `split_file` None.
+
+    Raises:
+        DataError: an unknown `split`, or `fold` / `split_file` given with `OGM_GE`.
     """
+    frames = media.FrameSettings(NUM_FRAMES, *frame_size, top_up=True)
+    if split == OGM_GE:
+        if fold != 0 or split_file is not None:
+            raise DataError(
+                "--fold and --split_file choose a VAVL fold; --split=ogm_ge has none: leave "
+                "them out, or drop --split=ogm_ge"
+            )
+        return CremaDConfig(
+            name=common.sized_name(OGM_GE, frame_size),
+            description=(
+                "CREMA-D, OGM-GE split: its 744-clip test list is test and validation, the "
+                "other clips train; the same actors in train and test (not speaker-independent)."
+            ),
+            class_names=CLASS_NAMES,
+            audio=AUDIO,
+            frames=frames,
+            split=OGM_GE,
+        )
+    if split != VAVL:
+        raise DataError(f"unknown CREMA-D split {split!r}: use one of {SPLITS}")
     return CremaDConfig(
         name=common.sized_name(f"fold{fold}", frame_size),
         description=f"CREMA-D, VAVL fold key {fold + 1}, speaker-independent train/val/test.",
         class_names=CLASS_NAMES,
         audio=AUDIO,
-        frames=media.FrameSettings(NUM_FRAMES, *frame_size, top_up=True),
+        frames=frames,
         fold=fold,
         split_file=split_file,
     )
 
 
+_FOLDS_FIX = "restore the file from the repository, or pass --split_file"
+_OGM_GE_FIX = "restore the file from the repository, or use --split=vavl"
+
+
 @functools.cache
-def _read_folds_file(path: pathlib.Path) -> dict[str, Any]:
-    """The parsed shipped folds file (read once per path)."""
+def _read_shipped(path: pathlib.Path, fix: str) -> dict[str, Any]:
+    """A parsed JSON file shipped with the package (read once per path); `fix`: the error's."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(
-            f"the CREMA-D folds shipped with the package ({path}) cannot be read ({e}): "
-            "restore the file from the repository, or pass --split_file"
+            f"the CREMA-D split data shipped with the package ({path}) cannot be read ({e}): {fix}"
         ) from e
 
 
@@ -113,7 +165,7 @@ def shipped_fold(fold: int) -> dict[str, list[str]]:
     Raises:
         DataError: unknown fold, or the shipped file is unreadable or fails its checksums.
     """
-    data = _read_folds_file(FOLDS_FILE)
+    data = _read_shipped(FOLDS_FILE, _FOLDS_FIX)
     key = str(fold + 1)
     if key not in data["folds"]:
         raise DataError(
@@ -137,6 +189,73 @@ def shipped_fold(fold: int) -> dict[str, list[str]]:
             "from the repository, or pass --split_file"
         )
     return clips
+
+
+def shipped_ogm_ge_test() -> list[str]:
+    """The 744 clips of OGM-GE's CREMA-D test list, from the copy shipped with the package.
+
+    Checked against the file's checksums (count, no duplicates, SHA-256 of the sorted names).
+
+    Returns:
+        Clip names (``<actor>_<sentence>_<EMO>_<level>``), sorted.
+
+    Raises:
+        DataError: the shipped file is unreadable or fails its checksums.
+    """
+    data = _read_shipped(OGM_GE_FILE, _OGM_GE_FIX)
+    try:
+        names = sorted(f"{spk}_{code}" for spk, codes in data["test"].items() for code in codes)
+        expected = (data["checksums"]["clips"], data["checksums"]["sha256_sorted_names"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DataError(
+            f"the OGM-GE test list shipped with the package ({OGM_GE_FILE}) lacks its "
+            f"'test' or 'checksums' entries ({type(e).__name__}: {e}): {_OGM_GE_FIX}"
+        ) from e
+    digest = hashlib.sha256(("\n".join(names) + "\n").encode()).hexdigest()
+    if len(set(names)) != len(names) or (len(names), digest) != expected:
+        raise DataError(
+            f"the OGM-GE test list shipped with the package ({OGM_GE_FILE}) fails its "
+            f"checksums ({len(names)} names, {len(set(names))} distinct, expected "
+            f"{expected[0]} and their SHA-256): {_OGM_GE_FIX}"
+        )
+    return names
+
+
+def ogm_ge_split(download: Iterable[str]) -> dict[str, list[str]]:
+    """Clip names per split of OGM-GE's split of the clips in `download`.
+
+    Args:
+        download: the clip names of the raw download.
+
+    Returns:
+        'test' and 'validation': the whole shipped test list (a clip of it missing from the
+        download is then reported unreadable); 'train': every clip of `download` not in it.
+        Sorted.
+    """
+    test = shipped_ogm_ge_test()
+    train = sorted(set(download) - set(test))
+    return {common.TRAIN: train, common.VALIDATION: list(test), common.TEST: list(test)}
+
+
+def download_clips(raw_dir: pathlib.Path) -> list[str]:
+    """The clip names of a CREMA-D download: every ``AudioWAV/*.wav`` and ``VideoFlash/*.flv``.
+
+    A clip with only one of the two files is listed (and then reported unreadable).
+
+    Raises:
+        DataError: a file whose name is not a clip name.
+    """
+    names = set()
+    for sub, suffix in (("AudioWAV", ".wav"), ("VideoFlash", ".flv")):
+        for path in (raw_dir / sub).glob(f"*{suffix}"):
+            parts = path.stem.split("_")
+            if len(parts) != 4 or parts[2] not in EMOTIONS:
+                raise DataError(
+                    f"{path} is not <actor>_<sentence>_<EMO>_<level>{suffix} with EMO in "
+                    f"{EMOTIONS}: remove it from the CREMA-D download"
+                )
+            names.add(path.stem)
+    return sorted(names)
 
 
 def load_fold(fold: int, split_file: pathlib.Path | None = None) -> dict[str, list[str]]:
@@ -232,14 +351,16 @@ class CremaD(common.ConvertingBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Clone github.com/CheyneyComputerScience/CREMA-D (git lfs), so that the raw directory
     holds AudioWAV/<clip>.wav and VideoFlash/<clip>.flv. The VAVL folds ship with the
-    package; a data_splits_VALV.pkl there (or --split_file) is used instead.
+    package; a data_splits_VALV.pkl there (or --split_file) is used instead. OGM-GE's test
+    list ships with the package too (--split=ogm_ge).
     """
 
     def list_examples(self, raw_dir: pathlib.Path) -> list[common.Example]:
-        """Lists the fold's clips; a clip whose .wav or .flv is missing is reported unreadable.
+        """Lists the split's clips; a clip whose .wav or .flv is missing is reported unreadable.
 
-        The fold comes from the config's split file, else from a `SPLIT_FILES` file in
-        `raw_dir`, else from the folds shipped with the package.
+        VAVL: the fold comes from the config's split file, else from a `SPLIT_FILES` file in
+        `raw_dir`, else from the folds shipped with the package. OGM-GE: `ogm_ge_split` of
+        the download's clips, with `OGM_GE_WARNING` printed (stderr).
         """
         for sub in ("AudioWAV", "VideoFlash"):
             if not (raw_dir / sub).is_dir():
@@ -248,12 +369,21 @@ class CremaD(common.ConvertingBuilder):
                     "holding AudioWAV/ and VideoFlash/>"
                 )
         config = self.builder_config
-        split_file = config.split_file or next(
-            (raw_dir / f for f in SPLIT_FILES if (raw_dir / f).is_file()), None
-        )
-        clips = load_fold(config.fold, split_file)
-        source = split_file or f"the folds shipped with the package ({FOLDS_FILE.name})"
-        print(f"{self.name}: VAVL fold key {config.fold + 1} from {source}")
+        if config.split == OGM_GE:
+            clips = ogm_ge_split(download_clips(raw_dir))
+            print(
+                f"{self.name}: OGM-GE split, test list from the package ({OGM_GE_FILE.name}), "
+                f"also used as validation; train: the other {len(clips[common.TRAIN])} clips "
+                f"of {raw_dir}"
+            )
+            print(OGM_GE_WARNING, file=sys.stderr)
+        else:
+            split_file = config.split_file or next(
+                (raw_dir / f for f in SPLIT_FILES if (raw_dir / f).is_file()), None
+            )
+            clips = load_fold(config.fold, split_file)
+            source = split_file or f"the folds shipped with the package ({FOLDS_FILE.name})"
+            print(f"{self.name}: VAVL fold key {config.fold + 1} from {source}")
         return [
             common.Example(
                 split=split,
@@ -270,11 +400,19 @@ class CremaD(common.ConvertingBuilder):
 def _run(argv: Sequence[str] | None) -> pathlib.Path:
     parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument(
+        "--split",
+        default=VAVL,
+        choices=SPLITS,
+        help="vavl (default): the speaker-independent VAVL folds MLB uses; ogm_ge: OGM-GE's "
+        "split (its test list is test and validation, the other clips train; the same actors "
+        "in train and test)",
+    )
+    parser.add_argument(
         "--fold",
         type=int,
-        default=0,
+        default=None,
         choices=range(5),
-        help="0-based VAVL fold, reads key fold+1 (MLB uses 0, 1, 2)",
+        help="0-based VAVL fold, reads key fold+1 (default 0; MLB uses 0, 1, 2)",
     )
     parser.add_argument(
         "--split_file",
@@ -285,9 +423,14 @@ def _run(argv: Sequence[str] | None) -> pathlib.Path:
         "there is one, else the shipped folds)",
     )
     args = parser.parse_args(argv)
+    if args.split == OGM_GE and (args.fold is not None or args.split_file is not None):
+        raise DataError(
+            "--fold and --split_file choose a VAVL fold; --split=ogm_ge has none: leave them "
+            "out, or drop --split=ogm_ge"
+        )
     return common.convert(
         CremaD,
-        make_config(args.fold, args.frame_size, args.split_file),
+        make_config(args.fold or 0, args.frame_size, args.split_file, args.split),
         raw_dir=args.raw_dir,
         out_dir=args.out_dir,
         run=common.run_options(args),
