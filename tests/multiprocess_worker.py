@@ -36,6 +36,11 @@ def tiny_config(data_cache: str):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.data.cache_dir = data_cache
+    # Unaugmented frames: this comparison is about the mesh, the data split and the
+    # all-reduces, whose float32 rounding the 2-step tolerances are sized for (resampled
+    # crops make step 2 ill-conditioned enough to exceed them); the augmentation's own
+    # per-process keys are tested in tests/test_augment.py.
+    config.data.augment.enabled = False
     return config
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from mlb_jax import trainer
-from mlb_jax.data import pipeline
+from mlb_jax.data import augment, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
@@ -100,6 +100,8 @@ def single_process_reference(config) -> tuple[list, list[dict], list[dict], dict
     meta = trainer.load_dataset(config)
     run, state = trainer.setup(config, meta)
     assert run.mesh.size == 8 and jax.process_count() == 1
+    # The trainer's frame settings (tiny_config turns the augmentation off here).
+    frame_size, frame_augment = augment.from_config(config.data.augment)
     halves = [
         pipeline.train_batches(
             meta,
@@ -110,6 +112,8 @@ def single_process_reference(config) -> tuple[list, list[dict], list[dict], dict
             process_index=i,
             process_count=NUM_PROCESSES,
             cache=config.data.cache,
+            frame_size=frame_size,
+            augment=frame_augment,
         )
         for i in range(NUM_PROCESSES)
     ]
