@@ -51,6 +51,7 @@ RESUME_MAY_DIFFER = (
     "data.cache_dir",
     "environment.",
     "resolved.recipe.",  # where each value came from; the values are compared in the config
+    "evaluate.",  # what the end-of-run evaluation measures, not what training does
 )
 # config.json's key for what the built run uses (see `resolved_settings`).
 RESOLVED_KEY = "resolved"
@@ -264,6 +265,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if not isinstance(train.get(field, False), bool):
             raise ValueError(f"config.train.{field} must be True or False, got {train[field]!r}")
     make_optimizer(train, 1, None)
+    from mlb_jax.evaluate import EvalSettings  # evaluate imports this module
+
+    EvalSettings.from_config(config)
 
 
 # ----------------------------------------------------------------------------- data
@@ -422,7 +426,12 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
 
 
 def predict(
-    run: Run, state: TrainState, split: str, indices: np.ndarray | None = None
+    run: Run,
+    state: TrainState,
+    split: str,
+    indices: np.ndarray | None = None,
+    *,
+    step: Any = None,
 ) -> dict[str, Any]:
     """Eval-mode outputs for every example of `split` (or of `indices`), gathered on the host.
 
@@ -435,12 +444,16 @@ def predict(
       split: split name.
       indices: optional strictly increasing positions in the split's stored order; only those
         examples are read and predicted.
+      step: optional `(state, global batch) -> pytree of [B, ...] arrays` run instead of
+        `run.eval_step` (e.g. the noise pass of `mlb_jax.evaluation_passes`).
 
     Returns:
       {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]}, 'features': {m: [N, D]}}
-      in the split's stored order (N = split size, or len(indices) in their order).
+      (or `step`'s outputs and 'labels') in the split's stored order (N = split size, or
+      len(indices) in their order).
     """
     cfg = run.config
+    step = run.eval_step if step is None else step
     chunks = []
     for batch in pipeline.eval_batches(
         run.meta,
@@ -451,7 +464,7 @@ def predict(
         frame_size=augment.from_config(cfg.data.get("augment"))[0],  # resize, never augment
     ):
         global_batch = pipeline.to_global(batch, run.mesh)
-        out = run.eval_step(state, global_batch)
+        out = step(state, global_batch)
         chunks.append((out, global_batch["mask"], global_batch["label"], global_batch["index"]))
     # The whole split on every process (with several, outputs span all of them).
     chunks = multihost_utils.process_allgather(chunks, tiled=True)
@@ -846,4 +859,13 @@ def finish(
             f"-> {workdir / RESULTS_FILE}",
             flush=True,
         )
+    from mlb_jax import evaluate  # evaluate imports this module
+
+    if evaluate.EvalSettings.from_config(cfg).enabled:
+        # After results.json: a failing evaluation never loses the run's results.
+        evaluation = evaluate.evaluate_run(
+            run, best_state, workdir, split=cfg.data.test_split, outputs=test
+        )
+        if jax.process_index() == 0:
+            print(evaluate.summary_line(evaluation, workdir), flush=True)
     return results
