@@ -364,7 +364,7 @@ def evaluate_run(
             {m: stats[m]["std"] for m in names},
             settings.noise_seed,
         )
-        noisy = trainer.predict(run, state, split, step=step)["noise_predictions"]
+        noisy = trainer.map_split(run, state, split, step)["noise_predictions"]
         clean = metrics.accuracy(outputs["logits"], labels)
         result["robustness"] = {
             "levels": [0.0, *map(float, settings.noise_levels)],

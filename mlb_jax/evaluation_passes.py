@@ -10,11 +10,12 @@ evaluation pass plus M + 2^M cheap fusion passes. Because BatchNorm uses running
 in eval mode, an encoder's output for one example does not depend on the rest of the batch,
 and this equals running the model on inputs whose absent modalities were replaced (tested).
 
-Noise. `make_noise_step` is an eval step: for each modality m and each noise level sigma it
-re-encodes m on x_m + sigma * std_m * eps (eps ~ N(0, 1), drawn per example from the
-example's index, so results do not depend on batch size or device count; the same eps for
-every level) and fuses it with the other modalities' clean features. The levels run through
-`jax.lax.map` inside one jitted step (memory of one eval batch per level at a time).
+Noise. `make_noise_step` is an eval step (run by `trainer.map_split`): for each modality m
+and each noise level sigma it re-encodes m on x_m + sigma * std_m * eps (eps ~ N(0, 1),
+drawn per example from the example's index, so results do not depend on batch size or device
+count; the same eps for every level) and fuses it with the other modalities' clean features.
+The levels run through `jax.lax.map` inside one jitted step (memory of one eval batch per
+level at a time).
 
 Input statistics (`input_statistics`): the training mean input of each modality and its
 scalar standard deviation, from an evenly spaced sample of the training split.

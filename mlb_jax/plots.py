@@ -76,14 +76,16 @@ def plot_comparison(
     metrics: Sequence[str],
     path: str | pathlib.Path,
     title: str = "",
+    ylabel: str = "accuracy (%)",
 ) -> None:
     """Grouped bars with std error bars, one group per metric, one bar per method (Fig. 3 style).
 
     Args:
-      table: method -> metric -> (mean, std), accuracies in [0, 1].
+      table: method -> metric -> (mean, std), fractions (shown x 100).
       metrics: the metrics to show, in order.
       path: output PNG.
       title: figure title.
+      ylabel: the y axis label.
     """
     methods = list(table)
     width = 0.8 / max(1, len(methods))
@@ -95,7 +97,7 @@ def plot_comparison(
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=method)
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.legend()
     if title:
         ax.set_title(title)

@@ -71,6 +71,7 @@ __all__ = [
     "finish",
     "load_dataset",
     "make_mesh",
+    "map_split",
     "predict",
     "recorded_choices",
     "resolved_settings",
@@ -426,12 +427,7 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
 
 
 def predict(
-    run: Run,
-    state: TrainState,
-    split: str,
-    indices: np.ndarray | None = None,
-    *,
-    step: Any = None,
+    run: Run, state: TrainState, split: str, indices: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Eval-mode outputs for every example of `split` (or of `indices`), gathered on the host.
 
@@ -444,16 +440,31 @@ def predict(
       split: split name.
       indices: optional strictly increasing positions in the split's stored order; only those
         examples are read and predicted.
-      step: optional `(state, global batch) -> pytree of [B, ...] arrays` run instead of
-        `run.eval_step` (e.g. the noise pass of `mlb_jax.evaluation_passes`).
 
     Returns:
       {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]}, 'features': {m: [N, D]}}
-      (or `step`'s outputs and 'labels') in the split's stored order (N = split size, or
-      len(indices) in their order).
+      in the split's stored order (N = split size, or len(indices) in their order).
+    """
+    return map_split(run, state, split, run.eval_step, indices)
+
+
+def map_split(
+    run: Run, state: TrainState, split: str, step: Any, indices: np.ndarray | None = None
+) -> dict[str, Any]:
+    """`step` over every evaluation batch of `split`, its outputs gathered on the host.
+
+    Args:
+      run: the run (its data pipeline settings and mesh).
+      state: the state passed to `step`.
+      split: split name.
+      step: jitted `(state, global batch) -> pytree of [B, ...] arrays` (e.g. `run.eval_step`).
+      indices: optional strictly increasing positions in the split's stored order.
+
+    Returns:
+      `step`'s outputs, each [N, ...], plus 'labels' [N], in the split's stored order with
+      the padding rows dropped.
     """
     cfg = run.config
-    step = run.eval_step if step is None else step
     chunks = []
     for batch in pipeline.eval_batches(
         run.meta,
