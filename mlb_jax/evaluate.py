@@ -550,18 +550,19 @@ def evaluate_workdir(
         raise EvaluateError(
             f"--split={split!r}: {meta.name} has no such split (it has {sorted(meta.split_sizes)})"
         )
+    # Checked on disk first: opening RunCheckpoints would create the directories.
+    where = workdir / ("best" if checkpoint == "best" else "checkpoints")
+    if not where.is_dir() or not any(p.name.isdigit() for p in where.iterdir()):
+        raise EvaluateError(
+            f"{workdir} has no {'best ' if checkpoint == 'best' else ''}checkpoint (no epoch "
+            "finished): train it first"
+        )
     run, fresh = trainer.setup(config, meta)
     ckpts = RunCheckpoints(workdir)
     try:
         if checkpoint == "best":
-            if not (workdir / "best").is_dir():
-                raise EvaluateError(
-                    f"{workdir} has no best checkpoint (no epoch finished): train it first"
-                )
             state = ckpts.restore_best(fresh)
         else:
-            if ckpts.latest_step() is None:
-                raise EvaluateError(f"{workdir} has no checkpoint (no epoch finished)")
             state, _ = ckpts.restore(fresh)
     finally:
         ckpts.close()
