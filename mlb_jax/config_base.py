@@ -131,6 +131,17 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes
     c.probe.lr = 0.05  # probe learning rate
+
+    # End-of-run evaluation (mlb_jax/evaluate.py): evaluation.json, evaluation.md, figures.
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.enabled = True  # evaluate the best checkpoint on the test split after training
+    c.evaluate.absent = "zeros"  # an absent modality's input in the subset pass: zeros | mean
+    c.evaluate.noise_levels = (0.5, 1.0, 2.0)  # noise sigmas in input stds; () = no curves
+    c.evaluate.noise_seed = 0  # seed of the robustness noise
+    c.evaluate.stats_examples = 256  # training examples sampled for the input mean and std
+    c.evaluate.calibration_bins = 15  # confidence bins of ECE and the reliability diagrams
+    # modality -> finished unimodal run: the agreement matrices' reference ('' = own heads).
+    c.evaluate.unimodal_workdirs = {m: "" for m in c.model.modalities}
     return c
 
 

@@ -43,7 +43,7 @@ def combine_logits(logits: dict[str, np.ndarray], norm: str) -> np.ndarray:
     return total
 
 
-def _member_config(
+def member_config(
     member: ml_collections.ConfigDict, config: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
     """The member's own model and method, evaluated on this run's data and devices."""
@@ -83,7 +83,7 @@ def evaluate_ensemble(
         where = f"config.method.ensemble.workdirs.{modality}"
         member, resolved = finished_runs.run_config(member_dir, where)
         finished_runs.check_unimodal_run(member, resolved, modality, meta.num_classes, where)
-        run, state = trainer.setup(_member_config(member, config), meta)
+        run, state = trainer.setup(member_config(member, config), meta)
         ckpts = RunCheckpoints(member_dir)
         try:
             members[modality] = (run, ckpts.restore_best(state))

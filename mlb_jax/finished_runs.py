@@ -42,9 +42,12 @@ def run_config(workdir: str | pathlib.Path, where: str) -> tuple[ml_collections.
             "checkpoint): train it first, e.g. with --config.method.name=unimodal"
         )
     doc = json.loads(path.read_text())
-    resolved = doc.get("resolved", {})
-    config = ml_collections.ConfigDict({k: v for k, v in doc.items() if k not in _RECORD_KEYS})
-    return config, resolved
+    return config_from_doc(doc), doc.get("resolved", {})
+
+
+def config_from_doc(doc: dict) -> ml_collections.ConfigDict:
+    """The config of a run from its config.json document (without the records it adds)."""
+    return ml_collections.ConfigDict({k: v for k, v in doc.items() if k not in _RECORD_KEYS})
 
 
 def check_unimodal_run(

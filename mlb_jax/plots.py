@@ -1,10 +1,12 @@
-"""PNG figures of a run and of a comparison (matplotlib, Agg backend, no display needed)."""
+"""PNG figures of a run, its evaluation and a comparison (matplotlib, Agg backend, no display)."""
 
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -74,14 +76,16 @@ def plot_comparison(
     metrics: Sequence[str],
     path: str | pathlib.Path,
     title: str = "",
+    ylabel: str = "accuracy (%)",
 ) -> None:
     """Grouped bars with std error bars, one group per metric, one bar per method (Fig. 3 style).
 
     Args:
-      table: method -> metric -> (mean, std), accuracies in [0, 1].
+      table: method -> metric -> (mean, std), fractions (shown x 100).
       metrics: the metrics to show, in order.
       path: output PNG.
       title: figure title.
+      ylabel: the y axis label.
     """
     methods = list(table)
     width = 0.8 / max(1, len(methods))
@@ -93,8 +97,201 @@ def plot_comparison(
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=method)
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _panels(n: int, width: float = 4.0, height: float = 3.6):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def plot_confusion(matrices: Mapping[str, Any], path: str | pathlib.Path, title: str = "") -> None:
+    """Confusion matrices, one panel per head, rows normalised to the true class.
+
+    Args:
+      matrices: head name -> [K, K] counts (row: true class, column: prediction).
+      path: output PNG.
+      title: figure title.
+    """
+    fig, axes = _panels(len(matrices))
+    for ax, (name, counts) in zip(axes, matrices.items()):
+        counts = np.asarray(counts, np.float64)
+        rows = np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        ax.imshow(counts / rows, vmin=0.0, vmax=1.0, cmap="Blues")
+        k = len(counts)
+        if k <= 12:  # counts stay legible only for few classes
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+def plot_reliability(heads: Mapping[str, Mapping[str, Any]], path, title: str = "") -> None:
+    """Reliability diagrams, one panel per head: accuracy against confidence per bin.
+
+    Args:
+      heads: head name -> {'reliability': {'count', 'accuracy', 'confidence'} per bin,
+        'ece', 'classwise_ece'} (`mlb_jax.evaluate.head_metrics`).
+      path: output PNG.
+      title: figure title.
+    """
+    fig, axes = _panels(len(heads))
+    for ax, (name, h) in zip(axes, heads.items()):
+        rel = h["reliability"]
+        n = len(rel["count"])
+        centres = (np.arange(n) + 0.5) / n
+        acc = np.array([np.nan if a is None else a for a in rel["accuracy"]], np.float64)
+        ax.bar(centres, np.nan_to_num(acc), width=1.0 / n, edgecolor="k", label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}: ECE {h['ece']:.3f}, cw-ECE {h['classwise_ece']:.3f}")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+def plot_subsets(subsets: Mapping[str, Any], path, title: str = "") -> None:
+    """Fused accuracy per modality subset, and each modality's Shapley value.
+
+    Args:
+      subsets: {'accuracy': subset name -> accuracy, 'shapley': modality -> value,
+        'imbalance_index': float or None, 'absent': str}.
+      path: output PNG.
+      title: figure title.
+    """
+    fig, (ax0, ax1) = _panels(2, width=5.0)
+    acc = subsets["accuracy"]
+    ax0.bar(range(len(acc)), [100 * a for a in acc.values()])
+    ax0.set_xticks(range(len(acc)))
+    ax0.set_xticklabels(list(acc), rotation=30, ha="right", fontsize=8)
+    ax0.set_ylabel("fused accuracy (%)")
+    ax0.set_title(f"subsets (absent: {subsets['absent']} input)")
+    shap = subsets["shapley"]
+    ax1.bar(range(len(shap)), [100 * v for v in shap.values()], color="tab:orange")
+    ax1.set_xticks(range(len(shap)))
+    ax1.set_xticklabels(list(shap))
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.set_ylabel("Shapley value (accuracy points)")
+    imb = subsets.get("imbalance_index")
+    ax1.set_title("Shapley values" + ("" if imb is None else f", imbalance {imb:.2f}"))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+def plot_robustness(robustness: Mapping[str, Any], path, title: str = "") -> None:
+    """Fused accuracy against noise strength, one curve per noised modality.
+
+    Args:
+      robustness: {'levels': [L], 'accuracy': modality -> [L]} (or -> ([L] mean, [L] std)
+        when `std` curves are given as a pair, as the compare runner does).
+      path: output PNG.
+      title: figure title.
+    """
+    fig, axes = _panels(1, width=5.0)
+    ax = axes[0]
+    levels = robustness["levels"]
+    for m, curve in robustness["accuracy"].items():
+        if isinstance(curve, tuple):
+            mean, std = (np.asarray(c, np.float64) for c in curve)
+            ax.errorbar(levels, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=m)
+        else:
+            ax.plot(levels, [100 * a for a in curve], marker="o", label=f"noise on {m}")
+    ax.set_xlabel("noise sigma (input standard deviations)")
+    ax.set_ylabel("fused accuracy (%)")
+    ax.legend()
+    ax.set_title(title or "robustness to noise on one modality")
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+def plot_agreement(agreement: Mapping[str, Any], modalities: Sequence[str], path, title="") -> None:
+    """The paper's Figure 4: fused accuracy per correctness pattern of the unimodal models.
+
+    Two modalities: a 2x2 grid (rows: first modality wrong / right, columns: second) showing
+    the fused accuracy and the number of examples; more: one bar per pattern.
+
+    Args:
+      agreement: {'reference': str, 'patterns': [{'pattern', 'count', 'fused_accuracy'}]}
+        in pattern-bitmask order (`mlb_jax.attribution.agreement`).
+      modalities: modality names, in order.
+      path: output PNG.
+      title: figure title.
+    """
+    patterns = agreement["patterns"]
+    acc = [np.nan if p["fused_accuracy"] is None else 100 * p["fused_accuracy"] for p in patterns]
+    if len(modalities) == 2:
+        fig, axes = _panels(1, width=4.6, height=4.0)
+        ax = axes[0]
+        grid = np.array([[acc[0], acc[2]], [acc[1], acc[3]]])  # bit 0: first modality right
+        counts = [
+            [patterns[0]["count"], patterns[2]["count"]],
+            [patterns[1]["count"], patterns[3]["count"]],
+        ]
+        ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn")
+        for i in range(2):
+            for j in range(2):
+                text = "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}%"
+                ax.text(j, i, f"{text}\nn={counts[i][j]}", ha="center", va="center")
+        a, v = modalities
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels([f"{v} wrong", f"{v} right"])
+        ax.set_yticks([0, 1])
+        ax.set_yticklabels([f"{a} wrong", f"{a} right"])
+    else:
+        fig, axes = _panels(1, width=max(5.0, 0.8 * len(patterns)))
+        ax = axes[0]
+        ax.bar(range(len(patterns)), np.nan_to_num(acc))
+        ax.set_xticks(range(len(patterns)))
+        ax.set_xticklabels([p["pattern"] for p in patterns], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("fused accuracy (%)")
+    ax.set_title(f"{title}\nfused accuracy by {agreement['reference']}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, pathlib.Path(path))
+
+
+def plot_metric_bars(
+    values: Mapping[str, tuple[float, float]], path, ylabel: str, title: str = ""
+) -> None:
+    """One bar per method with a std error bar (e.g. ECE per method, the paper's Figure 5).
+
+    Args:
+      values: method -> (mean, std).
+      path: output PNG.
+      ylabel: the metric's axis label.
+      title: figure title.
+    """
+    fig, axes = _panels(1, width=max(5.0, 0.9 * len(values)))
+    ax = axes[0]
+    ax.bar(
+        range(len(values)),
+        [v[0] for v in values.values()],
+        yerr=[v[1] for v in values.values()],
+        capsize=3,
+    )
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(list(values), rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     fig.tight_layout()

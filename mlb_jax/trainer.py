@@ -51,6 +51,7 @@ RESUME_MAY_DIFFER = (
     "data.cache_dir",
     "environment.",
     "resolved.recipe.",  # where each value came from; the values are compared in the config
+    "evaluate.",  # what the end-of-run evaluation measures, not what training does
 )
 # config.json's key for what the built run uses (see `resolved_settings`).
 RESOLVED_KEY = "resolved"
@@ -70,6 +71,7 @@ __all__ = [
     "finish",
     "load_dataset",
     "make_mesh",
+    "map_split",
     "predict",
     "recorded_choices",
     "resolved_settings",
@@ -264,6 +266,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if not isinstance(train.get(field, False), bool):
             raise ValueError(f"config.train.{field} must be True or False, got {train[field]!r}")
     make_optimizer(train, 1, None)
+    from mlb_jax.evaluate import EvalSettings  # evaluate imports this module
+
+    EvalSettings.from_config(config)
 
 
 # ----------------------------------------------------------------------------- data
@@ -440,6 +445,25 @@ def predict(
       {'labels': [N], 'logits': [N, K], 'unimodal_logits': {m: [N, K]}, 'features': {m: [N, D]}}
       in the split's stored order (N = split size, or len(indices) in their order).
     """
+    return map_split(run, state, split, run.eval_step, indices)
+
+
+def map_split(
+    run: Run, state: TrainState, split: str, step: Any, indices: np.ndarray | None = None
+) -> dict[str, Any]:
+    """`step` over every evaluation batch of `split`, its outputs gathered on the host.
+
+    Args:
+      run: the run (its data pipeline settings and mesh).
+      state: the state passed to `step`.
+      split: split name.
+      step: jitted `(state, global batch) -> pytree of [B, ...] arrays` (e.g. `run.eval_step`).
+      indices: optional strictly increasing positions in the split's stored order.
+
+    Returns:
+      `step`'s outputs, each [N, ...], plus 'labels' [N], in the split's stored order with
+      the padding rows dropped.
+    """
     cfg = run.config
     chunks = []
     for batch in pipeline.eval_batches(
@@ -451,7 +475,7 @@ def predict(
         frame_size=augment.from_config(cfg.data.get("augment"))[0],  # resize, never augment
     ):
         global_batch = pipeline.to_global(batch, run.mesh)
-        out = run.eval_step(state, global_batch)
+        out = step(state, global_batch)
         chunks.append((out, global_batch["mask"], global_batch["label"], global_batch["index"]))
     # The whole split on every process (with several, outputs span all of them).
     chunks = multihost_utils.process_allgather(chunks, tiled=True)
@@ -846,4 +870,13 @@ def finish(
             f"-> {workdir / RESULTS_FILE}",
             flush=True,
         )
+    from mlb_jax import evaluate  # evaluate imports this module
+
+    if evaluate.EvalSettings.from_config(cfg).enabled:
+        # After results.json: a failing evaluation never loses the run's results.
+        evaluation = evaluate.evaluate_run(
+            run, best_state, workdir, split=cfg.data.test_split, outputs=test
+        )
+        if jax.process_index() == 0:
+            print(evaluate.summary_line(evaluation, workdir), flush=True)
     return results

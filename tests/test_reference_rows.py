@@ -165,3 +165,22 @@ def test_unimodal_needs_a_known_modality(data_cache):
     config.method.name = "joint"
     with pytest.raises(ValueError, match=r"config.method.modality='depth' has no effect"):
         trainer.validate_config(config)
+
+
+def test_agreement_reference_is_the_comparisons_unimodal_runs(rows):
+    workdir, results = rows
+    for row in ("pre_frozen", "pre_finetuned"):
+        ev = json.loads((workdir / row / "seed_0" / "evaluation.json").read_text())
+        agreement = ev["agreement"]
+        assert agreement["reference"] == "reference unimodal runs"
+        assert agreement["workdirs"] == {
+            m: str(workdir / f"unimodal_{m}" / "seed_0") for m in MODALITIES
+        }
+        # The reference models are the unimodal runs' best checkpoints, as their results say.
+        for m in MODALITIES:
+            assert agreement["reference_accuracy"][m] == results[f"unimodal_{m}"][0]["accuracy"]
+        assert sum(p["count"] for p in agreement["patterns"]) == ev["num_examples"]
+    # A unimodal run has one head and nothing to attribute across modalities.
+    ev = json.loads((workdir / "unimodal_audio" / "seed_0" / "evaluation.json").read_text())
+    assert list(ev["heads"]) == ["fused"] and "subsets" not in ev and "agreement" not in ev
+    assert list(ev["robustness"]["accuracy"]) == ["audio"]

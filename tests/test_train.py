@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlb_jax import trainer
+from mlb_jax import evaluate, trainer
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import make_method
@@ -140,6 +141,79 @@ def test_test_split_is_evaluated_once_for_the_selected_epoch(reference_run):
     history = read_history(workdir)
     assert all("test/accuracy" not in e for e in history["epochs"])
     assert results["num_test_examples"] == 40
+
+
+def test_evaluation_is_written_and_agrees_with_results(reference_run):
+    workdir, results, _ = reference_run
+    ev = json.loads((workdir / evaluate.EVALUATION_FILE).read_text())
+    assert (ev["split"], ev["checkpoint"], ev["num_examples"]) == ("test", "best", 40)
+    fused = ev["heads"]["fused"]
+    assert fused["accuracy"] == results["accuracy"]
+    assert fused["ece"] == pytest.approx(results["ece"])
+    for m in ("audio", "video"):
+        assert ev["heads"][m]["accuracy"] == results["unimodal_accuracy"][m]
+    assert np.sum(fused["confusion"]) == 40 and sum(fused["per_class"]["support"]) == 40
+    assert 0 <= fused["macro_f1"] <= 1 and fused["top5_accuracy"] >= fused["accuracy"]  # K = 8
+    # The subset of every modality is the plain model; Shapley values are efficient.
+    subsets = ev["subsets"]["accuracy"]
+    assert set(subsets) == {"none", "audio", "video", "audio+video"}
+    assert subsets["audio+video"] == pytest.approx(results["accuracy"])
+    shapley = ev["subsets"]["shapley"]
+    assert sum(shapley.values()) == pytest.approx(subsets["audio+video"] - subsets["none"])
+    # Noise curves start at the clean accuracy.
+    robustness = ev["robustness"]
+    assert robustness["levels"] == [0.0, 0.5, 1.0, 2.0]
+    assert all(c[0] == results["accuracy"] and len(c) == 4 for c in robustness["accuracy"].values())
+    # Agreement with the run's own heads: every example in one pattern.
+    agreement = ev["agreement"]
+    assert agreement["reference"] == "the run's own unimodal heads"
+    assert agreement["reference_accuracy"] == results["unimodal_accuracy"]
+    patterns = agreement["patterns"]
+    assert sum(p["count"] for p in patterns) == 40
+    right = sum(p["count"] * (p["fused_accuracy"] or 0.0) for p in patterns)
+    assert right == pytest.approx(40 * results["accuracy"])
+    report = (workdir / evaluate.REPORT_FILE).read_text()
+    assert "## Modality subsets" in report and "## Agreement with" in report
+    for figure in evaluate.FIGURES.values():
+        assert (workdir / figure).stat().st_size > 0
+
+
+def test_evaluate_restores_a_run_and_bad_input_is_one_line(reference_run, tmp_path):
+    workdir, _, _ = reference_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("evaluation*", "eval_*"))
+    ev = evaluate.evaluate_workdir(copy, split="validation", checkpoint="latest")
+    assert (ev["split"], ev["checkpoint"], ev["num_examples"]) == ("validation", "latest", 32)
+    last_epoch = read_history(workdir)["epochs"][-1]
+    assert ev["heads"]["fused"]["accuracy"] == pytest.approx(last_epoch["val/accuracy"])
+    assert json.loads((copy / evaluate.EVALUATION_FILE).read_text())["split"] == "validation"
+    no_ckpt = tmp_path / "no_checkpoint"
+    no_ckpt.mkdir()
+    shutil.copy(workdir / "config.json", no_ckpt / "config.json")
+    for where, kwargs, message in [
+        (tmp_path / "missing", {}, "does not exist"),
+        (tmp_path, {}, "holds no run"),
+        (copy, {"split": "bogus"}, "has no such split"),
+        (copy, {"checkpoint": "first"}, "choose one of"),
+        (no_ckpt, {}, "no best checkpoint"),
+        (no_ckpt, {"checkpoint": "latest"}, "has no checkpoint"),
+    ]:
+        with pytest.raises(evaluate.EvaluateError, match=message):
+            evaluate.evaluate_workdir(where, **kwargs)
+    for args, message in [
+        ([f"--workdir={tmp_path / 'missing'}"], "does not exist"),
+        ([f"--workdir={copy}", "--checkpoint=first"], "--checkpoint"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlb_jax.evaluate", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error:") and message in lines[0]
 
 
 def test_predict_subset_equals_the_rows_of_the_whole_split(reference_run, data_cache):

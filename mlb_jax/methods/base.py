@@ -179,6 +179,19 @@ class Method:
         del method_state
         return model(inputs, train=train)
 
+    def fuse(
+        self, model: Any, features: Mapping[str, jax.Array], *, method_state: PyTree
+    ) -> jax.Array:
+        """Eval-mode fused logits [B, K] from pooled features {m: [B, D_m]}.
+
+        What `forward` computes from the encoders' features, so that evaluation can swap a
+        modality's feature for an absent one without running the other encoders again
+        (`mlb_jax.evaluation_passes`). Default: the model's fusion head; a method whose
+        `forward` fuses otherwise (MMCosine, ReconBoost) overrides it.
+        """
+        del method_state
+        return model.fusion(features, train=False)
+
     def losses(self, outputs: Any, labels: jax.Array, method_state: PyTree) -> Losses:
         """Named scalar losses, e.g. {'fused': CE(fused logits)}.
 

@@ -110,9 +110,19 @@ class MMCosine(Method):
                 f"missing input for modality {missing[0]!r}; the model expects {names}"
             )
         features = {n: model.encoders[n](inputs[n], train=train) for n in names}
-        kernels = {n: model.fusion.linear[n].kernel[...] for n in names}
-        u = cosine_logits(features, kernels, self.scaling)
+        u = self._cosine_logits(model, features)
         return ModelOutput(sum(u.values()), u, features)
+
+    def _cosine_logits(self, model: Any, features: Mapping[str, jax.Array]) -> dict:
+        kernels = {n: model.fusion.linear[n].kernel[...] for n in features}
+        return cosine_logits(features, kernels, self.scaling)
+
+    def fuse(
+        self, model: Any, features: Mapping[str, jax.Array], *, method_state: PyTree
+    ) -> jax.Array:
+        """Fused logits sum_m u_m (the cosine logits of `forward`) from features {m: [B, D_m]}."""
+        del method_state
+        return sum(self._cosine_logits(model, features).values())
 
 
 def make_mmcosine(config: Any) -> MMCosine:

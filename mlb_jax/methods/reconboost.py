@@ -226,6 +226,13 @@ class ReconBoost(Method):
         logits = {n: model.heads[n](features[n]) for n in names}
         return ModelOutput(sum(logits.values()), logits, features)
 
+    def fuse(
+        self, model: Any, features: Mapping[str, jax.Array], *, method_state: PyTree
+    ) -> jax.Array:
+        """Fused logits sum_m u_m, the unimodal heads' logits summed (as `forward`)."""
+        del method_state
+        return sum(model.heads[n](x) for n, x in features.items())
+
     def losses(self, outputs: ModelOutput, labels: jax.Array, method_state: PyTree) -> Losses:
         """The monitor, the ensemble loss and one boosting loss per modality.
 
