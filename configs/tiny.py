@@ -27,4 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Crops and flips of the training frames (resized back to 16x16): every tiny run, the
     # kill-and-resume tests included, goes through the augmentation path.
     c.data.augment.enabled = True
+    # The post-training evaluation (mlb_jax/evaluate.py) compiles its own passes: tiny runs
+    # skip it, and the tests of the evaluation turn it on.
+    c.evaluate.enabled = False
     return c

@@ -23,6 +23,7 @@ def _tiny(data_cache):
     config.train.epochs = 1
     config.train.num_devices = 1
     config.train.batch_size = 32
+    config.evaluate.enabled = True  # the agreement test reads the rows' evaluations
     return config
 
 

@@ -43,7 +43,9 @@ def reference_run(tmp_path_factory, data_cache):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "predict", recording_predict)
-        results = trainer.train_and_evaluate(load_tiny(data_cache), workdir)
+        config = load_tiny(data_cache)
+        config.evaluate.enabled = True  # the evaluation tests below read this run's
+        results = trainer.train_and_evaluate(config, workdir)
     return workdir, results, calls
 
 
