@@ -1,8 +1,9 @@
 """Unimodal training: one modality's encoder and classifier alone (the paper's unimodal rows).
 
-The model is built with that modality only, so its fused logits are one linear classifier on
-the encoder's pooled feature, trained with cross-entropy; the other modalities are neither
-built nor decoded. See docs/METHODS.md (unimodal-ensemble-and-pretrained-fusion).
+The model is built with that modality only; its classifier is the modality's unimodal head
+(one linear layer on the encoder's pooled feature), trained with cross-entropy; the other
+modalities are neither built nor decoded. See docs/METHODS.md
+(unimodal-ensemble-and-pretrained-fusion).
 """
 
 import dataclasses
@@ -50,14 +51,21 @@ class Unimodal(Method):
     def forward(
         self, model: Any, inputs: Mapping[str, jax.Array], *, train: bool, method_state: Any
     ) -> Any:
-        """The model's outputs, with the fused logits standing for the modality's own too.
+        """The model's outputs with the modality's unimodal head as the classifier.
 
-        The one-modality model's unimodal head gets no loss; reporting the trained classifier
-        under the modality's name keeps results.json's unimodal accuracy meaningful.
+        The head (`heads/<m>`) is trained and reported as the run's logits, so the encoder
+        and head that pretrained fusion copies from this run are both trained, as the
+        reference's unimodal encoders carry their own classifier; the one-modality fusion
+        layer is built but unused.
         """
         del method_state
         outputs = model(inputs, train=train)
-        return outputs._replace(unimodal_logits={self.modality: outputs.logits})
+        return outputs._replace(logits=outputs.unimodal_logits[self.modality])
+
+    def fuse(self, model: Any, features: Mapping[str, jax.Array], *, method_state: Any) -> Any:
+        """The modality's head on its feature, as `forward` computes the logits."""
+        del method_state
+        return model.heads[self.modality](features[self.modality])
 
 
 def make_unimodal(config: Any) -> Unimodal:
