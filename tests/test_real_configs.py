@@ -93,6 +93,11 @@ def test_resnet_recipe_and_field_structure(name):
         "audio": {"kind": "audio", "in_channels": 1},
         "video": {"kind": "video", "in_channels": 3},
     }
+    # The reference loaders' training crops: 224x224, per frame but on UCF101 (per clip).
+    aug = config.data.augment
+    assert (aug.enabled, tuple(aug.size), aug.flip) == (True, (224, 224), True)
+    assert aug.per_clip == (name == "ucf51_resnet")
+    assert config.train.keep_last_batch
     train = config.train
     assert (train.optimizer, train.weight_decay, train.batch_size) == ("adam", 1e-4, 32)
     assert (train.schedule, train.warmup_steps) == ("mlb_warm_restarts", 780)
@@ -172,6 +177,10 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     config.train.batch_size = BATCH
     config.train.num_devices = DEVICES
     config.train.epochs = 1
+    # The configs crop to 224x224 (checked in test_resnet_recipe_and_field_structure); a
+    # CPU-sized crop keeps this one step of the real config quick, through the same path.
+    assert tuple(config.data.augment.size) == (224, 224) and config.data.augment.enabled
+    config.data.augment.size = (16, 16)
     config, _ = recipes.resolve(config)  # what train_and_evaluate does first
     meta = trainer.load_dataset(config)
     assert meta.num_classes == num_classes
@@ -182,7 +191,7 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     before = param_paths(state.params)
     batch = next(trainer.epoch_batches(run, 0))
     assert batch["inputs"]["audio"].shape == (BATCH, *audio_shape)
-    # Training frames are random crops at the augment size (224x224), not the stored size.
+    # Training frames are random crops at the augment size, not the stored size.
     crop = tuple(config.data.augment.size)
     assert batch["inputs"]["video"].shape == (BATCH, video_shape[0], *crop, video_shape[-1])
     state, metrics = run.train_step(state, trainer.pipeline.to_global(batch, run.mesh))
