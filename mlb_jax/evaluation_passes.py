@@ -134,7 +134,7 @@ def make_subset_logits(graphdef: nnx.GraphDef, method: Any, modalities: Sequence
     def subset_logits(state, features, absent, masks):
         model = nnx.merge(graphdef, state.params, state.rest)
         # One encoder pass per modality on its single absent input, broadcast below.
-        absent_features = {m: model.encoders[m](absent[m], train=False) for m in names}
+        absent_features = model.encode(absent, train=False, names=names)
 
         def one(mask):
             mixed = {
@@ -177,7 +177,7 @@ def make_noise_step(
     def noise_step(state, batch):
         model = nnx.merge(graphdef, state.params, state.rest)
         inputs = batch["inputs"]
-        clean = {m: model.encoders[m](inputs[m], train=False) for m in names}
+        clean = model.encode(inputs, train=False, names=names)
         per_modality = []
         for i, m in enumerate(names):
             x = inputs[m]
@@ -190,7 +190,7 @@ def make_noise_step(
             )(batch["index"])
 
             def level(sigma, m=m, x=x, eps=eps):
-                noisy = model.encoders[m](x + sigma * eps, train=False)
+                noisy = model.encode({**inputs, m: x + sigma * eps}, train=False, names=[m])[m]
                 logits = method.fuse(model, {**clean, m: noisy}, method_state=state.method_state)
                 return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 

@@ -405,19 +405,14 @@ class AGM(Method):
         """
         del method_state
         names = list(model.modality_names)
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise ValueError(
-                f"missing input for modality {missing[0]!r}; the model expects {names}"
-            )
-        features = {n: model.encoders[n](inputs[n], train=train) for n in names}
+        features = model.encode(inputs, train=train)
         fused = model.fusion(features, train=train)
         # An absent modality's feature: its encoder on one all-zero example in eval mode
         # (running BatchNorm statistics, nothing written), the same for every example.
         absent = {}
         for n in names:
             zero = jnp.zeros((1, *inputs[n].shape[1:]), inputs[n].dtype)
-            feature = model.encoders[n](zero, train=False)
+            feature = model.encode({n: zero}, train=False, names=[n])[n]
             absent[n] = jnp.broadcast_to(feature, features[n].shape)
         values: dict[Coalition, jax.Array] = {frozenset(names): fused}
         for size in range(1, len(names)):

@@ -103,13 +103,7 @@ class MMCosine(Method):
                 "mmcosine needs config.model.fusion='late_linear' (it normalises the late "
                 f"fusion's per-modality weights), got {type(model.fusion).__name__}"
             )
-        names = list(model.modality_names)
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise ValueError(
-                f"missing input for modality {missing[0]!r}; the model expects {names}"
-            )
-        features = {n: model.encoders[n](inputs[n], train=train) for n in names}
+        features = model.encode(inputs, train=train)
         u = self._cosine_logits(model, features)
         return ModelOutput(sum(u.values()), u, features)
 

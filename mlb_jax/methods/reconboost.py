@@ -217,12 +217,7 @@ class ReconBoost(Method):
         """
         del method_state
         names = list(model.modality_names)
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise ValueError(
-                f"missing input for modality {missing[0]!r}; the model expects {names}"
-            )
-        features = {n: model.encoders[n](inputs[n], train=train) for n in names}
+        features = model.encode(inputs, train=train)
         logits = {n: model.heads[n](features[n]) for n in names}
         return ModelOutput(sum(logits.values()), logits, features)
 

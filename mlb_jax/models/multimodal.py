@@ -24,13 +24,14 @@ The convolution algorithm of the encoders is the config field ``conv`` (``auto``
 import dataclasses
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 from flax import nnx
 
+from mlb_jax.batch_format import length_key
 from mlb_jax.models.conv import resolve
 from mlb_jax.models.fusion import build_fusion, check_fusion_name, check_modality_names
 from mlb_jax.models.heads import unimodal_heads
@@ -227,17 +228,51 @@ class MultimodalClassifier(nnx.Module):
             ValueError: if a modality is missing from ``inputs`` or its array has the wrong rank
                 or channel count (the message names the modality and the expected shape).
         """
-        missing = [name for name in self.modality_names if name not in inputs]
+        features = self.encode(inputs, train=train)
+        unimodal_logits = {name: self.heads[name](features[name]) for name in self.modality_names}
+        return ModelOutput(self.fusion(features, train=train), unimodal_logits, features)
+
+    def encode(
+        self,
+        inputs: Mapping[str, jax.Array],
+        *,
+        train: bool,
+        names: Sequence[str] | None = None,
+    ) -> dict[str, jax.Array]:
+        """Runs the encoders: each modality's pooled feature.
+
+        An encoder with ``takes_lengths`` (the sequence encoders) also gets
+        ``inputs[length_key(name)]`` (int32 [B] valid steps) when the batch has it; without it
+        every step is valid (e.g. an absent modality's all-zero input).
+
+        Args:
+            inputs: modality name -> batch (see `__call__`), plus the sequence lengths.
+            train: see `__call__`.
+            names: the modalities to encode; ``None``: all of them.
+
+        Returns:
+            modality name -> feature [B, D_m], for ``names`` in order.
+
+        Raises:
+            ValueError: if a modality is missing from ``inputs`` (the message names it).
+        """
+        names = self.modality_names if names is None else tuple(names)
+        missing = [name for name in names if name not in inputs]
         if missing:
             raise ValueError(
                 f"missing input for modality {missing[0]!r}: the model expects "
                 f"{list(self.modality_names)}, got {sorted(inputs)}"
             )
-        features = {
-            name: self.encoders[name](inputs[name], train=train) for name in self.modality_names
-        }
-        unimodal_logits = {name: self.heads[name](features[name]) for name in self.modality_names}
-        return ModelOutput(self.fusion(features, train=train), unimodal_logits, features)
+        features = {}
+        for name in names:
+            encoder = self.encoders[name]
+            if getattr(encoder, "takes_lengths", False):
+                features[name] = encoder(
+                    inputs[name], lengths=inputs.get(length_key(name)), train=train
+                )
+            else:
+                features[name] = encoder(inputs[name], train=train)
+        return features
 
     def modality_patterns(self) -> dict[str, list[str]]:
         """Regexes selecting each modality's own parameters, for ``mlb_jax.modality_masks``.
