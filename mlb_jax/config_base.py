@@ -62,6 +62,10 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.data.augment.crop_ratio = (3 / 4, 4 / 3)  # crop width / height range
     c.data.augment.flip = True  # horizontal flip with probability 0.5
     c.data.augment.per_clip = False  # one crop/flip per clip (UCF101) or per frame (CREMA-D, AVE)
+    # Sequence modalities (mlb_jax/data/README.md): steps L per example and how to get there,
+    # for all of them ('64', 'resample') or per modality ('imu=128,skeleton=40').
+    c.data.sequence_length = ""  # '' = each sequence modality's stored maximum length
+    c.data.sequence_fit = "head"  # head (first L) | center (middle L) | resample (to exactly L)
 
     c.model = ml_collections.ConfigDict()
     c.model.modalities = {  # name -> encoder kind and input channels
@@ -207,3 +211,35 @@ def leave_to_recipe(c: ml_collections.ConfigDict, dataset: str) -> ml_collection
             node = node[key]
         node[leaf] = config_dict.placeholder(type(node[leaf]))
     return c
+
+
+def per_modality(value: str, names: list[str] | tuple[str, ...], field: str) -> dict[str, str]:
+    """Parses a per-modality config string: ``''``, ``'x'`` (every modality) or ``'a=x,b=y'``.
+
+    Args:
+        value: the field's value.
+        names: the modalities it may name.
+        field: the config field, for messages (e.g. ``'config.data.sequence_length'``).
+
+    Returns:
+        modality -> its value; ``{}`` for ``''``.
+
+    Raises:
+        ValueError: naming ``field``, for a modality that is not in ``names`` or a malformed item.
+    """
+    value = str(value).strip()
+    if not value:
+        return {}
+    if "=" not in value:
+        return {name: value for name in names}
+    out = {}
+    for item in value.split(","):
+        name, sep, setting = (part.strip() for part in item.partition("="))
+        if not sep or not name or not setting:
+            raise ValueError(f"{field}={value!r}: write 'value' or 'modality=value,...'")
+        if name not in names:
+            raise ValueError(
+                f"{field}={value!r}: {name!r} is not one of the modalities {list(names)}"
+            )
+        out[name] = setting
+    return out

@@ -112,6 +112,7 @@ def abstract_batch(
     *,
     mesh: jax.sharding.Mesh | None = None,
     with_index: bool = False,
+    lengths: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Shapes of a global batch in the pipeline's format, for tracing a step without data.
 
@@ -120,10 +121,12 @@ def abstract_batch(
       batch_size: the global batch size B.
       mesh: if given, every leaf is sharded over its 'data' axis, as `pipeline.to_global` does.
       with_index: add the evaluation batches' 'index' (int32 [B]).
+      lengths: the sequence modalities' length keys (`pipeline.length_keys`), int32 [B] in
+        'inputs'.
 
     Returns:
-      {'inputs': {m: float32 [B, *shape]}, 'label': int32 [B], 'mask': bool [B]} (plus
-      'index') of `jax.ShapeDtypeStruct`.
+      {'inputs': {m: float32 [B, *shape], <length key>: int32 [B]}, 'label': int32 [B],
+      'mask': bool [B]} (plus 'index') of `jax.ShapeDtypeStruct`.
     """
     sharding = None if mesh is None else jax.NamedSharding(mesh, jax.P("data"))
 
@@ -131,7 +134,8 @@ def abstract_batch(
         return jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
 
     batch = {
-        "inputs": {m: spec(tuple(s), jnp.float32) for m, s in input_shapes.items()},
+        "inputs": {m: spec(tuple(s), jnp.float32) for m, s in input_shapes.items()}
+        | {key: spec((), jnp.int32) for key in lengths},
         "label": spec((), jnp.int32),
         "mask": spec((), jnp.bool_),
     }

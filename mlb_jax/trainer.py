@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from mlb_jax import recipes
 from mlb_jax.checkpointing import RunCheckpoints
+from mlb_jax.config_base import per_modality
 from mlb_jax.data import augment, pipeline, schema, synthetic
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
@@ -275,17 +276,51 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> schema.DatasetMeta:
-    """The dataset of `config.data`: the embedded synthetic one, or a converted directory."""
+    """The dataset of `config.data`: the embedded synthetic one, or a converted directory.
+
+    Sequence modalities are delivered at ``config.data.sequence_length`` /
+    ``sequence_fit`` (`sequence_fits`).
+    """
     modalities = list(config.model.modalities)
     if config.data.name == "synthetic_av":
         cache = pathlib.Path(os.path.expanduser(config.data.cache_dir))
         data_dir = synthetic.ensure_synthetic(cache, **config.data.synthetic.to_dict())
-        return schema.load_meta(data_dir, modalities)
-    if not config.data.dir:
+        meta = schema.load_meta(data_dir, modalities)
+    elif not config.data.dir:
         raise schema.DataError(
             "config.data.dir is empty: pass --config.data.dir=<converted dataset directory>"
         )
-    return schema.load_meta(config.data.dir, modalities)
+    else:
+        meta = schema.load_meta(config.data.dir, modalities)
+    return meta.with_sequence_fits(sequence_fits(config.data, meta))
+
+
+def sequence_fits(
+    data_config: ml_collections.ConfigDict, meta: schema.DatasetMeta
+) -> dict[str, schema.SequenceFit]:
+    """Each sequence modality's `SequenceFit` from ``data.sequence_length`` / ``sequence_fit``.
+
+    Raises:
+        ValueError: naming the field, for a non-sequence modality, a length that is not a
+            positive integer, or an unknown fit.
+    """
+    names = sorted(meta.sequence_fits)
+    field = "config.data.sequence_length"
+    lengths = per_modality(data_config.get("sequence_length", ""), names, field)
+    field = "config.data.sequence_fit"
+    fits = per_modality(data_config.get("sequence_fit", "head"), names, field)
+    out = {}
+    for name in names:
+        length = lengths.get(name, str(meta.sequence_fits[name].length))
+        if not length.isdigit() or int(length) < 1:
+            raise ValueError(
+                f"config.data.sequence_length: {name!r} gets {length!r}, not a positive integer"
+            )
+        try:
+            out[name] = schema.SequenceFit(int(length), fits.get(name, "head"))
+        except schema.DataError as e:
+            raise ValueError(f"config.data.sequence_fit: {name!r}: {e}") from e
+    return out
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -404,10 +439,17 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     train_step = jax.jit(make_train_step(graphdef, method, tx), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(graphdef, method))
     # Trace-time checks (e.g. a method that needs another fusion) fail here, not mid-run.
-    train_step.trace(state, abstract_batch(input_shapes, batch, mesh=mesh))
+    lengths = pipeline.length_keys(meta)
+    train_step.trace(state, abstract_batch(input_shapes, batch, mesh=mesh, lengths=lengths))
     eval_step.trace(
         state,
-        abstract_batch(input_shapes, config.train.eval_batch_size, mesh=mesh, with_index=True),
+        abstract_batch(
+            input_shapes,
+            config.train.eval_batch_size,
+            mesh=mesh,
+            with_index=True,
+            lengths=lengths,
+        ),
     )
     run = Run(
         config,

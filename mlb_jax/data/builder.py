@@ -40,7 +40,9 @@ class AudioVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     ``_split_generators(dl_manager)`` (split name -> ``self._generate_examples(...)``; raw files
     are under ``dl_manager.manual_dir``) and ``_generate_examples(...)`` yielding
     ``(key, {'id': str, 'label': int | str, <modality>: np.ndarray})`` with a unique key per
-    split (use the id). Spectrograms are float32 ``[F, T]``, frames uint8 ``[T, H, W, 3]``.
+    split (use the id). Spectrograms are float32 ``[F, T]``, frames uint8 or uint16
+    ``[T, H, W, C]``; a sequence modality's value is ``spec.encode(array)`` (float32 ``[T, D]``
+    padded to the spec's ``T_max`` with its length; `schema.ModalitySpec.encode`).
 
     Subclasses are not entered in TFDS's global registry (we read datasets by directory, and
     registration breaks when a module defining a builder is imported twice); pass
@@ -49,7 +51,9 @@ class AudioVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
     VERSION = tfds.core.Version(SCHEMA_VERSION)
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        SCHEMA_VERSION: "mlb_jax schema 1.0.0: id, label, spectrogram / JPEG frame modalities."
+        "1.0.0": "mlb_jax schema 1.0.0: id, label, spectrogram / RGB JPEG frame modalities.",
+        SCHEMA_VERSION: "mlb_jax schema 2.0.0: adds sequence modalities ([T, D] with a length) "
+        "and 1-channel or uint16 (zlib) frames.",
     }
     HOMEPAGE: ClassVar[str | None] = None
     CITATION: ClassVar[str | None] = None

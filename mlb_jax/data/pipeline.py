@@ -13,11 +13,16 @@ Batch format (numpy; ``B`` = global batch size // process count)::
 evaluation batches also carry ``'index'``: int32 [B], each row's position in the split's stored
 order (-1 on padding rows), so outputs gathered from several processes can be put back in order.
 
-spectrograms are ``[B, F, T]`` as stored; frames are ``[B, T, H, W, 3]``, scaled to [0, 1] and
-normalised per channel, ``(x / 255 - mean) / std``. With ``frame_size`` frames are resized to it
-(evaluation, and training without augmentation); with ``augment`` training frames get a random
-resized crop and flip (`mlb_jax.data.augment`) keyed by (seed, epoch, process, position in the
-epoch's order), so augmentation is as reproducible and resumable as the order.
+spectrograms are ``[B, F, T]`` as stored; frames are ``[B, T, H, W, C]`` normalised per source
+type: uint8 RGB ``(x / 255 - mean) / std`` per channel (ImageNet's by default), uint8 grayscale
+``(x / 255 - 0.449) / 0.226`` (ImageNet's mean over channels), uint16 depth ``x / 4096`` (0-4.1 m
+in millimetres -> [0, 1]; 0, no reading, stays 0). A sequence modality ``m`` is ``[B, L, D]``
+at its `SequenceFit` (``meta.sequence_fits``), zero after each example's valid steps, with
+``inputs[length_key(m)]`` int32 ``[B]`` (`mlb_jax.batch_format`). With ``frame_size`` frames
+are resized to it (evaluation, and training without augmentation); with ``augment`` training
+frames get a random resized crop and flip (`mlb_jax.data.augment`) keyed by (seed, epoch,
+process, position in the epoch's order), so augmentation is as reproducible and resumable as the
+order.
 """
 
 import functools
@@ -28,15 +33,22 @@ from typing import Any
 import jax
 import numpy as np
 
+from mlb_jax.batch_format import length_key
 from mlb_jax.data import augment as augment_lib
 from mlb_jax.data._tf import import_tf, import_tfds
-from mlb_jax.data.schema import DataError, DatasetMeta, ModalitySpec
+from mlb_jax.data.schema import DataError, DatasetMeta, ModalitySpec, SequenceFit
 
 tf = import_tf()
 tfds = import_tfds()
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# One-channel uint8 frames (grayscale): ImageNet's statistics averaged over its channels.
+GRAYSCALE_MEAN = 0.449
+GRAYSCALE_STD = 0.226
+# uint16 frames are depth maps in millimetres: / 4096 maps a depth sensor's 0-4.1 m to [0, 1]
+# and keeps 0 (no reading) at 0. No mean is subtracted: BatchNorm follows the first conv.
+DEPTH_SCALE = 4096.0
 
 # Examples held in the shuffle buffer of the streaming (uncached) training pipeline, on top of
 # TFDS's shuffled shard order. They are held encoded (JPEG), before decoding.
@@ -217,7 +229,7 @@ def train_batches(
     # `start`: the augmentation key of a resumed run's example is an uninterrupted run's.
     augmenter = _augmenter(meta, sizes, augment, augment_lib.epoch_key(seed, epoch, process_index))
     if cache:
-        examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
+        examples = _cached_examples(meta, subsplit)
         order = np.random.default_rng([seed, epoch]).permutation(len(examples["label"]))
         ds = _gather(examples, order[start:used])
         positions = tf.data.Dataset.range(start, used)
@@ -229,7 +241,7 @@ def train_batches(
         ds = ds.shuffle(min(shuffle_buffer_size, used), seed=buffer_seed)
         # Skip before decoding, so a resume does not decode what it throws away.
         ds = ds.take(used).enumerate().skip(start)
-        decode = _decoder(meta.modalities)
+        decode = _decoder(meta)
         ds = ds.map(lambda i, ex: augmenter(i, decode(ex)), num_parallel_calls=tf.data.AUTOTUNE)
     # `used` ends with the partial batch's examples, if one is kept: nothing else is dropped.
     ds = ds.batch(local_batch, drop_remainder=not partial)
@@ -294,7 +306,7 @@ def eval_batches(
         indices = check_indices(indices, total, split)
         local = indices[(indices >= start) & (indices < stop)] - start
     if cache:
-        examples = _cached_examples(meta.data_dir, tuple(meta.modalities.items()), subsplit)
+        examples = _cached_examples(meta, subsplit)
         ds = _gather(examples, local)
     else:
         ds = _read(meta.data_dir, meta.modalities, subsplit, shuffle_seed=None)
@@ -304,13 +316,13 @@ def eval_batches(
             keep[local] = True
             keep = tf.constant(keep)
             ds = ds.enumerate().filter(lambda i, _: tf.gather(keep, i)).map(lambda _, ex: ex)
-        ds = ds.map(_decoder(meta.modalities), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_decoder(meta), num_parallel_calls=tf.data.AUTOTUNE)
     positions = tf.data.Dataset.from_tensor_slices((local + start).astype(np.int32))
     ds = tf.data.Dataset.zip((ds, positions)).map(lambda ex, i: ex | {"index": i})
     num_batches = eval_batch_count(
         meta, split, global_batch_size, process_count=process_count, indices=indices
     )
-    padding = tf.data.Dataset.from_tensors(_padding_example(meta.modalities)).repeat(
+    padding = tf.data.Dataset.from_tensors(_padding_example(meta)).repeat(
         num_batches * local_batch - len(local)
     )
     ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
@@ -433,13 +445,13 @@ def _read(
 ) -> Any:
     """Reads a (sub-)split as undecoded examples; shuffles the shard order if given a seed."""
     builder = tfds.builder_from_directory(data_dir)
-    wanted = {name for name, spec in modalities.items() if spec.kind == "spectrogram"}
+    jpeg = {n for n, spec in modalities.items() if spec.kind == "frames" and spec.dtype == "uint8"}
     # JPEG frames are decoded by `_decoder` after shuffling and skipping; features not asked
     # for are never decoded.
     decoders = {
-        name: tfds.decode.SkipDecoding()
-        for name in builder.info.features
-        if name not in wanted and name != "label"
+        name: _skip(feature)
+        for name, feature in builder.info.features.items()
+        if name != "label" and (name not in modalities or name in jpeg)
     }
     return builder.as_dataset(
         split=subsplit,
@@ -449,18 +461,37 @@ def _read(
     )
 
 
-def _decoder(modalities: Mapping[str, ModalitySpec]) -> Any:
-    """Returns the per-example function: undecoded example -> raw arrays and ``mask``."""
+def _skip(feature: Any) -> Any:
+    """TFDS decoders that leave a feature (or each part of a nested one) undecoded."""
+    if isinstance(feature, tfds.features.FeaturesDict):
+        return {key: _skip(part) for key, part in feature.items()}
+    return tfds.decode.SkipDecoding()
+
+
+def _decoder(meta: DatasetMeta) -> Any:
+    """Returns the per-example function: undecoded example -> raw arrays and ``mask``.
+
+    Raw arrays: frames uint8 / uint16 ``[T, H, W, C]``, spectrograms as stored, sequences
+    fitted to ``meta.sequence_fits`` (``[L, D]``) with their length under `length_key`.
+    """
 
     def decode(example: dict[str, Any]) -> dict[str, Any]:
         out = {"label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
-        for name, spec in modalities.items():
-            if spec.kind == "frames":
+        for name, spec in meta.modalities.items():
+            if spec.kind == "frames" and spec.dtype == "uint8":
                 jpegs = example[name]
                 frames = tf.stack(
-                    [tf.io.decode_jpeg(jpegs[t], channels=3) for t in range(spec.shape[0])]
+                    [
+                        tf.io.decode_jpeg(jpegs[t], channels=spec.shape[-1])
+                        for t in range(spec.shape[0])
+                    ]
                 )
                 out[name] = tf.ensure_shape(frames, spec.shape)
+            elif spec.kind == "sequence":
+                stored = example[name]
+                out[name], out[length_key(name)] = fit_sequence(
+                    stored["values"], stored["length"], meta.sequence_fits[name]
+                )
             else:
                 out[name] = example[name]
         return out
@@ -468,27 +499,85 @@ def _decoder(modalities: Mapping[str, ModalitySpec]) -> Any:
     return decode
 
 
-def _padding_example(modalities: Mapping[str, ModalitySpec]) -> dict[str, Any]:
+def fit_sequence(values: Any, length: Any, fit: SequenceFit) -> tuple[Any, Any]:
+    """Fits one stored sequence to the model's length (a TF function, used in tf.data).
+
+    Args:
+        values: float32 ``[T_max, D]``, zero after the first ``length`` steps (as stored).
+        length: int32 scalar, the valid steps.
+        fit: the target length L and how to get there (`schema.SequenceFit`).
+
+    Returns:
+        ``(float32 [L, D], int32 valid length)``: the valid steps first, zeros after them.
+        'head' / 'center' keep ``min(length, L)`` steps; 'resample' interpolates the valid
+        steps linearly onto L evenly spaced positions (first and last step kept), so all L
+        are valid, unless ``length`` is 0 (then all zeros, length 0).
+    """
+    size = fit.length
+    length = tf.cast(length, tf.int32)
+    if fit.fit == "resample":
+        last = tf.cast(tf.maximum(length - 1, 0), tf.float32)
+        positions = tf.range(size, dtype=tf.float32) * (last / max(size - 1, 1))
+        low = tf.cast(tf.floor(positions), tf.int32)
+        high = tf.minimum(low + 1, tf.maximum(length - 1, 0))
+        weight = (positions - tf.cast(low, tf.float32))[:, None]
+        out = tf.gather(values, low) * (1.0 - weight) + tf.gather(values, high) * weight
+        valid = tf.where(length > 0, size, 0)
+    else:
+        padded = tf.pad(values, [[0, max(size - values.shape[0], 0)], [0, 0]])
+        start = 0 if fit.fit == "head" else tf.maximum((length - size) // 2, 0)
+        out = padded[start : start + size]
+        valid = tf.minimum(length, size)
+    keep = tf.cast(tf.range(size) < valid, out.dtype)[:, None]
+    return tf.ensure_shape(out * keep, (size, values.shape[1])), valid
+
+
+def _padding_example(meta: DatasetMeta) -> dict[str, Any]:
     """A zero example with ``mask`` False and ``index`` -1, as `eval_batches` builds them."""
     example: dict[str, Any] = {"label": np.int32(0), "mask": np.bool_(False), "index": np.int32(-1)}
-    for name, spec in modalities.items():
-        dtype = np.uint8 if spec.kind == "frames" else np.float32
-        example[name] = np.zeros(spec.shape, dtype)
+    for name, spec in meta.modalities.items():
+        if spec.kind == "sequence":
+            example[name] = np.zeros((meta.sequence_fits[name].length, spec.shape[1]), np.float32)
+            example[length_key(name)] = np.int32(0)
+        else:
+            example[name] = np.zeros(spec.shape, spec.dtype)
     return example
 
 
+def _cached_examples(meta: DatasetMeta, subsplit: Any) -> dict[str, Any]:
+    """The decoded examples of a sub-split as in-memory tensors, in `_decoder`'s format."""
+    return _cached(
+        meta.data_dir,
+        tuple(meta.modalities.items()),
+        tuple(sorted(meta.sequence_fits.items())),
+        subsplit,
+    )
+
+
 @functools.lru_cache(maxsize=8)
-def _cached_examples(
-    data_dir: pathlib.Path, modalities: tuple[tuple[str, ModalitySpec], ...], subsplit: Any
+def _cached(
+    data_dir: pathlib.Path,
+    modalities: tuple[tuple[str, ModalitySpec], ...],
+    sequence_fits: tuple[tuple[str, SequenceFit], ...],
+    subsplit: Any,
 ) -> dict[str, Any]:
-    """The decoded examples of a sub-split as in-memory tensors, in `_decoder`'s format.
+    """`_cached_examples` keyed by hashable arguments.
 
     Decoded once per process and kept for the 8 most recently used (sub-)splits; frames stay
-    uint8 (4x smaller than float32).
+    uint8 / uint16 (smaller than float32).
     """
-    modality_map = dict(modalities)
-    ds = _read(data_dir, modality_map, subsplit, shuffle_seed=None)
-    ds = ds.map(_decoder(modality_map), num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    meta = DatasetMeta(
+        name="",
+        data_dir=data_dir,
+        class_names=(),
+        num_classes=0,
+        modalities=dict(modalities),
+        split_sizes={},
+        schema_version="",
+        sequence_fits=dict(sequence_fits),
+    )
+    ds = _read(data_dir, meta.modalities, subsplit, shuffle_seed=None)
+    ds = ds.map(_decoder(meta), num_parallel_calls=tf.data.AUTOTUNE).batch(256)
     chunks = list(ds.as_numpy_iterator())
     return {key: tf.constant(np.concatenate([c[key] for c in chunks])) for key in chunks[0]}
 
@@ -514,13 +603,24 @@ def input_shapes(
 
     Returns:
         modality -> shape without the batch dimension: spectrograms as stored, frames
-        ``(T, H, W, 3)`` at ``frame_size``.
+        ``(T, H, W, C)`` at ``frame_size``, sequences ``(L, D)`` at their `SequenceFit`. A
+        sequence's lengths (int32, no shape) are not listed: see `length_keys`.
     """
     sizes = _frame_sizes(meta, frame_size)
-    return {
-        name: (spec.shape[0], *sizes[name], spec.shape[3]) if name in sizes else spec.shape
-        for name, spec in meta.modalities.items()
-    }
+    shapes = {}
+    for name, spec in meta.modalities.items():
+        if name in sizes:
+            shapes[name] = (spec.shape[0], *sizes[name], spec.shape[3])
+        elif spec.kind == "sequence":
+            shapes[name] = (meta.sequence_fits[name].length, spec.shape[1])
+        else:
+            shapes[name] = spec.shape
+    return shapes
+
+
+def length_keys(meta: DatasetMeta) -> list[str]:
+    """The batch ``inputs`` keys of the sequence modalities' lengths (int32 ``[B]``)."""
+    return [length_key(m) for m, spec in meta.modalities.items() if spec.kind == "sequence"]
 
 
 def _frame_sizes(meta: DatasetMeta, frame_size: Sequence[int] | None) -> dict[str, tuple[int, int]]:
@@ -583,17 +683,28 @@ def _batch_formatter(
             f"frame_mean {tuple(frame_mean)} / frame_std {tuple(frame_std)} must be 3 values "
             "(RGB), std > 0"
         )
-    # (x / 255 - mean) / std as one multiply-add.
-    scale = tf.constant(1.0 / (255.0 * np.asarray(frame_std)), tf.float32)
-    offset = tf.constant(-np.asarray(frame_mean) / np.asarray(frame_std), tf.float32)
+    # (x / 255 - mean) / std as one multiply-add, per source type (module docstring).
+    rgb = (1.0 / (255.0 * np.asarray(frame_std)), -np.asarray(frame_mean) / np.asarray(frame_std))
+    gray = (1.0 / (255.0 * GRAYSCALE_STD), -GRAYSCALE_MEAN / GRAYSCALE_STD)
+    depth = (1.0 / DEPTH_SCALE, 0.0)
+    affine = {}
+    for name, spec in meta.modalities.items():
+        if spec.kind == "frames":
+            if spec.dtype == "uint16":
+                scale, offset = depth
+            else:
+                scale, offset = rgb if spec.shape[-1] == 3 else gray
+            affine[name] = (tf.constant(scale, tf.float32), tf.constant(offset, tf.float32))
+    lengths = length_keys(meta)
 
     def to_batch(raw: dict[str, Any]) -> dict[str, Any]:
-        inputs = {}
+        inputs = {key: raw[key] for key in lengths}
         for name, spec in meta.modalities.items():
             if spec.kind == "frames":
                 frames = raw[name]
                 if name in sizes and tuple(sizes[name]) != tuple(spec.shape[1:3]):
                     frames = augment_lib.resize(frames, sizes[name])
+                scale, offset = affine[name]
                 inputs[name] = tf.cast(frames, tf.float32) * scale + offset
             else:
                 inputs[name] = raw[name]
