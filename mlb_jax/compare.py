@@ -107,8 +107,15 @@ def run_all(config, workdir: pathlib.Path, methods: list[str], seeds: list[int])
     """
     from mlb_jax.evaluate import EVALUATION_FILE
     from mlb_jax.methods import BUILT_ON_UNIMODAL
-    from mlb_jax.trainer import RESULTS_FILE, train_and_evaluate
+    from mlb_jax.trainer import (
+        RESULTS_FILE,
+        load_dataset,
+        modalities_from_dataset,
+        train_and_evaluate,
+    )
 
+    if needs_unimodal(methods) and not len(config.model.modalities):  # left to the dataset
+        config = modalities_from_dataset(config, load_dataset(config))
     modalities = list(config.model.modalities) if needs_unimodal(methods) else []
     results: dict[str, list[dict]] = {}
     for row, method, modality in plan_rows(methods, modalities):

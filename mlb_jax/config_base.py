@@ -187,6 +187,28 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     return c
 
 
+def custom_dataset() -> ml_collections.ConfigDict:
+    """configs/custom.py: `reference_resnet` for any converted dataset, modalities from it.
+
+    ``model.modalities`` is left empty: the trainer fills it from the dataset
+    (`trainer.modalities_from_dataset`), ``model.encoders`` overriding the encoder per modality.
+    """
+    c = reference_resnet("manifest")  # --config.data.dir=DATA/manifest/<name> is required
+    c.model.modalities = {}  # from the dataset: every modality it holds, encoder by kind
+    c.model.encoders = ""  # per-modality encoder overrides: 'mfcc=conformer,imu=tcn'
+    # Frames enter the model at their stored size (crops resized back to it): grayscale lips
+    # or depth maps are often far smaller than the reference's 224.
+    c.data.augment.size = ()
+    c.method.ensemble.workdirs = {}  # one per modality, filled by the compare runner
+    c.method.pretrained.workdirs = {}
+    c.evaluate.unimodal_workdirs = {}
+
+    c.method.alpha = 1.0  # tanh steepness; the reference used 0.5-2 per dataset: tune it
+    c.method.beta_max = 2.0  # the paper's default (uncapped) rule; reference: 0.5-10: tune it
+    c.train.lr = 1e-3  # the reference's ResNet LR for Joint / Multi-Loss (and MLB on AVE, UCF)
+    return c
+
+
 def leave_to_recipe(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
     """Names `dataset`'s reference recipe and leaves every field it sets to it.
 

@@ -7,6 +7,7 @@ selection, checkpoint) -> best model: test metrics, linear probes, results.json,
 Each phase is a small function so that tests, notebooks and the comparison runner can call it.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -281,7 +282,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> schema.DatasetMeta:
     Sequence modalities are delivered at ``config.data.sequence_length`` /
     ``sequence_fit`` (`sequence_fits`).
     """
-    modalities = list(config.model.modalities)
+    # An empty model.modalities reads them all (`modalities_from_dataset` then fills them).
+    modalities = list(config.model.modalities) or None
     if config.data.name == "synthetic_av":
         cache = pathlib.Path(os.path.expanduser(config.data.cache_dir))
         data_dir = synthetic.ensure_synthetic(cache, **config.data.synthetic.to_dict())
@@ -293,6 +295,63 @@ def load_dataset(config: ml_collections.ConfigDict) -> schema.DatasetMeta:
     else:
         meta = schema.load_meta(config.data.dir, modalities)
     return meta.with_sequence_fits(sequence_fits(config.data, meta))
+
+
+# Sequence encoder picked for a width D when config.model.encoders leaves it to the data: the
+# Conformer for wide pretrained embeddings (Wav2Vec2 768, EfficientNet-B2 1408, the paper's
+# Section 4.2), the cheaper temporal convolution for narrow signals (MFCCs, joints, IMU).
+CONFORMER_MIN_WIDTH = 64
+# Encoder kinds (config.model.modalities.<m>.kind) that can read each stored kind.
+ENCODERS_FOR = {"spectrogram": ("audio",), "frames": ("video",), "sequence": ("conformer", "tcn")}
+
+
+def modalities_from_dataset(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta
+) -> ml_collections.ConfigDict:
+    """Fills an empty ``config.model.modalities`` from the dataset's modalities.
+
+    Each modality (in the dataset's order, by name) gets the encoder of its kind: a
+    spectrogram the audio ResNet-18 (1 channel), frames the video ResNet-18 with the frames'
+    channel count, a sequence of width D the Conformer if D >= `CONFORMER_MIN_WIDTH` else the
+    temporal convolution (`in_features` D); ``config.model.encoders`` (``'mfcc=conformer'``)
+    overrides the choice per modality. A config that lists its modalities is returned as is.
+
+    Returns:
+        A copy of ``config`` with ``model.modalities`` filled (what config.json records).
+
+    Raises:
+        ValueError: naming ``config.model.encoders``, for an unknown modality or an encoder
+            that cannot read the modality's kind.
+    """
+    if len(config.model.modalities):
+        return config
+    names = list(meta.modalities)
+    chosen = per_modality(config.model.get("encoders", ""), names, "config.model.encoders")
+    modalities = {}
+    for name, spec in meta.modalities.items():
+        allowed = ENCODERS_FOR[spec.kind]
+        if spec.kind == "sequence":
+            default = "conformer" if spec.shape[1] >= CONFORMER_MIN_WIDTH else "tcn"
+        else:
+            default = allowed[0]
+        kind = chosen.get(name, default)
+        if kind not in allowed:
+            raise ValueError(
+                f"config.model.encoders: {name!r} is a {spec.kind} modality, which encoder "
+                f"{kind!r} cannot read: choose one of {list(allowed)}"
+            )
+        if spec.kind == "sequence":
+            modalities[name] = {"kind": kind, "in_features": spec.shape[1]}
+        else:
+            channels = 1 if spec.kind == "spectrogram" else spec.shape[-1]
+            modalities[name] = {"kind": kind, "in_channels": channels}
+    filled = copy.deepcopy(config)
+    with filled.unlocked():
+        filled.model.modalities = modalities
+    if jax.process_index() == 0:
+        listed = ", ".join(f"{m}: {e['kind']}" for m, e in modalities.items())
+        print(f"encoders from the dataset's modalities: {listed}", flush=True)
+    return filled
 
 
 def sequence_fits(
@@ -392,6 +451,7 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     Raises:
       RunError, DataError, ValueError: naming the config field or split and the fix.
     """
+    config = modalities_from_dataset(config, meta)  # an empty model.modalities: from the data
     mesh = make_mesh(config.train.get("num_devices", 0))
     devices = mesh.shape["data"]
     batch = config.train.batch_size
@@ -617,6 +677,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     validate_config(config)
     workdir = pathlib.Path(workdir)
     meta = load_dataset(config)
+    config = modalities_from_dataset(config, meta)
     if not make_method(config.method).trains:  # the ensemble of finished unimodal runs
         from mlb_jax.ensemble import evaluate_ensemble
 

@@ -209,8 +209,8 @@ def test_load_meta_schema_version_mismatch(tmp_path):
     old = prepare(TinyOld, data_dir=tmp_path).resolve()
     assert old == tmp_path.resolve() / "tiny" / "base" / "0.9.0"
     message = (
-        f"{old} was written with schema 0.9.0, this mlb_jax reads {SCHEMA_VERSION}: re-run the "
-        "converter with this mlb_jax to rewrite the dataset"
+        f"{old} was written with schema 0.9.0, this mlb_jax reads 1.0.0 and {SCHEMA_VERSION}: "
+        "re-run the converter with this mlb_jax to rewrite the dataset"
     )
     with pytest.raises(DataError, match=_exactly(message)):
         load_meta(tmp_path)
@@ -221,6 +221,30 @@ def test_load_meta_schema_version_mismatch(tmp_path):
     meta = load_meta(tmp_path)
     assert meta.data_dir == current.resolve()
     assert meta.schema_version == SCHEMA_VERSION
+
+
+def test_load_meta_reads_schema_1_and_asks_for_an_upgrade_for_a_newer_one(tmp_path):
+    class TinyV1(Tiny):
+        name = "tiny"
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "spectrograms and RGB frames"}  # noqa: RUF012
+
+    class TinyNext(Tiny):
+        name = "tiny"
+        VERSION = tfds.core.Version("3.0.0")
+        RELEASE_NOTES = {"3.0.0": "future"}  # noqa: RUF012
+
+    # 1.0.0's layout is a subset of this schema: read as it is, no rewrite asked for.
+    meta = load_meta(prepare(TinyV1, data_dir=tmp_path / "v1"))
+    assert meta.schema_version == "1.0.0"
+    assert meta.modalities == MODALITIES
+    newer = prepare(TinyNext, data_dir=tmp_path / "next").resolve()
+    message = (
+        f"{newer} was written with schema 3.0.0, this mlb_jax reads 1.0.0 and {SCHEMA_VERSION}: "
+        "upgrade mlb_jax (pip install -U mlb_jax) to read it"
+    )
+    with pytest.raises(DataError, match=_exactly(message)):
+        load_meta(newer)
 
 
 def test_load_meta_rejects_an_interrupted_build(tmp_path, monkeypatch):
@@ -301,13 +325,19 @@ def test_modality_spec_validation():
     assert spec == ModalitySpec("frames", (2, 8, 8, 3))
     errors = [
         (("spectrogram", (1, 2, 3)), "a spectrogram has shape (F, T), got (1, 2, 3)"),
-        (("frames", (2, 8, 8)), "frames have shape (T, H, W, 3), got (2, 8, 8)"),
-        (("frames", (2, 8, 8, 1)), "frames have shape (T, H, W, 3), got (2, 8, 8, 1)"),
+        (("frames", (2, 8, 8)), "frames have shape (T, H, W, C) with C 1 or 3, got (2, 8, 8)"),
+        (
+            ("frames", (2, 8, 8, 2)),
+            "frames have shape (T, H, W, C) with C 1 or 3, got (2, 8, 8, 2)",
+        ),
         (
             ("spectrogram", (4, 0)),
             "modality shape (4, 0) has a non-positive size: sizes must be >= 1",
         ),
-        (("depth", (2, 2)), "unknown modality kind 'depth': use 'spectrogram' or 'frames'"),
+        (
+            ("depth", (2, 2)),
+            "unknown modality kind 'depth': use 'spectrogram', 'frames' or 'sequence'",
+        ),
     ]
     for (kind, shape), message in errors:
         with pytest.raises(DataError, match=_exactly(message)):
@@ -325,6 +355,20 @@ def test_make_features():
     assert audio.shape == (5, 7) and audio.np_dtype == np.float32
     assert audio._encoding == tfds.features.Encoding.BYTES  # exact floats
     assert isinstance(features["video"], tfds.features.Video)
+    new = make_features(
+        ["x"],
+        {
+            "imu": ModalitySpec("sequence", (9, 6)),
+            "depth": ModalitySpec("frames", (2, 4, 4, 1), "uint16"),
+            "lips": ModalitySpec("frames", (2, 4, 4, 1)),
+        },
+    )
+    assert set(new["imu"].keys()) == {"values", "length"}
+    assert new["imu"]["values"].shape == (9, 6)
+    assert new["imu"]["values"]._encoding == tfds.features.Encoding.ZLIB  # padding ~free
+    assert new["depth"].np_dtype == np.uint16  # exact, zlib (JPEG has no 16-bit form)
+    assert new["depth"]._encoding == tfds.features.Encoding.ZLIB
+    assert isinstance(new["lips"], tfds.features.Video) and new["lips"].shape == (2, 4, 4, 1)
     assert features["video"].shape == (2, 16, 16, 3)
     errors = [
         (([], MODALITIES), "a dataset needs at least one class name"),
@@ -420,8 +464,8 @@ def _foreign_builder(feature_dict, example):
 
 
 _TEXT, _LABEL = tfds.features.Text(), tfds.features.ClassLabel(names=["a"])
-_NEITHER = "{dir}: feature {name!r} (Tensor) is neither a spectrogram nor frames: re-run the "
-_NEITHER += "converter with this mlb_jax"
+_NEITHER = "{dir}: feature {name!r} (Tensor) is not a spectrogram, frames or a sequence: re-run "
+_NEITHER += "the converter with this mlb_jax"
 
 
 @pytest.mark.parametrize(
@@ -464,6 +508,17 @@ _NEITHER += "converter with this mlb_jax"
             "{dir}: modality {name!r} has a variable shape (None, 2): converters must write fixed "
             "shapes; re-run the converter",
             id="variable_shape",
+        ),
+        pytest.param(
+            {
+                "id": _TEXT,
+                "label": _LABEL,
+                "depth": tfds.features.Tensor(shape=(2, 4, 4, 2), dtype=np.uint16),
+            },
+            np.zeros((2, 4, 4, 2), np.uint16),
+            "{dir}: modality {name!r}: frames have shape (T, H, W, C) with C 1 or 3, got "
+            "(2, 4, 4, 2)",
+            id="two_channel_frames",
         ),
         pytest.param(
             {"id": _TEXT, "label": _LABEL},

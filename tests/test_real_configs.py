@@ -34,7 +34,7 @@ REFERENCE_MLB = {
     "ave_resnet": (2.0, 1.0, 1e-3),
     "ucf51_resnet": (2.0, 0.5, 1e-3),
 }
-ALL_CONFIGS = [*REFERENCE_MLB, "custom_resnet"]
+ALL_CONFIGS = [*REFERENCE_MLB, "custom"]
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
@@ -55,6 +55,10 @@ def flat_keys(config: ml_collections.ConfigDict) -> set[str]:
     return set(walk(config.to_dict(), ""))
 
 
+def test_custom_resnet_is_the_deprecated_name_of_custom():
+    assert load_config("custom_resnet").to_dict() == load_config("custom").to_dict()
+
+
 @pytest.mark.parametrize("name", REFERENCE_MLB)
 def test_mlb_hyperparameters_are_the_papers(name):
     config, _ = recipes.resolve(load_config(name))
@@ -70,8 +74,9 @@ def test_every_method_builds_from_every_config(name):
     # config must not stop the other methods, and each method's resolved settings are JSON.
     config = load_config(name)
     # What a user must add for the reference rows: the modality, the unimodal runs.
+    names = list(config.model.modalities) or ["audio", "video"]  # custom: from the dataset
     for block in set(BUILT_ON_UNIMODAL.values()):
-        config.method[block].workdirs = {m: f"runs/unimodal_{m}" for m in config.model.modalities}
+        config.method[block].workdirs = {m: f"runs/unimodal_{m}" for m in names}
     for method in METHODS:
         config.method.name = method
         config.method.modality = "audio" if method == "unimodal" else ""
@@ -86,27 +91,38 @@ def test_every_method_builds_from_every_config(name):
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_resnet_recipe_and_field_structure(name):
     config, _ = recipes.resolve(load_config(name))
-    assert flat_keys(config) == flat_keys(load_config("synthetic_av"))
+    # custom: modalities and encoders come from the dataset, overridable per modality.
+    keys = flat_keys(load_config("synthetic_av"))
+    if name == "custom":  # no per-modality entries until the dataset is read
+        keys = {k for k in keys if not k.endswith(("workdirs.audio", "workdirs.video"))}
+        keys |= {"model.encoders"}
+    assert flat_keys(config) == keys
     assert (config.method.name, config.method.placement) == ("mlb", "gradients")
     assert (config.model.base_width, config.model.fusion) == (64, "late_linear")
-    assert config.model.modalities.to_dict() == {
-        "audio": {"kind": "audio", "in_channels": 1},
-        "video": {"kind": "video", "in_channels": 3},
-    }
-    # The reference loaders' training crops: 224x224, per frame but on UCF101 (per clip).
+    assert config.model.modalities.to_dict() == (
+        {}
+        if name == "custom"
+        else {
+            "audio": {"kind": "audio", "in_channels": 1},
+            "video": {"kind": "video", "in_channels": 3},
+        }
+    )
+    # The reference loaders' training crops: 224x224, per frame but on UCF101 (per clip);
+    # custom crops at the stored size (its frames may be small grayscale or depth maps).
     aug = config.data.augment
-    assert (aug.enabled, tuple(aug.size), aug.flip) == (True, (224, 224), True)
+    size = () if name == "custom" else (224, 224)
+    assert (aug.enabled, tuple(aug.size), aug.flip) == (True, size, True)
     assert aug.per_clip == (name == "ucf51_resnet")
     assert config.train.keep_last_batch
     train = config.train
     assert (train.optimizer, train.weight_decay, train.batch_size) == ("adam", 1e-4, 32)
     assert (train.schedule, train.warmup_steps) == ("mlb_warm_restarts", 780)
-    # The reference's budget with early stopping; custom_resnet: a fixed 100 epochs.
+    # The reference's budget with early stopping; custom: a fixed 100 epochs.
     assert (train.epochs, train.early_stopping_patience) == {
         "cremad_resnet": (1500, 100),
         "ave_resnet": (1500, 150),
         "ucf51_resnet": (1000, 100),
-        "custom_resnet": (100, 0),
+        "custom": (100, 0),
     }[name]
     assert (config.data.train_split, config.data.val_split, config.data.test_split) == (
         "train",
@@ -149,7 +165,7 @@ CASES = {
     "cremad_resnet": (_cremad, 6, (257, 188), (3, 12, 16, 3)),
     "ave_resnet": (_ave, 28, (257, 1004), (4, 12, 16, 3)),
     "ucf51_resnet": (_ucf, 51, (257, 136), (4, 12, 16, 3)),
-    "custom_resnet": (_custom, 2, (257, 136), (3, 12, 16, 3)),  # manifest defaults, 1-s wav
+    "custom": (_custom, 2, (257, 136), (3, 12, 16, 3)),  # manifest defaults, 1-s wav
 }
 # The fake training splits hold 3-6 examples: a batch of 2 on 2 of the 8 fake devices.
 BATCH, DEVICES = 2, 2
@@ -179,10 +195,16 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     config.train.epochs = 1
     # The configs crop to 224x224 (checked in test_resnet_recipe_and_field_structure); a
     # CPU-sized crop keeps this one step of the real config quick, through the same path.
-    assert tuple(config.data.augment.size) == (224, 224) and config.data.augment.enabled
+    assert config.data.augment.enabled
+    assert tuple(config.data.augment.size) == (() if name == "custom" else (224, 224))
     config.data.augment.size = (16, 16)
     config, _ = recipes.resolve(config)  # what train_and_evaluate does first
     meta = trainer.load_dataset(config)
+    config = trainer.modalities_from_dataset(config, meta)  # custom: the encoders by kind
+    assert config.model.modalities.to_dict() == {
+        "audio": {"kind": "audio", "in_channels": 1},
+        "video": {"kind": "video", "in_channels": 3},
+    }
     assert meta.num_classes == num_classes
     assert meta.modalities["audio"].shape == audio_shape
     assert meta.modalities["video"].shape == video_shape

@@ -53,6 +53,9 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "fusion_hidden": 64,
     "dropout": 0.1,
     "num_classes": None,
+    # Per-modality encoder overrides for a config whose modalities come from the dataset; the
+    # trainer applies them (`trainer.modalities_from_dataset`), the model ignores them.
+    "encoders": "",
 }
 _MODALITY_FIELDS = ("kind", "in_channels")
 
