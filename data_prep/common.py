@@ -61,23 +61,46 @@ class ConversionError(DataError):
 class ConverterConfig(AudioVideoConfig):
     """A converted dataset: the base config plus the preprocessing that produced it.
 
-    ``modalities`` is derived: 'audio' (spectrogram of `audio.shape`) and 'video' (frames of
-    `frames.shape`).
+    ``modalities`` is derived from `modality_settings` (`modality_spec` of each); without
+    them the dataset has the two modalities 'audio' (spectrogram of `audio.shape`) and 'video'
+    (frames of `frames.shape`).
 
     Attributes:
-        audio: waveform -> spectrogram settings.
-        frames: video -> frames settings.
+        audio: waveform -> spectrogram settings (of 'audio', or the defaults of any audio
+            modality).
+        frames: video -> frames settings (of 'video', or the defaults of any video modality).
+        modality_settings: modality name -> how its file becomes its array (`media.decode`);
+            empty = ``{'audio': audio, 'video': frames}``.
     """
 
     audio: media.AudioSettings
     frames: media.FrameSettings
+    modality_settings: Mapping[str, media.Settings] = dataclasses.field(default_factory=dict)
     modalities: dict[str, ModalitySpec] = dataclasses.field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.modality_settings:
+            self.modality_settings = {"audio": self.audio, "video": self.frames}
+        self.modality_settings = dict(self.modality_settings)
         self.modalities = {
-            "audio": ModalitySpec("spectrogram", self.audio.shape),
-            "video": ModalitySpec("frames", self.frames.shape),
+            name: modality_spec(settings) for name, settings in self.modality_settings.items()
         }
+
+
+def modality_spec(settings: media.Settings) -> ModalitySpec:
+    """The stored kind, shape and dtype of a modality decoded with `settings`.
+
+    `media.AudioSettings` -> spectrogram ``[F, T]``; `media.FrameSettings` -> uint8 RGB frames
+    ``[T, H, W, 3]``; `media.SequenceSettings` -> sequence ``[T_max, D]``;
+    `media.ArrayFrameSettings` -> frames ``[T, H, W, C]`` of its dtype.
+    """
+    if isinstance(settings, media.AudioSettings):
+        return ModalitySpec("spectrogram", settings.shape)
+    if isinstance(settings, media.SequenceSettings):
+        return ModalitySpec("sequence", settings.shape)
+    if isinstance(settings, media.ArrayFrameSettings):
+        return ModalitySpec("frames", settings.shape, settings.dtype)
+    return ModalitySpec("frames", settings.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +190,7 @@ class ConvertingBuilder(AudioVideoBuilder):
         start = time.time()
         outcomes = decode_all(
             examples,
-            audio=self.builder_config.audio,
-            frames=self.builder_config.frames,
+            settings=self.builder_config.modality_settings,
             cache_dir=self._cache_dir,
             workers=self.run.workers,
             skip_errors=self.SKIP_ERRORS,
@@ -198,15 +220,10 @@ class ConvertingBuilder(AudioVideoBuilder):
     def _generate_examples(self, outcomes: Sequence[Outcome]) -> Iterator[tuple[str, dict]]:
         for o in outcomes:
             with np.load(o.cache_file) as arrays:
-                yield (
-                    o.example.id,
-                    {
-                        "id": o.example.id,
-                        "label": o.example.label,
-                        "audio": arrays["audio"],
-                        "video": arrays["video"],
-                    },
-                )
+                example = {"id": o.example.id, "label": o.example.label}
+                for name, spec in self.builder_config.modalities.items():
+                    example[name] = spec.encode(arrays[name])
+                yield o.example.id, example
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
@@ -264,6 +281,16 @@ def make_report(
         "settings": {
             "audio": dataclasses.asdict(config.audio),
             "frames": dataclasses.asdict(config.frames),
+            "modalities": {
+                name: {
+                    "kind": spec.kind,
+                    "shape": list(spec.shape),
+                    "dtype": spec.dtype,
+                    "from": type(config.modality_settings[name]).__name__,
+                    **dataclasses.asdict(config.modality_settings[name]),
+                }
+                for name, spec in config.modalities.items()
+            },
         },
         "splits": splits,
         "examples": status["decoded"] + status["cached"],
@@ -473,11 +500,23 @@ def convert(
     # not pass for what was asked.
     stored = load_meta(version_dir).modalities
     for name, spec in config.modalities.items():
+        if name not in stored:
+            raise DataError(
+                f"{version_dir} has no modality {name!r} (it has {sorted(stored)}; written from "
+                "other input): delete it to convert again, or pass another --name"
+            )
+        if (stored[name].kind, stored[name].dtype) != (spec.kind, spec.dtype):
+            raise DataError(
+                f"{version_dir} holds {name} as {stored[name].kind} {stored[name].dtype}, not "
+                f"the requested {spec.kind} {spec.dtype} (written from other input): delete it "
+                "to convert again, or pass another --name"
+            )
         if tuple(stored[name].shape) != tuple(spec.shape):
             raise DataError(
                 f"{version_dir} holds {name} of shape {tuple(stored[name].shape)}, not the "
-                f"requested {tuple(spec.shape)} (written by an older converter): delete it "
-                "to convert again, or pass the --frame_size it was written with"
+                f"requested {tuple(spec.shape)} (written by an older converter or with other "
+                "options): delete it to convert again, or pass the --frame_size (or other "
+                "options) it was written with"
             )
     return version_dir
 

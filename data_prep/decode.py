@@ -21,7 +21,7 @@ import os
 import pathlib
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -37,27 +37,42 @@ START_METHOD = "spawn"
 class Example:
     """One example to convert, as listed from the raw layout.
 
+    Its files are given either as `audio` and `video` (the two-modality datasets: the files
+    of modalities 'audio' and 'video') or as `files` (any modalities); `files` always holds
+    them after construction.
+
     Attributes:
         split: split name.
         id: unique within the split; the TFDS key and the stored ``id``.
         label: class index.
-        audio: file whose (first) audio track is used.
-        video: file whose (first) video track is used; may be the same file.
-        start_s: start of the event segment in seconds (AVE), else 0.
+        audio: file whose (first) audio track is used (shorthand for ``files['audio']``).
+        video: file whose (first) video track is used; may be the same file (shorthand for
+            ``files['video']``).
+        start_s: start of the event segment in seconds (AVE), else 0; audio and video files.
         end_s: end of the event segment in seconds: audio [start_s, end_s), frames
             [start_s, end_s]; None = to the end of the file.
         skip_reason: set when the listing itself excludes the example (it is reported as
             skipped, never decoded).
+        files: modality name -> the file its array is decoded from (how: the `decode_all`
+            settings of that modality).
     """
 
     split: str
     id: str
     label: int
-    audio: pathlib.Path
-    video: pathlib.Path
+    audio: pathlib.Path | None = None
+    video: pathlib.Path | None = None
     start_s: float = 0.0
     end_s: float | None = None
     skip_reason: str | None = None
+    files: Mapping[str, pathlib.Path] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        pairs = (("audio", self.audio), ("video", self.video))
+        shorthand = {name: path for name, path in pairs if path is not None}
+        if shorthand and self.files:
+            raise ValueError("Example takes audio= / video= or files=, not both")
+        object.__setattr__(self, "files", dict(self.files or shorthand))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +99,9 @@ class Outcome:
 def decode_all(
     examples: Sequence[Example],
     *,
-    audio: media.AudioSettings,
-    frames: media.FrameSettings,
+    audio: media.AudioSettings | None = None,
+    frames: media.FrameSettings | None = None,
+    settings: Mapping[str, media.Settings] | None = None,
     cache_dir: pathlib.Path,
     workers: int,
     skip_errors: tuple[type[media.MediaError], ...] = (),
@@ -98,10 +114,13 @@ def decode_all(
     from the same files, and the outcomes come back in the order of `examples`.
 
     Args:
-        examples: what to decode.
-        audio: waveform -> spectrogram settings.
-        frames: video -> frames settings.
-        cache_dir: where decoded examples are cached, one ``.npz`` per example.
+        examples: what to decode; each has a file for every modality of `settings`.
+        audio: waveform -> spectrogram settings of modality 'audio' (with `frames`: the
+            two-modality shorthand for ``settings={'audio': audio, 'video': frames}``).
+        frames: video -> frames settings of modality 'video'.
+        settings: modality name -> how its file becomes its array (`media.decode`).
+        cache_dir: where decoded examples are cached, one ``.npz`` per example (one array per
+            modality, by name).
         workers: decode processes; 1 (or a single example) decodes in this process.
         skip_errors: media errors that mean "excluded by the dataset's rules".
         progress: show a progress bar (stderr).
@@ -112,7 +131,10 @@ def decode_all(
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = functools.partial(
-        decode_example, audio=audio, frames=frames, cache_dir=cache_dir, skip_errors=skip_errors
+        decode_example,
+        settings=_settings(audio, frames, settings),
+        cache_dir=cache_dir,
+        skip_errors=skip_errors,
     )
     bar = tqdm.tqdm(total=len(examples), desc=desc, unit="clip", disable=not progress)
     with bar:
@@ -168,38 +190,67 @@ def _advance(bar: tqdm.tqdm, outcome: Outcome) -> Outcome:
     return outcome
 
 
+def _settings(
+    audio: media.AudioSettings | None,
+    frames: media.FrameSettings | None,
+    settings: Mapping[str, media.Settings] | None,
+) -> dict[str, media.Settings]:
+    """The per-modality settings, from `settings` or the audio / frames shorthand."""
+    if settings is None:
+        if audio is None or frames is None:
+            raise TypeError("pass settings=, or both audio= and frames=")
+        return {"audio": audio, "video": frames}
+    if audio is not None or frames is not None:
+        raise TypeError("pass settings= or audio= / frames=, not both")
+    return dict(settings)
+
+
 def decode_example(
     example: Example,
     *,
-    audio: media.AudioSettings,
-    frames: media.FrameSettings,
+    audio: media.AudioSettings | None = None,
+    frames: media.FrameSettings | None = None,
+    settings: Mapping[str, media.Settings] | None = None,
     cache_dir: pathlib.Path,
     skip_errors: tuple[type[media.MediaError], ...] = (),
 ) -> Outcome:
     """Decodes one example into the cache, unless an earlier run did.
 
-    The cache file name hashes the settings, the media paths, the window and the files' size
-    and modification time, so a changed file or setting is decoded again. Unreadable files are
+    The cache file name hashes the settings, the files, the window and the files' size and
+    modification time, so a changed file or setting is decoded again. Unreadable files are
     not cached: a re-run retries them. Rule-based skips are cached as a ``.skip`` file.
 
+    Args:
+        example: the example.
+        audio: as in `decode_all`.
+        frames: as in `decode_all`.
+        settings: as in `decode_all`.
+        cache_dir: the cache.
+        skip_errors: as in `decode_all`.
+
     Returns:
-        The example's `Outcome`; never raises for a bad media file.
+        The example's `Outcome`; never raises for a bad file.
     """
+    settings = _settings(audio, frames, settings)
     if example.skip_reason is not None:
         return Outcome(example, "skipped", example.skip_reason)
-    cache_file = cache_dir / f"{_cache_key(example, audio, frames)}.npz"
+    missing = [name for name in settings if name not in example.files]
+    if missing:  # a listing bug, not a bad file
+        raise ValueError(f"example {example.id!r} has no file for modality {missing[0]!r}")
+    cache_file = cache_dir / f"{_cache_key(example, settings)}.npz"
     skip_file = cache_file.with_suffix(".skip")
     if cache_file.exists():
         return Outcome(example, "cached", cache_file=cache_file)
     if skip_file.exists():
         return Outcome(example, "skipped", skip_file.read_text())
+    arrays = {}
+    path = None
     try:
-        spectrogram = media.audio_features(
-            example.audio, audio, start_s=example.start_s, end_s=example.end_s
-        )
-        video = media.sample_frames(
-            example.video, frames, start_s=example.start_s, end_s=example.end_s
-        )
+        for name, how in settings.items():
+            path = example.files[name]
+            arrays[name] = media.decode(
+                path, how, column=name, start_s=example.start_s, end_s=example.end_s
+            )
     except skip_errors as e:
         reason = str(e)
         atomic_write(skip_file, lambda f: f.write(reason.encode()))
@@ -207,15 +258,14 @@ def decode_example(
     except media.MediaError as e:
         return Outcome(example, "unreadable", str(e), error=type(e).__name__)
     except Exception as e:  # a decoder bug on one file must be counted, not fatal
-        where = f"{example.audio}, {example.video}"
         return Outcome(
-            example, "unreadable", f"{where}: {type(e).__name__}: {e}", error=type(e).__name__
+            example, "unreadable", f"{path}: {type(e).__name__}: {e}", error=type(e).__name__
         )
-    atomic_write(cache_file, lambda f: np.savez(f, audio=spectrogram, video=video))
+    atomic_write(cache_file, lambda f: np.savez(f, **arrays))
     return Outcome(example, "decoded", cache_file=cache_file)
 
 
-def _cache_key(example: Example, audio: media.AudioSettings, frames: media.FrameSettings) -> str:
+def _cache_key(example: Example, settings: Mapping[str, media.Settings]) -> str:
     def stat(path: pathlib.Path) -> tuple[int, int] | None:
         try:
             s = path.stat()
@@ -224,12 +274,10 @@ def _cache_key(example: Example, audio: media.AudioSettings, frames: media.Frame
         return s.st_size, s.st_mtime_ns
 
     parts = (
-        audio,
-        frames,
-        str(example.audio),
-        str(example.video),
-        stat(example.audio),
-        stat(example.video),
+        [
+            (name, how, str(example.files[name]), stat(example.files[name]))
+            for name, how in settings.items()
+        ],
         example.start_s,
         example.end_s,
     )

@@ -5,7 +5,11 @@ Audio: decode the first audio track, average the channels, resample with librosa
 fixed number of samples *before* the transform (AAC and MP3 decode to a few extra samples),
 clip to [-1, 1], then one of the two reference front-ends: librosa STFT log-magnitude
 (CREMA-D, UCF101) or scipy log-PSD (AVE). Video: the first frame of every whole second
-(1 fps), resized and converted to RGB uint8.
+(1 fps), resized and converted to RGB uint8. Arrays (``.npy``, numpy only): a float ``[T, D]``
+array becomes a float32 sequence (checked, cut to a maximum length); a uint8 / uint16
+``[T, H, W(, C)]`` array becomes frames of a fixed count and size (sampled, resized with PyAV's
+area interpolation, dtype and channels kept). `decode` picks the function from the settings'
+type (`Settings`).
 
 Every problem with a file raises `MediaError` (message: the file and the reason), so the
 converter can count it instead of crashing. This module must not import TensorFlow: it runs in
@@ -47,6 +51,14 @@ class NoAudioError(MediaError):
 
 class TooFewFramesError(MediaError):
     """The video has fewer frames than requested in the requested time window."""
+
+
+class BadArrayError(MediaError):
+    """A ``.npy`` file that cannot be stored as its modality's array.
+
+    Missing, unreadable, of the wrong dtype / rank / size, empty, or not finite; the reason
+    names the modality (the manifest column: "column 'mfcc': ...").
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,3 +353,283 @@ def sample_frames(
                 if i >= max(extra):
                     break
     return np.stack([picked[i] for i in sorted(picked)])
+
+
+# --- Arrays (.npy) ----------------------------------------------------------------------------
+
+SEQUENCE_DTYPES = ("float16", "float32", "float64")
+FRAME_DTYPES = ("uint8", "uint16")
+FRAME_CHANNELS = (1, 3)
+# PyAV pixel formats of the frame arrays that are resized: (dtype, channels) -> format.
+_PIXEL_FORMATS = {
+    ("uint8", 1): "gray",
+    ("uint8", 3): "rgb24",
+    ("uint16", 1): "gray16le",
+    ("uint16", 3): "rgb48le",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSettings:
+    """How a float ``[T, D]`` ``.npy`` array becomes a stored sequence.
+
+    Attributes:
+        width: D, the features per step every array of the modality has.
+        max_length: T_max, the stored maximum length; a longer array is brought to it by `fit`.
+        fit: 'crop' keeps the first `max_length` steps; 'resample' interpolates all T steps
+            linearly onto `max_length` evenly spaced positions (first and last kept).
+    """
+
+    width: int
+    max_length: int
+    fit: Literal["crop", "resample"] = "crop"
+
+    def __post_init__(self):
+        if min(self.width, self.max_length) < 1:
+            raise ValueError(f"SequenceSettings needs positive sizes, got {self}")
+        if self.fit not in ("crop", "resample"):
+            raise ValueError(f"SequenceSettings.fit must be 'crop' or 'resample', got {self.fit!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[T_max, D]."""
+        return (self.max_length, self.width)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayFrameSettings:
+    """How a uint8 / uint16 ``[T, H, W]`` or ``[T, H, W, C]`` ``.npy`` array becomes frames.
+
+    Attributes:
+        num_frames: T stored: frames at the centres of `num_frames` equal parts of the array's
+            T (all of them, in order, when T == num_frames; repeated when T is smaller).
+        height: stored height; other sizes are resized (PyAV, area interpolation).
+        width: stored width.
+        channels: C, 1 (grayscale, depth) or 3 (RGB); a [T, H, W] array has C = 1.
+        dtype: 'uint8' (stored as JPEG) or 'uint16' (depth, stored exactly); never converted.
+    """
+
+    num_frames: int
+    height: int
+    width: int
+    channels: int
+    dtype: Literal["uint8", "uint16"]
+
+    def __post_init__(self):
+        if min(self.num_frames, self.height, self.width) < 1:
+            raise ValueError(f"ArrayFrameSettings needs positive sizes, got {self}")
+        if self.channels not in FRAME_CHANNELS or self.dtype not in FRAME_DTYPES:
+            raise ValueError(f"ArrayFrameSettings needs C 1 or 3 and uint8 / uint16, got {self}")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """[T, H, W, C]."""
+        return (self.num_frames, self.height, self.width, self.channels)
+
+
+Settings = AudioSettings | FrameSettings | SequenceSettings | ArrayFrameSettings
+
+
+def decode(
+    path: str | pathlib.Path,
+    settings: Settings,
+    *,
+    column: str,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+) -> np.ndarray:
+    """One cell of an example -> its stored array, by the type of `settings`.
+
+    Args:
+        path: the file.
+        settings: `AudioSettings` (the file's audio -> spectrogram), `FrameSettings` (video ->
+            RGB frames), `SequenceSettings` / `ArrayFrameSettings` (a ``.npy`` array).
+        column: the modality name, for the messages of ``.npy`` cells.
+        start_s: window start in seconds (audio and video files).
+        end_s: window end in seconds; None = the end (audio and video files).
+
+    Returns:
+        The array (`audio_features`, `sample_frames`, `load_sequence`, `load_frames`).
+
+    Raises:
+        MediaError: the file cannot be turned into the feature.
+    """
+    if isinstance(settings, AudioSettings):
+        return audio_features(path, settings, start_s=start_s, end_s=end_s)
+    if isinstance(settings, FrameSettings):
+        return sample_frames(path, settings, start_s=start_s, end_s=end_s)
+    if isinstance(settings, SequenceSettings):
+        return load_sequence(path, settings, column=column)
+    if isinstance(settings, ArrayFrameSettings):
+        return load_frames(path, settings, column=column)
+    raise TypeError(f"unknown settings type {type(settings).__name__}")
+
+
+def _load_npy(path: pathlib.Path, column: str) -> np.ndarray:
+    """The whole array of a ``.npy`` file (no pickles)."""
+    if not path.is_file():
+        raise BadArrayError(path, f"column {column!r}: missing file")
+    if path.suffix.lower() != ".npy":
+        raise BadArrayError(
+            path, f"column {column!r}: is not a .npy file (the column holds arrays)"
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise BadArrayError(
+            path, f"column {column!r}: cannot be read as .npy ({type(e).__name__}: {first})"
+        ) from e
+    if not isinstance(array, np.ndarray):  # an .npz under a .npy name
+        raise BadArrayError(path, f"column {column!r}: is not a single .npy array")
+    return array
+
+
+def array_dtype_problem(dtype: np.dtype) -> str | None:
+    """Why a ``.npy`` dtype is neither a sequence's nor frames', or None if it is one of them."""
+    if str(dtype) in SEQUENCE_DTYPES + FRAME_DTYPES:
+        return None
+    return f"dtype {dtype} is not float or uint8/uint16"
+
+
+def load_sequence(
+    path: str | pathlib.Path, settings: SequenceSettings, *, column: str
+) -> np.ndarray:
+    """A float ``[T, D]`` ``.npy`` array, checked, as float32 ``[min(T, T_max), D]``.
+
+    Args:
+        path: the ``.npy`` file.
+        settings: D, T_max and how a longer array is fitted.
+        column: the modality name (in the messages).
+
+    Returns:
+        float32 ``[T, D]`` with T <= ``settings.max_length`` (unpadded).
+
+    Raises:
+        BadArrayError: missing or unreadable file, dtype not float, rank not 2, T = 0, another
+            D, NaN or inf (after the cast to float32).
+    """
+    path = pathlib.Path(path)
+    array = _load_npy(path, column)
+    where = f"column {column!r}"
+    problem = array_dtype_problem(array.dtype)
+    if problem is None and str(array.dtype) not in SEQUENCE_DTYPES:
+        problem = f"dtype {array.dtype} is not float (the column holds sequences)"
+    if problem:
+        raise BadArrayError(path, f"{where}: {problem}")
+    if array.ndim != 2:
+        raise BadArrayError(
+            path, f"{where}: wrong rank {array.ndim} for a sequence (expected [T, D])"
+        )
+    if array.shape[0] == 0:
+        raise BadArrayError(path, f"{where}: empty (T = 0)")
+    if array.shape[1] != settings.width:
+        raise BadArrayError(
+            path,
+            f"{where}: width D={array.shape[1]} differs from the column's D={settings.width}",
+        )
+    values = array.astype(np.float32)
+    if np.isnan(values).any():
+        raise BadArrayError(path, f"{where}: contains NaN")
+    if np.isinf(values).any():
+        raise BadArrayError(path, f"{where}: contains inf (or values beyond float32's range)")
+    return fit_sequence(values, settings.max_length, settings.fit)
+
+
+def fit_sequence(
+    values: np.ndarray, max_length: int, fit: Literal["crop", "resample"]
+) -> np.ndarray:
+    """Brings a ``[T, D]`` sequence longer than `max_length` to it; a shorter one is unchanged.
+
+    Args:
+        values: float32 ``[T, D]``, T >= 1.
+        max_length: the longest sequence kept.
+        fit: 'crop' (the first `max_length` steps) or 'resample' (linear interpolation onto
+            `max_length` evenly spaced positions of [0, T - 1]; the first and last step kept).
+
+    Returns:
+        float32 ``[min(T, max_length), D]``.
+    """
+    length = values.shape[0]
+    if length <= max_length:
+        return values
+    if fit == "crop":
+        return values[:max_length]
+    positions = np.arange(max_length) * ((length - 1) / max(max_length - 1, 1))
+    low = np.floor(positions).astype(int)
+    high = np.minimum(low + 1, length - 1)
+    weight = (positions - low)[:, None]
+    out = values[low].astype(np.float64) * (1 - weight) + values[high] * weight
+    return out.astype(np.float32)
+
+
+def load_frames(
+    path: str | pathlib.Path, settings: ArrayFrameSettings, *, column: str
+) -> np.ndarray:
+    """A uint8 / uint16 ``[T, H, W]`` or ``[T, H, W, C]`` ``.npy`` array as frames.
+
+    Args:
+        path: the ``.npy`` file.
+        settings: the stored T, H, W, C and dtype.
+        column: the modality name (in the messages).
+
+    Returns:
+        `settings.shape`, `settings.dtype`: ``settings.num_frames`` frames sampled evenly over T
+        (`frame_indices`), resized to H x W if the array's size differs.
+
+    Raises:
+        BadArrayError: missing or unreadable file, a dtype other than uint8 / uint16 or than
+            the column's, rank not 3 or 4, C not the column's, T, H or W = 0.
+    """
+    path = pathlib.Path(path)
+    array = _load_npy(path, column)
+    where = f"column {column!r}"
+    dtype = str(array.dtype)
+    problem = array_dtype_problem(array.dtype)
+    if problem is None and dtype not in FRAME_DTYPES:
+        problem = f"dtype {dtype} is not uint8/uint16 (the column holds frames)"
+    if problem:
+        raise BadArrayError(path, f"{where}: {problem}")
+    if array.ndim not in (3, 4):
+        raise BadArrayError(
+            path,
+            f"{where}: wrong rank {array.ndim} for frames (expected [T, H, W] or [T, H, W, C])",
+        )
+    if array.ndim == 3:
+        array = array[..., None]
+    if 0 in array.shape[:3]:
+        t, h, w = array.shape[:3]
+        what = "T = 0" if t == 0 else f"H x W = {h} x {w}"
+        raise BadArrayError(path, f"{where}: empty ({what})")
+    if dtype != settings.dtype:
+        raise BadArrayError(
+            path, f"{where}: dtype {dtype} differs from the column's {settings.dtype}"
+        )
+    if array.shape[3] != settings.channels:
+        raise BadArrayError(
+            path,
+            f"{where}: C={array.shape[3]} channels differ from the column's C={settings.channels}",
+        )
+    array = np.asarray(array[frame_indices(array.shape[0], settings.num_frames)])
+    if array.shape[1:3] != (settings.height, settings.width):
+        pixel_format = _PIXEL_FORMATS[dtype, settings.channels]
+        array = np.stack([_resize(frame, settings, pixel_format) for frame in array])
+    return np.ascontiguousarray(array)
+
+
+def frame_indices(length: int, num_frames: int) -> np.ndarray:
+    """Indices of the frames kept: the centres of `num_frames` equal parts of [0, length).
+
+    All frames in order when ``num_frames == length``; evenly spread when fewer are kept;
+    repeated when more are kept than there are.
+    """
+    return ((np.arange(num_frames) + 0.5) * length / num_frames).astype(int)
+
+
+def _resize(frame: np.ndarray, settings: ArrayFrameSettings, pixel_format: str) -> np.ndarray:
+    # The video path's area interpolation, in the array's own dtype and channels.
+    image = frame[..., 0] if frame.shape[-1] == 1 else frame
+    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=pixel_format).reformat(
+        width=settings.width, height=settings.height, format=pixel_format, interpolation="AREA"
+    )
+    return out.to_ndarray().reshape(settings.height, settings.width, settings.channels)
