@@ -4,7 +4,8 @@
 or their names), and its attribute layout makes parameter paths predictable for per-modality
 masks:
 
-* ``encoders/<modality>/...``: the modality's encoder (ResNet-18 for ``audio`` and ``video``);
+* ``encoders/<modality>/...``: the modality's encoder (ResNet-18 for the ``audio`` and ``video``
+  kinds, a Conformer or temporal convolution network for the ``conformer`` and ``tcn`` kinds);
 * ``heads/<modality>/{kernel,bias}``: its unimodal head Linear(D -> K);
 * ``fusion/...``: the fusion head; parameters reading only modality m are at
   ``fusion/<block>/<m>/...`` (see :mod:`mlb_jax.models.fusion`), shared ones elsewhere.
@@ -17,8 +18,10 @@ construction from ``rngs`` (its ``dropout`` stream, or ``default`` when it has n
 in the module as ``nnx.RngState``, so a functional train step must carry the non-``Param``
 state (batch statistics and RNG counters) in and out of ``jax.jit``.
 
-The convolution algorithm of the encoders is the config field ``conv`` (``auto`` | ``plan`` |
-``xla``, see :mod:`mlb_jax.models.conv`), resolved once when the model is built.
+The convolution algorithm of the ResNet encoders is the config field ``conv`` (``auto`` |
+``plan`` | ``xla``, see :mod:`mlb_jax.models.conv`), resolved once when the model is built. The
+sequence encoders (:mod:`mlb_jax.models.sequence`) run XLA's 1-D convolutions and ignore
+``conv`` and ``base_width``.
 """
 
 import dataclasses
@@ -36,11 +39,34 @@ from mlb_jax.models.conv import resolve
 from mlb_jax.models.fusion import build_fusion, check_fusion_name, check_modality_names
 from mlb_jax.models.heads import unimodal_heads
 from mlb_jax.models.resnet import AudioEncoder, VideoEncoder
+from mlb_jax.models.sequence import ConformerEncoder, TemporalConvEncoder
 
 # The one place that maps an encoder kind (config field ``modalities.<m>.kind``) to its class.
-ENCODERS: dict[str, type[AudioEncoder] | type[VideoEncoder]] = {
+ENCODERS: dict[str, type[nnx.Module]] = {
     "audio": AudioEncoder,
     "video": VideoEncoder,
+    "conformer": ConformerEncoder,
+    "tcn": TemporalConvEncoder,
+}
+# The kinds built on ResNet-18, which take ``in_channels``, ``base_width`` and ``conv``; the
+# others are sequence encoders ([B, L, D] plus lengths), which take ``in_features``.
+RESNET_KINDS = ("audio", "video")
+# Per kind, the per-modality fields (besides ``kind``) it takes; each but ``in_channels`` and
+# ``in_features`` is the encoder constructor's keyword argument of the same name.
+ENCODER_FIELDS: dict[str, tuple[str, ...]] = {
+    "audio": ("in_channels",),
+    "video": ("in_channels",),
+    "conformer": (
+        "in_features",
+        "dim",
+        "depth",
+        "heads",
+        "ff_mult",
+        "conv_kernel",
+        "positions",
+        "dropout",
+    ),
+    "tcn": ("in_features", "width", "depth", "kernel", "dropout"),
 }
 # Channels when a modality's config leaves ``in_channels`` out.
 DEFAULT_IN_CHANNELS = {"audio": 1, "video": 3}
@@ -57,24 +83,62 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     # trainer applies them (`trainer.modalities_from_dataset`), the model ignores them.
     "encoders": "",
 }
-_MODALITY_FIELDS = ("kind", "in_channels")
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSpec:
-    """What encodes one modality: encoder kind and input channels.
+    """What encodes one modality: encoder kind, input width and encoder hyper-parameters.
 
     Not to be confused with ``mlb_jax.data.ModalitySpec``, which describes how a modality is
-    stored.
+    stored. The field names are those of the model config's ``modalities.<m>``. Every field but
+    ``kind`` defaults to ``None``, "not given": the kind's default, or an error for a required
+    field. A field given (not ``None``) to a kind that does not take it (see
+    :data:`ENCODER_FIELDS`) is an error.
 
     Attributes:
-        kind: encoder kind, a key of :data:`ENCODERS` (``"audio"``: spectrograms [B, F, T(, C)];
-            ``"video"``: clips [B, T, H, W, C]).
-        in_channels: input channels; ``None`` means the kind's default (audio 1, video 3).
+        kind: encoder kind, a key of :data:`ENCODERS`: ``"audio"`` (ResNet-18 on spectrograms
+            [B, F, T(, C)]), ``"video"`` (ResNet-18 on clips [B, T, H, W, C]), ``"conformer"``
+            (:class:`~mlb_jax.models.sequence.ConformerEncoder`) or ``"tcn"``
+            (:class:`~mlb_jax.models.sequence.TemporalConvEncoder`), both on feature sequences
+            [B, L, D] with valid lengths ``inputs[length_key(m)]``.
+        in_channels: ResNet kinds only: input channels; default audio 1, video 3.
+        in_features: sequence kinds only, required: the feature width D of [B, L, D].
+        dim: ``conformer``: model width, the feature width (default 144).
+        depth: ``conformer``: Conformer blocks (default 5); ``tcn``: convolution layers
+            (default 3).
+        heads: ``conformer``: attention heads, dividing ``dim`` (default 4).
+        ff_mult: ``conformer``: feed-forward hidden width / ``dim`` (default 4).
+        conv_kernel: ``conformer``: depthwise convolution kernel over time, odd (default 31).
+        positions: ``conformer``: ``'rotary'`` (default) or ``'none'``.
+        width: ``tcn``: channels of every layer, the feature width (default 64).
+        kernel: ``tcn``: convolution kernel over time, odd (default 5).
+        dropout: sequence kinds: the encoder's dropout rate (default 0.1); independent of the
+            model config's top-level ``dropout``, which is the fusion head's.
     """
 
     kind: str
     in_channels: int | None = None
+    in_features: int | None = None
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    ff_mult: int | None = None
+    conv_kernel: int | None = None
+    positions: str | None = None
+    width: int | None = None
+    kernel: int | None = None
+    dropout: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields other than ``kind`` that are set (not ``None``), in declaration order."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "kind" and getattr(self, field.name) is not None
+        }
+
+
+_MODALITY_FIELDS = tuple(field.name for field in dataclasses.fields(EncoderSpec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +172,13 @@ class ModelOutput(NamedTuple):
     features: dict[str, jax.Array]
 
 
+def _fields_of(spec: EncoderSpec) -> dict[str, Any]:
+    """All fields of a spec by name (``dataclasses.asdict`` without its deep copy)."""
+    return {field.name: getattr(spec, field.name) for field in dataclasses.fields(EncoderSpec)}
+
+
 def _as_spec(name: str, spec: EncoderSpec | Mapping[str, Any]) -> EncoderSpec:
-    """Normalises a modality description and checks its kind and channels."""
+    """Normalises a modality description and checks its kind, fields and input width."""
     if not isinstance(spec, EncoderSpec):
         unknown = sorted(set(spec) - set(_MODALITY_FIELDS))
         if unknown:
@@ -118,18 +187,49 @@ def _as_spec(name: str, spec: EncoderSpec | Mapping[str, Any]) -> EncoderSpec:
             )
         if "kind" not in spec:
             raise ValueError(f"modality {name!r}: missing field 'kind' (one of {sorted(ENCODERS)})")
-        spec = EncoderSpec(spec["kind"], spec.get("in_channels"))
+        spec = EncoderSpec(**spec)
     if spec.kind not in ENCODERS:
+        sequence_kinds = sorted(set(ENCODERS) - set(RESNET_KINDS))
         raise ValueError(
             f"modality {name!r}: unknown encoder kind {spec.kind!r}; expected one of "
-            f"{sorted(ENCODERS)}"
+            f"{sorted(RESNET_KINDS)} (ResNet-18 on spectrograms / frames) or {sequence_kinds} "
+            "(feature sequences [B, L, D] with lengths)"
         )
+    taken = ENCODER_FIELDS[spec.kind]
+    not_taken = [field for field in spec.given() if field not in taken]
+    if not_taken:
+        raise ValueError(
+            f"modality {name!r}: field(s) {not_taken} do not apply to encoder kind "
+            f"{spec.kind!r}, which takes {list(taken)}"
+        )
+    if spec.kind not in RESNET_KINDS:
+        if spec.in_features is None:
+            raise ValueError(
+                f"modality {name!r}: encoder kind {spec.kind!r} needs field 'in_features', the "
+                "feature width D of its [B, L, D] input"
+            )
+        # Values are checked by the encoder's constructor, whose messages name the modality.
+        return spec
     channels = DEFAULT_IN_CHANNELS[spec.kind] if spec.in_channels is None else spec.in_channels
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(
             f"modality {name!r}: in_channels must be a positive integer, got {spec.in_channels!r}"
         )
-    return EncoderSpec(spec.kind, channels)
+    # A new EncoderSpec, not dataclasses.replace: that would rebuild (and re-warn) a
+    # deprecated ModalitySpec.
+    return EncoderSpec(**{**_fields_of(spec), "in_channels": channels})
+
+
+def _build_encoder(
+    name: str, spec: EncoderSpec, *, base_width: int, conv: str, rngs: nnx.Rngs
+) -> nnx.Module:
+    """Builds a checked spec's encoder: ResNet kinds get ``base_width`` and ``conv``, not others."""
+    cls = ENCODERS[spec.kind]
+    if spec.kind in RESNET_KINDS:
+        return cls(spec.in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
+    options = spec.given()
+    in_features = options.pop("in_features")
+    return cls(in_features, name=name, rngs=rngs, **options)
 
 
 class MultimodalClassifier(nnx.Module):
@@ -161,14 +261,17 @@ class MultimodalClassifier(nnx.Module):
         """Builds the model.
 
         Args:
-            modalities: modality name -> :class:`EncoderSpec` (or a mapping with ``kind`` and
-                optional ``in_channels``), in order; the order fixes the first (conditioning /
-                gating) modality of ``film`` and ``gated`` fusion.
+            modalities: modality name -> :class:`EncoderSpec` (or a mapping of its fields:
+                ``kind`` and the fields that kind takes, see :data:`ENCODER_FIELDS`), in order;
+                the order fixes the first (conditioning / gating) modality of ``film`` and
+                ``gated`` fusion.
             num_classes: K.
-            base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width).
-            conv: the encoders' convolution algorithm, ``config.model.conv``: ``'auto'`` (the
-                CPU plan of :mod:`mlb_jax.models.conv` on the CPU backend, XLA's convolution
-                elsewhere), ``'plan'`` or ``'xla'``; resolved once, here.
+            base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width);
+                sequence encoders ignore it.
+            conv: the ResNet encoders' convolution algorithm, ``config.model.conv``:
+                ``'auto'`` (the CPU plan of :mod:`mlb_jax.models.conv` on the CPU backend, XLA's
+                convolution elsewhere), ``'plan'`` or ``'xla'``; resolved once, here. Sequence
+                encoders ignore it.
             fusion: a key of :data:`mlb_jax.models.fusion.FUSIONS`.
             fusion_hidden: hidden / token width of ``mid_mlp`` and ``transformer`` fusion.
             dropout: dropout rate of ``mid_mlp`` and ``transformer`` fusion.
@@ -177,8 +280,9 @@ class MultimodalClassifier(nnx.Module):
 
         Raises:
             ValueError: on an unknown encoder kind, fusion name or convolution choice, a bad
-                modality name or channel count, fewer modalities than the fusion needs, or a
-                non-positive ``num_classes``.
+                modality name or channel count, a modality field its kind does not take, a
+                sequence kind without ``in_features`` or with a bad hyper-parameter, fewer
+                modalities than the fusion needs, or a non-positive ``num_classes``.
         """
         # Validate everything before building encoders, which is the slow part.
         check_modality_names(tuple(modalities), minimum=1)
@@ -192,12 +296,8 @@ class MultimodalClassifier(nnx.Module):
         self.modality_names = tuple(specs)
         self.encoders = nnx.Dict(
             {
-                name: ENCODERS[spec.kind](
-                    spec.in_channels,
-                    base_width=base_width,
-                    conv=self.conv_algorithm,
-                    name=name,
-                    rngs=rngs,
+                name: _build_encoder(
+                    name, spec, base_width=base_width, conv=self.conv_algorithm, rngs=rngs
                 )
                 for name, spec in specs.items()
             }
@@ -210,7 +310,7 @@ class MultimodalClassifier(nnx.Module):
 
     @property
     def feature_dims(self) -> dict[str, int]:
-        """Modality name -> pooled feature width D_m (8 * base_width for the ResNets)."""
+        """Modality name -> pooled feature width D_m (8 * base_width, ``dim`` or ``width``)."""
         return {name: self.encoders[name].out_features for name in self.modality_names}
 
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool) -> ModelOutput:
@@ -218,8 +318,9 @@ class MultimodalClassifier(nnx.Module):
 
         Args:
             inputs: modality name -> batch: ``audio`` kind [B, F, T] or [B, F, T, C], ``video``
-                kind [B, T, H, W, C]. Keys that are not modalities of the model (labels, ids)
-                are ignored.
+                kind [B, T, H, W, C], sequence kinds (``conformer``, ``tcn``) [B, L, D], with
+                their valid lengths int32 [B] at ``length_key(name)`` (optional: without it
+                every step is valid). Other keys (labels, ids) are ignored.
             train: batch statistics, running-statistics updates and dropout if True; running
                 statistics and no dropout if False.
 
@@ -229,7 +330,8 @@ class MultimodalClassifier(nnx.Module):
 
         Raises:
             ValueError: if a modality is missing from ``inputs`` or its array has the wrong rank
-                or channel count (the message names the modality and the expected shape).
+                or channel / feature count, or a sequence modality's lengths are not [B] (the
+                message names the modality and the expected shape).
         """
         features = self.encode(inputs, train=train)
         unimodal_logits = {name: self.heads[name](features[name]) for name in self.modality_names}
@@ -318,9 +420,22 @@ def build_model(
     """Builds a :class:`MultimodalClassifier` from a model config.
 
     Fields (all but ``modalities`` optional, defaults in :data:`CONFIG_DEFAULTS`):
-    ``modalities`` (name -> {``kind``: 'audio' | 'video', ``in_channels``: int}), ``base_width``,
-    ``conv`` ('auto' | 'plan' | 'xla', see :mod:`mlb_jax.models.conv`), ``fusion``,
-    ``fusion_hidden``, ``dropout``, ``num_classes``.
+    ``modalities``, ``base_width`` and ``conv`` ('auto' | 'plan' | 'xla', see
+    :mod:`mlb_jax.models.conv`; both for the ResNet kinds only, ignored by sequence encoders),
+    ``fusion``, ``fusion_hidden``, ``dropout`` (the fusion head's), ``num_classes``.
+
+    ``modalities`` maps each name to its fields (see :class:`EncoderSpec`; ``kind`` required,
+    every other field optional unless noted):
+
+    * ``kind: 'audio' | 'video'``: ``in_channels`` (default 1 / 3);
+    * ``kind: 'conformer'``: ``in_features`` (required, D), ``dim`` (144), ``depth`` (5),
+      ``heads`` (4), ``ff_mult`` (4), ``conv_kernel`` (31, odd), ``positions`` ('rotary' |
+      'none'), ``dropout`` (0.1);
+    * ``kind: 'tcn'``: ``in_features`` (required, D), ``width`` (64), ``depth`` (3), ``kernel``
+      (5, odd), ``dropout`` (0.1).
+
+    A sequence modality ``m``'s batch also carries its lengths at
+    ``mlb_jax.batch_format.length_key(m)``.
 
     Args:
         model_config: the config (typically ``config.model``).
@@ -332,8 +447,9 @@ def build_model(
         The model.
 
     Raises:
-        ValueError: naming the field, on an unknown or missing field, an unknown encoder kind,
-            fusion or convolution choice, or a missing or conflicting number of classes.
+        ValueError: naming the field, on an unknown or missing field, a modality field that its
+            encoder kind does not take, an unknown encoder kind, fusion or convolution choice,
+            or a missing or conflicting number of classes.
     """
     config = _as_dict(model_config, "model config")
     unknown = sorted(set(config) - set(CONFIG_DEFAULTS) - {"modalities"})
@@ -342,7 +458,7 @@ def build_model(
             f"model config: unknown field(s) {unknown}; expected {['modalities', *CONFIG_DEFAULTS]}"
         )
     if "modalities" not in config:
-        raise ValueError("model config: missing field 'modalities' (name -> {kind, in_channels})")
+        raise ValueError("model config: missing field 'modalities' (name -> {kind, ...})")
     fields = {**CONFIG_DEFAULTS, **config}
     modalities = {
         name: _as_dict(spec, f"model config field 'modalities.{name}'")
