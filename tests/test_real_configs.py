@@ -228,3 +228,26 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     changed = [p for p in before if not np.array_equal(before[p], after[p])]
     for group in ("encoders/audio/", "encoders/video/", "heads/audio/", "heads/video/", "fusion/"):
         assert any(p.startswith(group) for p in changed), (group, sorted(after)[:5])
+
+
+def test_cremad_conformer_config_builds_the_papers_conformer_encoders():
+    from flax import nnx
+
+    from mlb_jax.models import ConformerEncoder, build_model
+
+    config, recipe = recipes.resolve(load_config("cremad_conformer"))
+    assert recipe == {}  # no recipe: its settings are written out with their run.sh lines
+    assert (config.train.lr, config.train.weight_decay, config.train.batch_size) == (
+        5e-5,
+        5e-6,
+        8,
+    )
+    assert (config.method.name, config.method.alpha, config.method.beta_max) == ("mlb", 5.0, 2.0)
+    assert config.data.sequence_length == "face=150"
+    trainer.validate_config(config)
+    # Shapes only: the two 5-block, 512-wide Conformers are not allocated.
+    model = nnx.eval_shape(lambda: build_model(config.model, 6, rngs=nnx.Rngs(0)))
+    for name, width in (("audio", 1024), ("face", 1408)):
+        encoder = model.encoders[name]
+        assert isinstance(encoder, ConformerEncoder)
+        assert (encoder.in_features, encoder.out_features, len(encoder.blocks)) == (width, 512, 5)

@@ -97,8 +97,10 @@ def encoder_labels(
     Args:
       params: the model's parameter pytree (paths 'encoders/<m>/...', 'heads/<m>/...').
       modalities: modality names.
-      scope: 'conv': 4-D leaves under 'encoders/<m>/' (convolution kernels; the official OGM
-        rule "gradient is 4-D"); 'encoder': every leaf under 'encoders/<m>/' or 'heads/<m>/'
+      scope: 'conv': convolution kernels under 'encoders/<m>/': 4-D leaves (the official OGM
+        rule "gradient is 4-D", the ResNets' 2-D convolutions) and 3-D ones (the 1-D
+        convolutions of the sequence encoders; no other parameter has 3 or more axes);
+        'encoder': every leaf under 'encoders/<m>/' or 'heads/<m>/'
         (MLB's `enc_m`, which holds the unimodal head too). The fusion is never included.
 
     Returns:
@@ -115,13 +117,13 @@ def encoder_labels(
     treedef = jax.tree.structure(params)
     labels = treedef.flatten_up_to(modality_labels(params, {m: p[0] for m, p in patterns.items()}))
     labels = [
-        label if np.ndim(x) == 4 else None
+        label if np.ndim(x) >= 3 else None
         for label, x in zip(labels, treedef.flatten_up_to(params))
     ]
     for m in modalities:
         if m not in labels:
             raise ValueError(
-                f"scope 'conv': the encoder of modality {m!r} has no 4-D (convolution) "
-                "parameter; use scope 'encoder'"
+                f"scope 'conv': the encoder of modality {m!r} has no convolution kernel (3-D "
+                "or 4-D parameter); use scope 'encoder'"
             )
     return treedef.unflatten(labels)

@@ -15,8 +15,9 @@ per-leaf labels, `BalancingState` with the noise key in its `extra` field, per-s
 keyword extra arguments, unknown ones ignored), chained before the base optimiser by default.
 
 Which parameters are modulated (`scope`):
-  * 'conv' (default, the official GeWu-Lab code): the 4-D convolution kernels of each
-    modality's encoder only; BatchNorm scale/bias, unimodal heads and fusion are untouched.
+  * 'conv' (default, the official GeWu-Lab code): the convolution kernels of each modality's
+    encoder only (4-D; the 3-D kernels of a sequence encoder's 1-D convolutions, where the
+    official rule would select nothing); BatchNorm scale/bias, heads and fusion are untouched.
   * 'encoder' (MLB's `Bias_Infusion_OGM`): every parameter of the modality's encoder and of its
     unimodal head (`enc_m` in MLB), any shape; the fusion layer is untouched.
 

@@ -1,4 +1,4 @@
-"""Model layer: ResNet-18 encoders, fusion heads, unimodal heads and the multimodal classifier."""
+"""Model layer: ResNet-18 and sequence encoders, fusion and unimodal heads, the classifier."""
 
 from mlb_jax.models.conv import CHOICES as CONV_CHOICES
 from mlb_jax.models.conv import resolve as resolve_conv
@@ -22,12 +22,14 @@ from mlb_jax.models.multimodal import (
     build_model,
 )
 from mlb_jax.models.resnet import AudioEncoder, ResNet18, VideoEncoder
+from mlb_jax.models.sequence import ConformerEncoder, TemporalConvEncoder
 
 __all__ = [
     "CONV_CHOICES",
     "ENCODERS",
     "FUSIONS",
     "AudioEncoder",
+    "ConformerEncoder",
     "EncoderSpec",
     "FiLMFusion",
     "Fusion",
@@ -38,6 +40,7 @@ __all__ = [
     "ModelOutput",
     "MultimodalClassifier",
     "ResNet18",
+    "TemporalConvEncoder",
     "TransformerFusion",
     "VideoEncoder",
     "build_fusion",
