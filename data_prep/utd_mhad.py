@@ -406,6 +406,25 @@ def area_weights(source: int, target: int) -> np.ndarray:
     return np.clip(high - low, 0.0, None)
 
 
+def _area_sum(x: np.ndarray, axis: int, target: int) -> np.ndarray:
+    """Sums `x` over each output cell of `axis` (resized to `target`), weighted by overlap.
+
+    Equal to ``area_weights(source, target) @ x`` along `axis`, but as a gather of the few
+    pixels each cell overlaps: no BLAS call, whose threads crawl on a busy machine.
+    """
+    weights = area_weights(x.shape[axis], target)
+    first = np.argmax(weights > 0, axis=1)
+    span = int((weights > 0).sum(axis=1).max())
+    index = np.minimum(first[:, None] + np.arange(span), x.shape[axis] - 1)
+    taken = np.where(
+        first[:, None] + np.arange(span) < x.shape[axis],
+        np.take_along_axis(weights, index, axis=1),
+        0.0,
+    )
+    moved = np.moveaxis(x, axis, -1)
+    return np.moveaxis((moved[..., index] * taken).sum(-1), -1, axis)
+
+
 def resize_depth(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area resize of depth frames over their readings only.
 
@@ -418,11 +437,10 @@ def resize_depth(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         mean of those readings (rounded), any other is 0.
     """
     height, width = size
-    rows = area_weights(frames.shape[1], height)
-    cols = area_weights(frames.shape[2], width)
     values = frames.astype(np.float64)
-    total = np.einsum("ij,njk,lk->nil", rows, values, cols)
-    valid = np.einsum("ij,njk,lk->nil", rows, (values > 0).astype(np.float64), cols)
+    # Per output pixel: the readings' sum, and the area that has readings (in input pixels).
+    total = _area_sum(_area_sum(values, 1, height), 2, width)
+    valid = _area_sum(_area_sum((values > 0).astype(np.float64), 1, height), 2, width)
     cell = (frames.shape[1] / height) * (frames.shape[2] / width)
     keep = valid >= 0.5 * cell * (1 - 1e-9)
     mean = np.divide(total, valid, out=np.zeros_like(total), where=keep)

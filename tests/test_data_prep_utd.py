@@ -241,6 +241,31 @@ def test_report_names_missing_and_unreadable_files(converted):
     assert "not written: 3 (1 missing, 2 unreadable files)" in summary
 
 
+def test_length_caps_subsample_and_every_frame_centring(converted, tmp_path, capsys):
+    out = tmp_path / "out"
+    caps = ["--max_skeleton_len=4", "--max_inertial_len=6", "--skeleton_centre=every_frame"]
+    assert (
+        utd_mhad.main([*converted["argv"][:1], f"--out_dir={out}", *converted["argv"][2:], *caps])
+        == 0
+    )
+    capsys.readouterr()
+    meta = load_meta(out)
+    assert meta.data_dir.parent.name == f"{CONFIG}_every_frame_skel4_iner6"
+    assert meta.modalities["skeleton"].shape == (4, 60)
+    assert meta.modalities["inertial"].shape == (6, 6)
+    e = examples(out)["train"]["a2_s1_t1"]  # T = 3 + 4 % 5 = 7 skeleton frames, 7 inertial
+    raw = fake(2, 1, 1)
+    joints = np.moveaxis(raw["d_skel"], 2, 0)  # [T, 20, 3]
+    centred = (joints - joints[:, 3:4]).reshape(len(joints), 60)  # each frame's own hip
+    assert e["skeleton"]["length"] == 4
+    np.testing.assert_allclose(e["skeleton"]["values"], centred[[0, 2, 4, 6]], atol=1e-6)
+    assert e["inertial"]["length"] == 6
+    report = json.loads((meta.data_dir.parent / "conversion_report.json").read_text())
+    lengths = [3 + (a + s + t) % 5 for a in ACTIONS for s in SUBJECTS for t in TRIALS]
+    assert report["capped"]["skeleton"] > 0
+    assert report["lengths"]["skeleton"]["max"] == max(lengths)  # before the cap
+
+
 def test_eval_batches_read_the_converted_data(converted):
     meta = load_meta(converted["out"])
     batch = next(pipeline.eval_batches(meta, "test", global_batch_size=8, process_count=1,
