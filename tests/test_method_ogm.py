@@ -179,6 +179,29 @@ def test_masks_on_the_real_model():
             assert not any(p.startswith("fusion/") for p in chosen)
 
 
+def test_conv_scope_takes_the_1d_kernels_of_sequence_encoders():
+    config = {
+        "modalities": {
+            "imu": {"kind": "tcn", "in_features": 3, "width": 4, "depth": 2},
+            "mfcc": {"kind": "conformer", "in_features": 3, "dim": 4, "depth": 1, "heads": 1},
+        }
+    }
+    model = nnx.eval_shape(lambda: build_model(config, 4, rngs=nnx.Rngs(0)))
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    labels = jax.tree.structure(params).flatten_up_to(
+        encoder_labels(params, ["imu", "mfcc"], scope="conv")
+    )
+    chosen = {p: label for p, label in zip(parameter_paths(params), labels) if label}
+    # The TCN's two Conv1D kernels [k, C_in, C_out] and the Conformer's depthwise one: the
+    # 1-D analogue of the official "4-D gradient" rule; linear, attention and norm weights
+    # (at most 2-D) stay out.
+    assert chosen == {
+        "encoders/imu/convs/0/kernel": "imu",
+        "encoders/imu/convs/1/kernel": "imu",
+        "encoders/mfcc/blocks/0/conv/depthwise/kernel": "mfcc",
+    }
+
+
 # ----------------------------------------------------------------------------- OGM-GE noise
 
 
