@@ -131,6 +131,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # latest checkpoints kept
     c.train.eval_test_every_epoch = False  # test split every epoch too (else: best epoch only)
     c.train.keep_last_batch = False  # train on the last, smaller batch of an epoch too
+    # Per-encoder gradient norms and fused-vs-unimodal gradient cosines (mlb_jax/diagnostics.py):
+    # 1 more forward and M + 1 more backward passes per step.
+    c.train.diagnostics = False
 
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes

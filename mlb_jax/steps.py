@@ -20,6 +20,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from mlb_jax import diagnostics as diagnostics_lib
 from mlb_jax.balancing import balancing_metrics, top1_accuracy
 from mlb_jax.methods import Method, make_method
 from mlb_jax.models import build_model
@@ -145,7 +146,11 @@ def abstract_batch(
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, method: Method, tx: optax.GradientTransformation
+    graphdef: nnx.GraphDef,
+    method: Method,
+    tx: optax.GradientTransformation,
+    *,
+    diagnostics: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
@@ -153,6 +158,9 @@ def make_train_step(
       graphdef: the model's graph definition.
       method: supplies the loss and the optimiser's extra arguments.
       tx: the full optimiser chain.
+      diagnostics: also return `mlb_jax.diagnostics`' per-encoder gradient norms and
+        fused-vs-unimodal gradient cosines (`diag/...`; an extra forward and M + 1 backward
+        passes per step, the update unchanged).
 
     Returns:
       The step. `batch` is {'inputs': {m: array}, 'label': [B], 'mask': [B]}; metrics are
@@ -186,6 +194,18 @@ def make_train_step(
             metrics[f"accuracy/{name}"] = top1_accuracy(logits, labels)
         with contextlib.suppress(ValueError):  # methods without a balancing state
             metrics |= balancing_metrics(opt_state)
+        if diagnostics:
+            names = list(outputs.unimodal_logits)
+            metrics |= diagnostics_lib.encoder_grad_norms(grads, names)
+            metrics |= diagnostics_lib.loss_gradient_cosines(
+                graphdef,
+                method,
+                state.params,
+                state.rest,
+                state.method_state,
+                batch["inputs"],
+                labels,
+            )
         new_state = TrainState(state.step + 1, params, new_rest, opt_state, state.method_state)
         return new_state, metrics
 

@@ -28,6 +28,7 @@ from mlb_jax import recipes
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.config_base import per_modality
 from mlb_jax.data import augment, pipeline, schema, synthetic
+from mlb_jax.diagnostics import cost_line, epoch_summary
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
 from mlb_jax.models import FUSIONS, resolve_conv
@@ -264,7 +265,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = train.get(field, minimum)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"config.train.{field} must be an integer >= {minimum}, got {value!r}")
-    for field in ("eval_test_every_epoch", "keep_last_batch"):
+    for field in ("eval_test_every_epoch", "keep_last_batch", "diagnostics"):
         if not isinstance(train.get(field, False), bool):
             raise ValueError(f"config.train.{field} must be True or False, got {train[field]!r}")
     make_optimizer(train, 1, None)
@@ -496,7 +497,10 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
             f"method {method.name!r} reads split {method_split!r} (config.method.*.split), "
             f"which {meta.name} lacks: choose one of {sorted(meta.split_sizes)}"
         )
-    train_step = jax.jit(make_train_step(graphdef, method, tx), donate_argnums=0)
+    diagnostics = config.train.get("diagnostics", False)
+    train_step = jax.jit(
+        make_train_step(graphdef, method, tx, diagnostics=diagnostics), donate_argnums=0
+    )
     eval_step = jax.jit(make_eval_step(graphdef, method))
     # Trace-time checks (e.g. a method that needs another fusion) fail here, not mid-run.
     lengths = pipeline.length_keys(meta)
@@ -650,6 +654,9 @@ def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -
     ks = [f"{m} {record[f'train/k/{m}']:.2f}" for m in modalities if f"train/k/{m}" in record]
     if ks:
         parts.append("k " + " ".join(ks))
+    diagnosed = epoch_summary(record, modalities)  # config.train.diagnostics
+    if diagnosed:
+        parts.append(diagnosed)
     parts.append(f"{record['epoch_seconds']:.1f}s")
     return " | ".join(parts)
 
@@ -683,6 +690,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
         return evaluate_ensemble(config, meta, workdir, started)
     run, state = setup(config, meta)
+    if config.train.get("diagnostics", False) and jax.process_index() == 0:
+        print(cost_line(len(run.modalities)), flush=True)
     resolved = resolved_settings(config, run.meta, run.method, state.params)
     if recipe:  # each recipe field's value and source, in config.json
         resolved["recipe"] = recipe
