@@ -129,6 +129,7 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.train.log_every = 10  # steps between logged train metrics (TensorBoard, plots)
     c.train.num_devices = 0  # devices in the ('data',) mesh (0 = all)
     c.train.keep_checkpoints = 2  # latest checkpoints kept
+    c.train.checkpoint_every = 1  # epochs between checkpoints (a kill repeats at most these)
     c.train.eval_test_every_epoch = False  # test split every epoch too (else: best epoch only)
     c.train.keep_last_batch = False  # train on the last, smaller batch of an epoch too
     # Per-encoder gradient norms and fused-vs-unimodal gradient cosines (mlb_jax/diagnostics.py):

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -261,6 +262,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("keep_checkpoints", 1),
         ("num_devices", 0),
         ("early_stopping_patience", 0),
+        ("checkpoint_every", 1),
     ):
         value = train.get(field, minimum)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -706,17 +708,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     show = config.get("progress", True) and jax.process_index() == 0
     timing: dict[str, float] = {}
     try:
+        # Latest (and, if it improved, best) checkpoint every `checkpoint_every` epochs and at
+        # the end: each save waits for the disk, about a second even for a tiny model.
+        checkpoint_every = config.train.get("checkpoint_every", 1)
+        pending_best = None
         for epoch in range(len(history["epochs"]), config.train.epochs):
             # Checked before each epoch from the history alone, so a resumed run keeps its count.
             if early_stop_reason(history, config.train):
                 break
             state, history = _train_epoch(run, state, history, epoch, writer, show, timing)
             step = history["epochs"][-1]["step"]
-            # Best first: once the latest checkpoint names epoch e as best, its weights are on
-            # disk; a kill in between only repeats epoch e, which re-saves it.
             if history["best"]["epoch"] == epoch:
-                ckpts.save_best(step, state)
-            ckpts.save(step, state, history)
+                # A device copy: the next train step donates (invalidates) `state`.
+                pending_best = (step, jax.tree.map(jnp.copy, state))
+            last = epoch + 1 == config.train.epochs or early_stop_reason(history, config.train)
+            if (epoch + 1) % checkpoint_every == 0 or last:
+                # Best first: once the latest checkpoint names epoch e as best, its weights
+                # are on disk; a kill in between only repeats the epochs since the previous
+                # checkpoint, which re-save it.
+                if pending_best is not None:
+                    ckpts.save_best(*pending_best)
+                    pending_best = None
+                ckpts.save(step, state, history)
         reason = early_stop_reason(history, config.train)
         if reason and jax.process_index() == 0:
             print(f"{reason}: restoring the best checkpoint", flush=True)

@@ -333,6 +333,35 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+def test_checkpoint_every_saves_less_and_changes_nothing(
+    reference_run, data_cache, tmp_path, monkeypatch
+):
+    ref_dir, ref_results, _ = reference_run
+    config = load_tiny(data_cache)  # 2 epochs of 8 steps
+    config.train.checkpoint_every = 2
+    saved = []
+    for name in ("save", "save_best"):
+        original = getattr(RunCheckpoints, name)
+
+        def record(self, step, *args, _name=name, _original=original):
+            saved.append((_name, step))
+            return _original(self, step, *args)
+
+        monkeypatch.setattr(RunCheckpoints, name, record)
+    results = trainer.train_and_evaluate(config, tmp_path)
+    # One save at the end (step 16) instead of one per epoch; the best epoch's state, kept on
+    # the devices meanwhile, is written just before it.
+    best_step = 8 * ref_results["best_epoch"]  # 1-based
+    assert saved == [("save_best", best_step), ("save", 16)]
+    for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
+        assert results[key] == ref_results[key], key
+    for a, b in zip(
+        jax.tree.leaves(final_params(ref_dir, config)),
+        jax.tree.leaves(final_params(tmp_path, config)),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_cache, tmp_path, monkeypatch):
     config = load_tiny(data_cache)  # the reference config: its compiled step is cached
     original = trainer._train_epoch
