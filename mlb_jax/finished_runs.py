@@ -94,7 +94,9 @@ def modality_weights(
     """Best-checkpoint arrays of a unimodal run's encoder and head, by '/'-joined path.
 
     Covers the parameters and the other state (BatchNorm statistics) under
-    `encoders/<modality>/` and `heads/<modality>/`, prefixed 'params/' or 'rest/'.
+    `encoders/<modality>/` and `heads/<modality>/`, prefixed 'params/' or 'rest/'; not the
+    dropout random streams (`.../rngs/...`, of the sequence encoders): the new run keeps
+    its own.
     """
     config, resolved = run_config(workdir, where)
     check_unimodal_run(config, resolved, modality, num_classes, where)
@@ -104,7 +106,7 @@ def modality_weights(
     for part in ("params", "rest"):
         for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, part))[0]:
             name = path_string(path)
-            if name.startswith(prefixes):
+            if name.startswith(prefixes) and "/rngs/" not in name:
                 out[f"{part}/{name}"] = np.asarray(leaf)
     return out
 
