@@ -253,3 +253,28 @@ def test_encoders_and_sequence_fits_from_the_dataset(meta):
     data.sequence_length, data.sequence_fit = "", "tail"
     with pytest.raises(ValueError, match="config.data.sequence_fit: 'imu': sequence fit 'tail'"):
         trainer.sequence_fits(data, meta)
+
+
+def test_a_sequence_unimodal_run_hands_its_weights_but_not_its_dropout_streams(meta, tmp_path):
+    from mlb_jax import trainer
+    from mlb_jax.config_base import custom_dataset
+    from mlb_jax.finished_runs import modality_weights
+
+    config = custom_dataset()  # modalities and encoders from the dataset: imu -> tcn
+    config.data.dir = str(meta.data_dir)
+    config.data.train_split = config.data.val_split = config.data.test_split = "test"
+    config.method.name, config.method.modality = "unimodal", "imu"
+    config.progress = False
+    config.model.base_width, config.model.conv = 2, "xla"
+    config.train.epochs, config.train.batch_size, config.train.eval_batch_size = 1, 2, 8
+    config.train.num_devices, config.train.warmup_steps = 2, 0
+    config.probe.steps = 5
+    config.evaluate.enabled = False
+    trainer.train_and_evaluate(config, tmp_path)
+    weights = modality_weights(tmp_path, "imu", 2, "test")
+    # The TCN's convolutions, norms and head, for pre_frozen / pre_finetuned to graft; its
+    # dropout stream (a typed PRNG key, not an array to copy) stays with each run.
+    assert "params/encoders/imu/convs/0/kernel" in weights
+    assert "params/heads/imu/kernel" in weights
+    assert not [name for name in weights if "/rngs/" in name]
+    assert all(isinstance(w, np.ndarray) for w in weights.values())
