@@ -29,7 +29,7 @@ HEAVY = [
     "torch",
 ]
 # Extras `make install` does not install, so their own packages are not in the lock.
-UNLOCKED = {"torch", "transformers", "timm"}
+UNLOCKED = {"torch", "torchvision", "transformers", "timm"}
 
 
 def _project() -> dict:
