@@ -19,6 +19,7 @@ from tiny_run import (
 from mlb_jax import trainer
 from mlb_jax.methods import make_method
 from mlb_jax.methods.mmcosine import MMCosine, cosine_logits
+from mlb_jax.models import MultimodalClassifier
 from mlb_jax.models.fusion import LateLinearFusion, MidMLPFusion
 
 A, V, T = "audio", "video", "text"
@@ -44,6 +45,8 @@ class Identity:
 
 class FakeModel:
     """Identity encoders (inputs are the features) and a real late-linear fusion."""
+
+    encode = MultimodalClassifier.encode  # the real encoder loop over the identity encoders
 
     def __init__(self, kernels, late_linear=True):
         names = tuple(kernels)
