@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import final_params, load_tiny
+from test_train import assert_same_results_and_final_params, load_tiny
 from tiny_run import (
     assert_same_shapes,
     epoch_means,
@@ -319,13 +319,7 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
     assert np.asarray(killed.method_state["valid"]).any()
     monkeypatch.setattr(RunCheckpoints, "save", original)
     resumed = trainer.train_and_evaluate(tiny_config(data_cache, "pmr"), tmp_path)
-    for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
-        assert resumed[key] == ref_results[key], key
-    for a, b in zip(
-        jax.tree.leaves(final_params(ref_dir, config)),
-        jax.tree.leaves(final_params(tmp_path, config)),
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert_same_results_and_final_params(ref_dir, ref_results, tmp_path, resumed, config)
     state, _ = restore_latest(config, tmp_path)
     for a, b in zip(jax.tree.leaves(state.method_state), jax.tree.leaves(ref_state.method_state)):
         np.testing.assert_array_equal(a, b)

@@ -71,6 +71,17 @@ def final_params(workdir, config):
     return jax.tree.map(np.asarray, state.params)
 
 
+def assert_same_results_and_final_params(ref_dir, ref_results, workdir, results, config):
+    """The results a run reports and its final parameters equal the reference run's, exactly."""
+    for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
+        assert results[key] == ref_results[key], key
+    for a, b in zip(
+        jax.tree.leaves(final_params(ref_dir, config)),
+        jax.tree.leaves(final_params(workdir, config)),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 def read_history(workdir):
     ckpts = RunCheckpoints(workdir)
     try:
@@ -324,13 +335,7 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
     assert saves == [8] and not (tmp_path / "results.json").exists()
     monkeypatch.setattr(RunCheckpoints, "save", original)
     resumed = trainer.train_and_evaluate(load_tiny(data_cache), tmp_path)
-    for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
-        assert resumed[key] == ref_results[key], key
-    for a, b in zip(
-        jax.tree.leaves(final_params(ref_dir, config)),
-        jax.tree.leaves(final_params(tmp_path, config)),
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert_same_results_and_final_params(ref_dir, ref_results, tmp_path, resumed, config)
 
 
 def test_checkpoint_every_saves_less_and_changes_nothing(
@@ -353,13 +358,7 @@ def test_checkpoint_every_saves_less_and_changes_nothing(
     # the devices meanwhile, is written just before it.
     best_step = 8 * ref_results["best_epoch"]  # 1-based
     assert saved == [("save_best", best_step), ("save", 16)]
-    for key in ("accuracy", "unimodal_accuracy", "probe_accuracy", "ece", "steps"):
-        assert results[key] == ref_results[key], key
-    for a, b in zip(
-        jax.tree.leaves(final_params(ref_dir, config)),
-        jax.tree.leaves(final_params(tmp_path, config)),
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert_same_results_and_final_params(ref_dir, ref_results, tmp_path, results, config)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_cache, tmp_path, monkeypatch):
