@@ -170,7 +170,7 @@ class ConvertingBuilder(AudioVideoBuilder):
             print(f"{self.name}/{self.builder_config.name}: already converted in {final_dir}")
             return
         self._report.update(status="ok", output=str(final_dir))
-        _write_json(self.report_path, self._report)
+        write_json(self.report_path, self._report)
         if self._cache_dir is not None and not self.run.keep_cache:
             shutil.rmtree(self._cache_dir, ignore_errors=True)
             if not any(self._cache_dir.parent.iterdir()):  # no other dataset's cache
@@ -208,7 +208,7 @@ class ConvertingBuilder(AudioVideoBuilder):
         try:
             check(report, self.fix_hints())
         except ConversionError:
-            _write_json(self.report_path, {**report, "status": "failed"})
+            write_json(self.report_path, {**report, "status": "failed"})
             raise
         self._report = report
         by_split = collections.defaultdict(list)
@@ -226,7 +226,8 @@ class ConvertingBuilder(AudioVideoBuilder):
                 yield o.example.id, example
 
 
-def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+def write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    """Writes ``data`` as indented JSON atomically (temp file + rename), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 

@@ -144,7 +144,7 @@ def decode_all(
             # Chunks amortise the inter-process round trip but stay small enough to keep every
             # worker busy to the end and the bar moving.
             chunk = max(1, min(16, len(examples) // (4 * workers)))
-            with _without_main_module():  # map() submits every chunk, so all workers start here
+            with without_main_module():  # map() submits every chunk, so all workers start here
                 results = pool.map(work, examples, chunksize=chunk)
             return [_advance(bar, o) for o in results]
 
@@ -153,7 +153,7 @@ def decode_all(
 def process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     """A pool of `workers` decode processes started with `START_METHOD` (never fork).
 
-    Workers start lazily, when tasks are submitted; submit inside `_without_main_module` so
+    Workers start lazily, when tasks are submitted; submit inside `without_main_module` so
     that they do not re-import the caller's main module.
 
     Args:
@@ -168,7 +168,7 @@ def process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecuto
 
 
 @contextlib.contextmanager
-def _without_main_module() -> Iterator[None]:
+def without_main_module() -> Iterator[None]:
     """Processes started in this block do not re-run the main module.
 
     A spawned child re-imports the parent's ``__main__`` (by module name, or by path for a

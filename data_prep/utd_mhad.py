@@ -49,7 +49,6 @@ import argparse
 import collections
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import re
@@ -63,7 +62,7 @@ import scipy.io
 import tqdm
 
 from data_prep import common
-from data_prep.decode import _without_main_module, atomic_write, process_pool
+from data_prep.decode import process_pool, without_main_module
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.schema import SCHEMA_VERSION, DataError, ModalitySpec, load_meta
@@ -560,7 +559,7 @@ def read_raw(
             # Spawned, never forked (this process runs TensorFlow threads; data_prep.decode).
             with process_pool(workers) as pool:
                 chunk = max(1, min(8, len(samples) // (4 * workers)))
-                with _without_main_module():
+                with without_main_module():
                     results = pool.map(work, samples, chunksize=chunk)
                 outcomes = [_advance(bar, o) for o in results]
     return RawRead(
@@ -698,7 +697,7 @@ class UtdMhad(AudioVideoBuilder):
             write_seconds=round(written, 2),
             total_seconds=round(written + self._report["read_seconds"], 2),
         )
-        _write_json(self.report_path, self._report)
+        common.write_json(self.report_path, self._report)
         print(format_report(self._report, self.report_path))
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[Any]]:
@@ -718,7 +717,7 @@ class UtdMhad(AudioVideoBuilder):
         try:
             common.check(report, FIX_HINTS)
         except common.ConversionError:
-            _write_json(self.report_path, {**report, "status": "failed"})
+            common.write_json(self.report_path, {**report, "status": "failed"})
             raise
         self._report = report
         by_split = collections.defaultdict(list)
@@ -743,11 +742,6 @@ FIX_HINTS = {
     "UnreadableFile": "have a file that cannot be read or holds the wrong variable or shape "
     "(download it again)",
 }
-
-
-def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 # --- Report -----------------------------------------------------------------------------------
@@ -1060,7 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the importable module, not this __main__ copy, so that the tasks sent to the reading
     # processes name data_prep.utd_mhad (which they import) rather than __main__ (which they
-    # do not re-run: data_prep.decode._without_main_module).
+    # do not re-run: data_prep.decode.without_main_module).
     from data_prep import utd_mhad
 
     sys.exit(utd_mhad.main())

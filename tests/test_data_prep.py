@@ -407,7 +407,7 @@ def test_decode_workers_are_spawned_import_no_tf_or_jax_and_match_one_process(ra
     # One worker runs a real decode, then reports what it has imported: no TF, no JAX, although
     # this process has both (and its __main__ is not re-run in the worker).
     (tmp_path / "three").mkdir()
-    with decode.process_pool(1) as pool, decode._without_main_module():
+    with decode.process_pool(1) as pool, decode.without_main_module():
         outcome = pool.submit(
             decode.decode_example, listed[0], **settings, cache_dir=tmp_path / "three"
         ).result()
@@ -415,7 +415,7 @@ def test_decode_workers_are_spawned_import_no_tf_or_jax_and_match_one_process(ra
         assert pool.submit(eval, HEAVY).result() == []
     assert "jax" in sys.modules and "tensorflow" in sys.modules
     # What a spawned worker is told to re-import before its first task: not the main module.
-    with decode._without_main_module():
+    with decode.without_main_module():
         data = multiprocessing.spawn.get_preparation_data("worker")
     assert not {"init_main_from_name", "init_main_from_path"} & data.keys()
 
