@@ -200,8 +200,8 @@ FRACTION_COLUMNS = ("ECE", "imbalance")
 def evaluation_tables(results: dict[str, list[dict]]) -> str:
     """Markdown tables of the runs' evaluation.json over seeds: subsets, noise, agreement.
 
-    Rows without an evaluation (ensemble) or without the part (unimodal runs have no
-    subsets) are left out; every cell is mean ± std over seeds in %.
+    Rows without an evaluation or without the part (unimodal runs have no subsets, ensembles
+    no noise curves) are left out; every cell is mean ± std over seeds in %.
     """
     evaluated = {
         row: [r["evaluation"] for r in runs]

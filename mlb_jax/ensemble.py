@@ -55,6 +55,40 @@ def member_config(
     return out
 
 
+def restore_members(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Each member's run and best checkpoint, checked against this ensemble's dataset.
+
+    Returns:
+      (modality -> (trainer.Run, train state), modality -> the member's recorded config).
+
+    Raises:
+      FileNotFoundError, ValueError: a member that is missing, not a unimodal run of its
+        modality, or trained on another dataset (one line naming the config field).
+    """
+    members, records = {}, {}
+    for modality, member_dir in make_method(config.method).workdirs:
+        where = f"config.method.ensemble.workdirs.{modality}"
+        member, resolved = finished_runs.run_config(member_dir, where)
+        finished_runs.check_unimodal_run(member, resolved, modality, meta.num_classes, where)
+        run, state = trainer.setup(member_config(member, config), meta)
+        ckpts = RunCheckpoints(member_dir)
+        try:
+            members[modality] = (run, ckpts.restore_best(state))
+        finally:
+            ckpts.close()
+        records[modality] = resolved
+    return members, records
+
+
+def member_predictions(
+    members: dict[str, tuple[Any, Any]], split: str
+) -> dict[str, dict[str, Any]]:
+    """Modality -> `trainer.predict` outputs of that member on `split`."""
+    return {m: trainer.predict(run, state, split) for m, (run, state) in members.items()}
+
+
 def evaluate_ensemble(
     config: ml_collections.ConfigDict,
     meta: schema.DatasetMeta,
@@ -78,28 +112,15 @@ def evaluate_ensemble(
         modality, or trained on another dataset (one line naming the config field).
     """
     method = make_method(config.method)
-    members, records = {}, {}
-    for modality, member_dir in method.workdirs:
-        where = f"config.method.ensemble.workdirs.{modality}"
-        member, resolved = finished_runs.run_config(member_dir, where)
-        finished_runs.check_unimodal_run(member, resolved, modality, meta.num_classes, where)
-        run, state = trainer.setup(member_config(member, config), meta)
-        ckpts = RunCheckpoints(member_dir)
-        try:
-            members[modality] = (run, ckpts.restore_best(state))
-        finally:
-            ckpts.close()
-        records[modality] = resolved
+    members, records = restore_members(config, meta)
     workdir = pathlib.Path(workdir)
     trainer.check_run_config(
         workdir, config, {"method": dataclasses.asdict(method), "members": records}
     )
 
-    def predict(split: str) -> dict[str, dict]:
-        return {m: trainer.predict(run, state, split) for m, (run, state) in members.items()}
-
-    val, test = predict(config.data.val_split), predict(config.data.test_split)
-    train = predict(config.data.train_split)
+    val = member_predictions(members, config.data.val_split)
+    test = member_predictions(members, config.data.test_split)
+    train = member_predictions(members, config.data.train_split)
     labels = next(iter(test.values()))["labels"]
     fused = combine_logits({m: out["logits"] for m, out in test.items()}, method.norm)
     fused_val = combine_logits({m: out["logits"] for m, out in val.items()}, method.norm)
@@ -143,4 +164,18 @@ def evaluate_ensemble(
             f"-> {workdir / trainer.RESULTS_FILE}",
             flush=True,
         )
+    from mlb_jax import evaluate  # evaluate imports this module
+
+    if evaluate.EvalSettings.from_config(config).enabled:
+        # After results.json: a failing evaluation never loses the run's results.
+        evaluation = evaluate.evaluate_ensemble_outputs(
+            config,
+            test,
+            workdir,
+            split=config.data.test_split,
+            norm=method.norm,
+            members=results["members"],
+        )
+        if jax.process_index() == 0:
+            print(evaluate.summary_line(evaluation, workdir), flush=True)
     return results

@@ -27,8 +27,9 @@ Subsets and noise go through `Method.fuse`, the method's own fusion of features,
 whose forward pass fuses differently (MMCosine, ReconBoost) are measured as they predict. A
 method whose eval-mode logits are not a function of the encoders' pooled features alone
 would need its own `fuse`; every registered method's is checked against its `forward` in
-tests/test_evaluation.py. Ensemble runs (method 'ensemble') hold no checkpoint and are not
-evaluated here.
+tests/test_evaluation.py. Ensemble runs (method 'ensemble') are evaluated from their members'
+best checkpoints (`evaluate_ensemble_outputs`): the same heads, subsets (each the ensemble of
+its members alone) and agreement (with the members), no noise curves.
 """
 
 import dataclasses
@@ -57,6 +58,12 @@ FIGURES = {
     "agreement": "eval_agreement.png",
 }
 CHECKPOINTS = ("best", "latest")
+# evaluation.json's subsets.absent -> evaluation.md's words.
+ABSENT_TEXT = {
+    "zeros": "zero input",
+    "mean": "training-mean input",
+    "left_out": "its member left out of the ensemble",
+}
 
 __all__ = [
     "CHECKPOINTS",
@@ -64,10 +71,12 @@ __all__ = [
     "FIGURES",
     "REPORT_FILE",
     "EvalSettings",
+    "evaluate_ensemble_outputs",
     "evaluate_run",
     "evaluate_workdir",
     "head_metrics",
     "markdown_report",
+    "write_evaluation",
 ]
 
 
@@ -301,18 +310,10 @@ def evaluate_run(
 
     from mlb_jax import evaluation_passes as passes
     from mlb_jax import trainer
-    from mlb_jax.plots import (
-        plot_agreement,
-        plot_confusion,
-        plot_reliability,
-        plot_robustness,
-        plot_subsets,
-    )
 
     cfg = run.config
     settings = EvalSettings.from_config(cfg)
     split = split or cfg.data.test_split
-    workdir = pathlib.Path(workdir)
     names = list(run.modalities)
     seconds: dict[str, float] = {}
     start = time.time()
@@ -395,11 +396,98 @@ def evaluate_run(
         }
         seconds["agreement"] = time.time() - start
     result["seconds"] = seconds
+    return write_evaluation(result, workdir)
+
+
+def evaluate_ensemble_outputs(
+    config: Any,
+    member_outputs: Mapping[str, Mapping[str, Any]],
+    workdir: str | pathlib.Path,
+    *,
+    split: str,
+    norm: str,
+    members: Mapping[str, str],
+) -> dict[str, Any]:
+    """Evaluates an ensemble of unimodal runs from its members' predictions; writes it.
+
+    The ensemble's heads are its fused logits (`ensemble.combine_logits`) and each member's.
+    Its modality subsets are exact: subset S is the ensemble of S's members alone (each
+    member normalised as in the full ensemble; the empty subset's logits are all zero, so it
+    predicts class 0). The agreement reference is the members themselves. No noise curves:
+    a member is a separate run, measured by its own evaluation.
+
+    Args:
+      config: the ensemble run's config (its `evaluate` block and `seed`).
+      member_outputs: modality -> `trainer.predict` outputs of that member on `split`.
+      workdir: the ensemble's run directory.
+      split: the split the outputs are of.
+      norm: the ensemble's member normalisation ('standardization' | 'none').
+      members: modality -> member run directory (recorded).
+
+    Returns:
+      The evaluation dict written to evaluation.json.
+    """
+    from mlb_jax.ensemble import combine_logits
+
+    settings = EvalSettings.from_config(config)
+    names = list(member_outputs)
+    labels = np.asarray(member_outputs[names[0]]["labels"])
+    logits = {m: np.asarray(out["logits"]) for m, out in member_outputs.items()}
+    fused = combine_logits(logits, norm)
+    heads = {"fused": fused, **logits}
+    result: dict[str, Any] = {
+        "split": split,
+        "checkpoint": "best",  # each member's best-on-validation checkpoint
+        "method": config.method.name,
+        "seed": config.seed,
+        "modalities": names,
+        "num_examples": len(labels),
+        "num_classes": fused.shape[-1],
+        "heads": {h: head_metrics(x, labels, settings.calibration_bins) for h, x in heads.items()},
+    }
+    if len(names) >= 2:
+        subsets = np.stack(
+            [
+                combine_logits({m: logits[m] for m, on in zip(names, mask) if on}, norm)
+                if mask.any()
+                else np.zeros_like(fused)
+                for mask in attribution.subset_masks(len(names))
+            ]
+        )
+        result["subsets"] = {"absent": "left_out", **subset_summary(subsets, labels, names)}
+        result["agreement"] = {
+            "reference": "the ensemble's member runs",
+            "workdirs": dict(members),
+            **agreement_summary(logits, fused, labels, names),
+        }
+    return write_evaluation(result, workdir)
+
+
+def write_evaluation(result: dict[str, Any], workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Writes evaluation.json, evaluation.md and the figures (process 0); returns the result.
+
+    Args:
+      result: the evaluation dict (`evaluate_run` or `evaluate_ensemble_outputs`); NaNs
+        become None.
+      workdir: the run directory.
+    """
+    import jax
+
+    from mlb_jax import trainer
+    from mlb_jax.plots import (
+        plot_agreement,
+        plot_confusion,
+        plot_reliability,
+        plot_robustness,
+        plot_subsets,
+    )
+
     result = _clean(result)
     if jax.process_index() == 0:
+        workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         trainer.write_json_atomic(workdir / EVALUATION_FILE, result)
-        title = f"{cfg.method.name} seed {cfg.seed}, {split}"
+        title = f"{result['method']} seed {result['seed']}, {result['split']}"
         plot_confusion(
             {h: np.array(v["confusion"]) for h, v in result["heads"].items()},
             workdir / FIGURES["confusion"],
@@ -411,6 +499,7 @@ def evaluate_run(
         if "robustness" in result:
             plot_robustness(result["robustness"], workdir / FIGURES["robustness"], title=title)
         if "agreement" in result:
+            names = result["modalities"]
             plot_agreement(result["agreement"], names, workdir / FIGURES["agreement"], title=title)
         _write_text(workdir / REPORT_FILE, markdown_report(result))
     return result
@@ -462,7 +551,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         sub = result["subsets"]
         lines += [
             "",
-            f"## Modality subsets (absent modality: {sub['absent']} input)",
+            f"## Modality subsets (absent modality: {ABSENT_TEXT[sub['absent']]})",
             "",
             "| subset | fused accuracy |",
             "|---|---|",
@@ -522,7 +611,8 @@ def evaluate_workdir(
       checkpoint: 'best' (best on validation) or 'latest'.
 
     Raises:
-      EvaluateError: no such run, no checkpoint, unknown split or checkpoint, ensemble run.
+      EvaluateError: no such run, no checkpoint, unknown split or checkpoint ('latest' of an
+        ensemble run, which holds none of its own).
     """
     from mlb_jax import trainer
     from mlb_jax.checkpointing import RunCheckpoints
@@ -539,16 +629,30 @@ def evaluate_workdir(
             f"{workdir} holds no run (no {CONFIG_FILE}): train one there with mlb_jax.train"
         )
     config = config_from_doc(json.loads((workdir / CONFIG_FILE).read_text()))
-    if not make_method(config.method).trains:
+    ensemble = not make_method(config.method).trains
+    if ensemble and checkpoint != "best":
         raise EvaluateError(
-            f"{workdir} is an {config.method.name!r} run of finished runs: it holds no "
-            "checkpoint; evaluate its member runs instead"
+            f"{workdir} is an {config.method.name!r} run of finished runs: it has only its "
+            "members' best checkpoints; use --checkpoint=best"
         )
     meta = trainer.load_dataset(config)
     split = split or config.data.test_split
     if split not in meta.split_sizes:
         raise EvaluateError(
             f"--split={split!r}: {meta.name} has no such split (it has {sorted(meta.split_sizes)})"
+        )
+    if ensemble:
+        from mlb_jax.ensemble import member_predictions, restore_members
+
+        members, _ = restore_members(config, meta)
+        method = make_method(config.method)
+        return evaluate_ensemble_outputs(
+            config,
+            member_predictions(members, split),
+            workdir,
+            split=split,
+            norm=method.norm,
+            members={m: str(d) for m, d in method.workdirs},
         )
     # Checked on disk first: opening RunCheckpoints would create the directories.
     where = workdir / ("best" if checkpoint == "best" else "checkpoints")

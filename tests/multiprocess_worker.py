@@ -9,7 +9,9 @@ devices), reads this process's part of the training data through the trainer's o
 iterator, compiles the trainer's jitted step, runs STEPS train steps and writes to OUT.npz:
 the labels it read (``labels``, [STEPS, local batch]), every step's metrics
 (``metric/<name>``, [STEPS]), the parameters after every step (``param/<path>``,
-[STEPS, ...]) and ``trainer.predict`` of the test split after the last (``predict/<key>``).
+[STEPS, ...]) and ``trainer.predict`` of the test split after the last (``predict/<key>``);
+and to OUT.npz.json the returned dict of ``evaluate.evaluate_run`` of the initial state (process
+0 also writes its files into OUT.npz.evaluation/).
 """
 
 import os
@@ -19,6 +21,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -41,6 +44,10 @@ def tiny_config(data_cache: str):
     # crops make step 2 ill-conditioned enough to exceed them); the augmentation's own
     # per-process keys are tested in tests/test_augment.py.
     config.data.augment.enabled = False
+    # The evaluation compared across process counts: one noise level, a small statistics
+    # sample (both still cross the processes: gathered statistics, sharded noise steps).
+    config.evaluate.noise_levels = (1.0,)
+    config.evaluate.stats_examples = 64
     return config
 
 
@@ -74,7 +81,8 @@ def main(argv: list[str]) -> None:
     )
     assert jax.process_index() == process_id and jax.process_count() == num_processes
 
-    from mlb_jax import trainer  # after initialize: the trainer's mesh spans all processes
+    # After initialize: the trainer's mesh spans all processes.
+    from mlb_jax import evaluate, trainer
 
     config = tiny_config(data_cache)
     meta = trainer.load_dataset(config)
@@ -97,12 +105,20 @@ def main(argv: list[str]) -> None:
     labels = [batch["label"] for batch in batches]
     # Evaluation gathers outputs that span both processes' devices.
     predicted = trainer.predict(run, state, config.data.test_split)
+    # The whole evaluation (mlb_jax/evaluate.py) of the initial state: the same parameters
+    # in this job and in the single-process reference, so their numbers can be compared
+    # closely (trained parameters differ by float rounding, which may flip a prediction).
+    _, initial = trainer.setup(config, meta)
+    evaluation = evaluate.evaluate_run(run, initial, f"{out}.evaluation")
     arrays = {"labels": np.stack(labels), "num_devices": np.int32(run.mesh.size)}
     arrays |= {f"metric/{k}": np.array([m[k] for m in metrics]) for k in metrics[0]}
     arrays |= {f"param/{k}": np.stack([p[k] for p in params]) for k in params[0]}
     arrays |= {f"predict/{k}": v for k, v in flat_outputs(predicted).items()}
     tmp = f"{out}.tmp.npz"
     np.savez(tmp, **arrays)
+    with open(f"{out}.json.tmp", "w") as f:
+        json.dump(evaluation, f)
+    os.replace(f"{out}.json.tmp", f"{out}.json")
     os.replace(tmp, out)
     jax.distributed.shutdown()
 

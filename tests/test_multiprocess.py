@@ -3,13 +3,16 @@
 Two children (`tests/multiprocess_worker.py`), 4 CPU devices each, join one jax.distributed
 job over a free localhost port, build the tiny config's run with `trainer.setup` (one mesh over
 all 8 devices) and train a few steps, each reading only its own half of the training data
-through the trainer's own batch iterator, then evaluate the test split with `trainer.predict`.
+through the trainer's own batch iterator, then evaluate the test split with `trainer.predict`,
+and run the whole evaluation (`mlb_jax.evaluate.evaluate_run`) of the initial state.
 This test process, with its 8 CPU devices, runs the same steps on the same global batches (the
 two halves read here with explicit process arguments and concatenated in process order) and
-must find the same labels, per-step metrics and parameters, and the same predictions.
+must find the same labels, per-step metrics and parameters, the same predictions and the same
+evaluation.
 """
 
 import contextlib
+import json
 import os
 import pathlib
 import socket
@@ -21,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlb_jax import trainer
+from mlb_jax import evaluate, trainer
 from mlb_jax.data import augment, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -83,6 +86,7 @@ def run_children(data_cache: pathlib.Path, out_dir: pathlib.Path) -> list[dict]:
     for i in range(NUM_PROCESSES):
         with np.load(out_dir / f"worker{i}.npz") as f:
             results.append({k: f[k] for k in f.files})
+        results[-1]["evaluation"] = json.loads((out_dir / f"worker{i}.npz.json").read_text())
     return results
 
 
@@ -95,11 +99,15 @@ def tails(out_dir: pathlib.Path) -> str:
     return "\n".join(text)
 
 
-def single_process_reference(config) -> tuple[list, list[dict], list[dict], dict]:
-    """The same steps in this process on 8 devices, fed the two processes' halves joined."""
+def single_process_reference(config, out_dir) -> tuple[list, list[dict], list[dict], dict, dict]:
+    """The same steps in this process on 8 devices, fed the two processes' halves joined.
+
+    Also returns `evaluate.evaluate_run` of the initial state (written under `out_dir`).
+    """
     meta = trainer.load_dataset(config)
     run, state = trainer.setup(config, meta)
     assert run.mesh.size == 8 and jax.process_count() == 1
+    evaluation = evaluate.evaluate_run(run, state, out_dir / "reference_evaluation")
     # The trainer's frame settings (tiny_config turns the augmentation off here).
     frame_size, frame_augment = augment.from_config(config.data.augment)
     halves = [
@@ -124,7 +132,7 @@ def single_process_reference(config) -> tuple[list, list[dict], list[dict], dict
         state, m = run.train_step(state, pipeline.to_global(batch, run.mesh))
         metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
         params.append(flat_params(state.params))
-    return labels, metrics, params, reference_predict(run, state, config)
+    return labels, metrics, params, reference_predict(run, state, config), evaluation
 
 
 def reference_predict(run, state, config) -> dict[str, np.ndarray]:
@@ -163,11 +171,26 @@ def reference_predict(run, state, config) -> dict[str, np.ndarray]:
     return flat_outputs(jax.tree.map(lambda x: x[order], outputs))
 
 
+def _leaves(tree, prefix: str = "") -> dict:
+    """Path -> leaf of a JSON-like tree (dicts and lists), for an element-wise comparison."""
+    if isinstance(tree, dict):
+        return {
+            k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}/{key}").items()
+        }
+    if isinstance(tree, list):
+        return {
+            k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{prefix}/{i}").items()
+        }
+    return {prefix: tree}
+
+
 def test_two_processes_equal_one_process(tmp_path, data_cache):
     config = tiny_config(str(data_cache))
     trainer.load_dataset(config)  # build the dataset once, before the children read it
     children = run_children(data_cache, tmp_path)
-    ref_labels, ref_metrics, ref_params, ref_predicted = single_process_reference(config)
+    ref_labels, ref_metrics, ref_params, ref_predicted, ref_evaluation = single_process_reference(
+        config, tmp_path
+    )
 
     for i, child in enumerate(children):
         assert int(child["num_devices"]) == 8
@@ -210,6 +233,19 @@ def test_two_processes_equal_one_process(tmp_path, data_cache):
         for key, value in ref_predicted.items():
             scale = np.abs(value).max()
             np.testing.assert_allclose(predicted[key], value, atol=2e-3 * scale, err_msg=key)
+        # The evaluation of the initial state: gathered training statistics, subsets, noise
+        # (drawn per example index) and agreement equal one process's, up to the float
+        # reassociation of the statistics' per-process sums.
+        evaluation = {k: v for k, v in child["evaluation"].items() if k != "seconds"}
+        reference = {k: v for k, v in ref_evaluation.items() if k != "seconds"}
+        flat, ref_flat = _leaves(evaluation), _leaves(reference)
+        assert flat.keys() == ref_flat.keys()
+        for key, value in ref_flat.items():
+            if isinstance(value, float):
+                assert flat[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+            else:
+                assert flat[key] == value, key
+        assert evaluation["subsets"]["accuracy"] and evaluation["robustness"]["accuracy"]
     # Parameters are replicated: both processes hold bit-identical copies.
     for path in ref_params[-1]:
         np.testing.assert_array_equal(children[0][f"param/{path}"], children[1][f"param/{path}"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_train import load_tiny
 
-from mlb_jax import compare, finished_runs, trainer
+from mlb_jax import compare, evaluate, finished_runs, trainer
 from mlb_jax.balancing.masks import path_string
 from mlb_jax.ensemble import combine_logits
 
@@ -185,3 +185,35 @@ def test_agreement_reference_is_the_comparisons_unimodal_runs(rows):
     ev = json.loads((workdir / "unimodal_audio" / "seed_0" / "evaluation.json").read_text())
     assert list(ev["heads"]) == ["fused"] and "subsets" not in ev and "agreement" not in ev
     assert list(ev["robustness"]["accuracy"]) == ["audio"]
+
+
+def test_ensemble_is_evaluated_from_its_members(rows):
+    workdir, results = rows
+    run_dir = workdir / "ensemble" / "seed_0"
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    uni = {m: results[f"unimodal_{m}"][0]["accuracy"] for m in MODALITIES}
+    assert ev["heads"]["fused"]["accuracy"] == results["ensemble"][0]["accuracy"]
+    assert {m: ev["heads"][m]["accuracy"] for m in MODALITIES} == uni
+    # A subset is the ensemble of its members alone: one standardised member predicts as
+    # that member does; the empty sum is all zeros, whose argmax is class 0.
+    acc = ev["subsets"]["accuracy"]
+    assert ev["subsets"]["absent"] == "left_out"
+    assert (acc["audio"], acc["video"]) == (uni["audio"], uni["video"])
+    assert acc["audio+video"] == results["ensemble"][0]["accuracy"]
+    support = ev["heads"]["fused"]["per_class"]["support"]
+    assert acc["none"] == pytest.approx(support[0] / ev["num_examples"])
+    v_none, v_a, v_v, v_av = acc["none"], acc["audio"], acc["video"], acc["audio+video"]
+    shapley = ev["subsets"]["shapley"]
+    assert shapley["audio"] == pytest.approx(0.5 * (v_a - v_none) + 0.5 * (v_av - v_v))
+    assert shapley["video"] == pytest.approx(0.5 * (v_v - v_none) + 0.5 * (v_av - v_a))
+    assert ev["agreement"]["reference"] == "the ensemble's member runs"
+    assert ev["agreement"]["reference_accuracy"] == uni
+    assert "robustness" not in ev
+    assert "its member left out of the ensemble" in (run_dir / "evaluation.md").read_text()
+    # The command line's path restores the members again and writes the same evaluation.
+    again = evaluate.evaluate_workdir(run_dir)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in ev.items() if k != "seconds"
+    }
+    with pytest.raises(evaluate.EvaluateError, match=r"use --checkpoint=best"):
+        evaluate.evaluate_workdir(run_dir, checkpoint="latest")
