@@ -7,7 +7,6 @@ same config.json and results.json as a trained run, so the compare runner tabula
 """
 
 import dataclasses
-import pathlib
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mlb_jax import finished_runs, trainer
+from mlb_jax import finished_runs, paths, trainer
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import schema
 from mlb_jax.methods import make_method
@@ -58,7 +57,7 @@ def member_config(
 def evaluate_ensemble(
     config: ml_collections.ConfigDict,
     meta: schema.DatasetMeta,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     started: float,
 ) -> dict[str, Any]:
     """Evaluates the ensemble of `config.method.ensemble.workdirs`; writes and returns results.
@@ -90,7 +89,7 @@ def evaluate_ensemble(
         finally:
             ckpts.close()
         records[modality] = resolved
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     trainer.check_run_config(
         workdir, config, {"method": dataclasses.asdict(method), "members": records}
     )

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +44,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
 
-from mlb_jax import attribution, metrics
+from mlb_jax import attribution, metrics, paths
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "evaluation.md"
@@ -278,7 +277,7 @@ def _reference_logits(run: Any, workdirs: dict[str, str], split: str) -> dict[st
 def evaluate_run(
     run: Any,
     state: Any,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     *,
     split: str | None = None,
     outputs: dict[str, Any] | None = None,
@@ -312,7 +311,7 @@ def evaluate_run(
     cfg = run.config
     settings = EvalSettings.from_config(cfg)
     split = split or cfg.data.test_split
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     names = list(run.modalities)
     seconds: dict[str, float] = {}
     start = time.time()
@@ -412,14 +411,8 @@ def evaluate_run(
             plot_robustness(result["robustness"], workdir / FIGURES["robustness"], title=title)
         if "agreement" in result:
             plot_agreement(result["agreement"], names, workdir / FIGURES["agreement"], title=title)
-        _write_text(workdir / REPORT_FILE, markdown_report(result))
+        paths.write_atomic(workdir / REPORT_FILE, markdown_report(result))
     return result
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- report
@@ -512,7 +505,7 @@ class EvaluateError(RuntimeError):
 
 
 def evaluate_workdir(
-    workdir: str | pathlib.Path, split: str = "", checkpoint: str = "best"
+    workdir: paths.PathLike, split: str = "", checkpoint: str = "best"
 ) -> dict[str, Any]:
     """Restores the run in `workdir` and evaluates it (the CLI's work).
 
@@ -529,7 +522,7 @@ def evaluate_workdir(
     from mlb_jax.finished_runs import CONFIG_FILE, config_from_doc
     from mlb_jax.methods import make_method
 
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise EvaluateError(f"--checkpoint={checkpoint!r}: choose one of {list(CHECKPOINTS)}")
     if not workdir.is_dir():
@@ -569,7 +562,7 @@ def evaluate_workdir(
     return evaluate_run(run, state, workdir, split=split, checkpoint=checkpoint)
 
 
-def summary_line(result: dict[str, Any], workdir: pathlib.Path) -> str:
+def summary_line(result: dict[str, Any], workdir: paths.PathLike) -> str:
     """One line: fused accuracy and macro-F1, Shapley values, where the report went."""
     fused = result["heads"]["fused"]
     parts = [
@@ -593,7 +586,7 @@ def main(argv: list[str]) -> None:
         result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
-    print(summary_line(result, pathlib.Path(_WORKDIR.value)), flush=True)
+    print(summary_line(result, paths.as_path(_WORKDIR.value)), flush=True)
 
 
 if __name__ == "__main__":
