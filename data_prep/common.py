@@ -496,7 +496,7 @@ def convert(
     raw_dir: pathlib.Path,
     out_dir: paths.PathLike,
     run: RunOptions,
-) -> pathlib.Path:
+) -> epath.Path:
     """Converts a raw dataset (or finds it converted) and returns its version directory.
 
     Raises:
@@ -541,9 +541,7 @@ def convert(
     return version_dir
 
 
-def main(
-    run_cli: Callable[[Sequence[str] | None], pathlib.Path], argv: Sequence[str] | None
-) -> int:
+def main(run_cli: Callable[[Sequence[str] | None], epath.Path], argv: Sequence[str] | None) -> int:
     """Runs a converter CLI; bad input or an OS error becomes one ``error:`` line and exit 1.
 
     Args:

@@ -978,7 +978,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert(args: argparse.Namespace) -> pathlib.Path:
+def convert(args: argparse.Namespace) -> epath.Path:
     """Converts the download (or finds it converted) and returns the version directory.
 
     Raises:
@@ -1045,7 +1045,7 @@ def _already_converted(version_dir: epath.Path, depth_shape: tuple[int, ...]) ->
     return version_dir
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     return convert(_parser().parse_args(argv))
 
 
