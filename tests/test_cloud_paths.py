@@ -7,7 +7,8 @@ epath routes ``gs://``, so every file the trainer and the compare runner read or
 code path of a bucket, without a network. What stays local: Orbax's checkpoints. Orbax writes
 arrays with TensorStore, which knows local files, ``gs://`` and ``s3://`` but not TensorFlow's
 ``ram://``, so here `RunCheckpoints` gets a local directory per run (on ``gs://`` Orbax writes
-to the bucket itself).
+to the bucket itself). The dataset is copied in with `tf.io.gfile`: TFDS's final directory
+rename (`prepare`) fails on ``ram://``, which keeps listing a renamed directory's old name.
 """
 
 import json
