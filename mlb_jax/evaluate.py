@@ -43,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
+from etils import epath
 
 from mlb_jax import attribution, metrics, paths
 
@@ -562,7 +563,7 @@ def evaluate_workdir(
     return evaluate_run(run, state, workdir, split=split, checkpoint=checkpoint)
 
 
-def summary_line(result: dict[str, Any], workdir: paths.PathLike) -> str:
+def summary_line(result: dict[str, Any], workdir: epath.Path) -> str:
     """One line: fused accuracy and macro-F1, Shapley values, where the report went."""
     fused = result["heads"]["fused"]
     parts = [
