@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
+NEWEST_VENV := .venv-newest
 
-.PHONY: install demo test lint format lock clean
+.PHONY: install demo test test-newest lint format lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,23 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The other end of pyproject.toml's ranges: a fresh venv with '.[train,test]' and no lock, so pip
+# picks the newest versions the ranges allow (a new release that breaks us fails here first).
+# A small selection keeps it short: the balancing core, one tiny training run with its
+# evaluation, and the run + compare on a non-local filesystem (etils, TensorFlow, Orbax together).
+NEWEST_VERSIONS := jax|jaxlib|flax|optax|orbax[-_]checkpoint|tensorstore|etils|tensorflow[-_]cpu|tensorflow[-_]datasets|tensorboard|numpy
+NEWEST_TESTS := tests/test_balancing_transform.py tests/test_balancing_masks.py \
+	tests/test_balancing_scores.py tests/test_train.py::test_results_contract_and_loss_decreases \
+	tests/test_cloud_paths.py
+
+test-newest:
+	rm -rf $(NEWEST_VENV)
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[train,test]'
+	$(NEWEST_VENV)/bin/python -m pip list --format=freeze | grep -iE '^($(NEWEST_VERSIONS))=='
+	$(NEWEST_VENV)/bin/python -m pytest -n 2 --dist loadfile $(NEWEST_TESTS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -48,4 +66,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache .jax_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(NEWEST_VENV) .pytest_cache .ruff_cache .jax_cache

@@ -15,6 +15,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from etils import epath
+
 from data_prep import common, media
 from mlb_jax.data.schema import DataError
 
@@ -157,7 +159,7 @@ class AVE(common.ConvertingBuilder):
         return examples
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     return common.convert(
         AVE,

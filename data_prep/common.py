@@ -28,9 +28,11 @@ from typing import Any, ClassVar
 
 import absl.logging
 import numpy as np
+from etils import epath
 
 from data_prep import media
-from data_prep.decode import Example, Outcome, atomic_write, decode_all
+from data_prep.decode import Example, Outcome, decode_all
+from mlb_jax import paths
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.schema import DataError, ModalitySpec, load_meta
@@ -158,13 +160,13 @@ class ConvertingBuilder(AudioVideoBuilder):
         return {}
 
     @property
-    def report_path(self) -> pathlib.Path:
+    def report_path(self) -> epath.Path:
         """``<data_dir>/<name>/<config>/conversion_report.json``, beside the version dir."""
-        return pathlib.Path(self.data_dir_root) / self.name / self.builder_config.name / REPORT_NAME
+        return epath.Path(self.data_dir_root) / self.name / self.builder_config.name / REPORT_NAME
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
         """Converts (unless the dataset exists), then writes the report and drops the cache."""
-        final_dir = pathlib.Path(self.data_dir)
+        final_dir = epath.Path(self.data_dir)
         super().download_and_prepare(*args, **kwargs)
         if self._report is None:  # TFDS found the finished dataset: nothing was converted
             print(f"{self.name}/{self.builder_config.name}: already converted in {final_dir}")
@@ -186,7 +188,7 @@ class ConvertingBuilder(AudioVideoBuilder):
                 "unpacked download (layout in data_prep/README.md)"
             ) from e
         examples = self.list_examples(raw_dir)
-        self._cache_dir = pathlib.Path(self.data_dir_root) / CACHE_NAME / self.name
+        self._cache_dir = decode_cache_dir(self.data_dir_root, self.name)
         start = time.time()
         outcomes = decode_all(
             examples,
@@ -226,10 +228,25 @@ class ConvertingBuilder(AudioVideoBuilder):
                 yield o.example.id, example
 
 
-def write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    """Writes ``data`` as indented JSON atomically (temp file + rename), creating the folder."""
+def write_json(path: paths.PathLike, data: dict[str, Any]) -> None:
+    """Writes ``data`` as indented JSON atomically (`paths.write_atomic`), creating the folder."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    paths.write_atomic(path, json.dumps(data, indent=1))
+
+
+def decode_cache_dir(data_dir_root: paths.PathLike, name: str) -> pathlib.Path:
+    """Where the decoded clips of dataset `name` are cached: ``<out_dir>/decode_cache/<name>``.
+
+    The decode workers write one file per clip and the builder reads them all back: local
+    work. With an ``--out_dir`` URL (``gs://...``) the cache is on this machine instead, in
+    ``~/.cache/mlb_jax/decode_cache/<name>``.
+    """
+    if paths.is_local(data_dir_root):
+        root = pathlib.Path(data_dir_root)
+    else:
+        root = pathlib.Path.home() / ".cache" / "mlb_jax"
+    return root / CACHE_NAME / name
 
 
 # --- Accounting -----------------------------------------------------------------------------
@@ -421,8 +438,9 @@ def parser(
     p.add_argument(
         "--out_dir",
         required=True,
-        type=pathlib.Path,
-        help="TFDS data_dir; the dataset goes to <out_dir>/<name>/<config>/<version>",
+        type=paths.as_path,
+        help="TFDS data_dir, local or a URL (gs://...); the dataset goes to "
+        "<out_dir>/<name>/<config>/<version>",
     )
     p.add_argument(
         "--frame_size",
@@ -446,7 +464,8 @@ def parser(
     p.add_argument(
         "--keep_cache",
         action="store_true",
-        help="keep <out_dir>/decode_cache after success (to convert another "
+        help="keep <out_dir>/decode_cache (~/.cache/mlb_jax/decode_cache for a URL --out_dir) "
+        "after success (to convert another "
         "fold/split without decoding again)",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -475,9 +494,9 @@ def convert(
     config: ConverterConfig,
     *,
     raw_dir: pathlib.Path,
-    out_dir: pathlib.Path,
+    out_dir: paths.PathLike,
     run: RunOptions,
-) -> pathlib.Path:
+) -> epath.Path:
     """Converts a raw dataset (or finds it converted) and returns its version directory.
 
     Raises:
@@ -522,9 +541,7 @@ def convert(
     return version_dir
 
 
-def main(
-    run_cli: Callable[[Sequence[str] | None], pathlib.Path], argv: Sequence[str] | None
-) -> int:
+def main(run_cli: Callable[[Sequence[str] | None], epath.Path], argv: Sequence[str] | None) -> int:
     """Runs a converter CLI; bad input or an OS error becomes one ``error:`` line and exit 1.
 
     Args:

@@ -33,6 +33,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from etils import epath
+
 from data_prep import common, media
 from mlb_jax.data.schema import DataError
 
@@ -397,7 +399,7 @@ class CremaD(common.ConvertingBuilder):
         ]
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--split",

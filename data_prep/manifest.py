@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from data_prep import common, media
 from mlb_jax.data.schema import DataError
@@ -546,7 +547,7 @@ class Manifest(common.ConvertingBuilder):
         ]
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     parser = common.parser(__doc__.splitlines()[0], raw_dir=False)
     parser.add_argument(
         "--manifest",

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from data_prep import common, media
 from mlb_jax.data.schema import DataError
@@ -244,7 +245,7 @@ class UCF51(common.ConvertingBuilder):
         ]
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     parser = common.parser(__doc__.splitlines()[0], default_frame_size=DEFAULT_FRAME_SIZE)
     parser.add_argument(
         "--split", type=int, default=1, choices=(1, 2, 3), help="official train/test split"

@@ -60,9 +60,11 @@ from typing import Any
 import numpy as np
 import scipy.io
 import tqdm
+from etils import epath
 
 from data_prep import common
 from data_prep.decode import process_pool, without_main_module
+from mlb_jax import paths
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.schema import SCHEMA_VERSION, DataError, ModalitySpec, load_meta
@@ -674,10 +676,10 @@ class UtdMhad(AudioVideoBuilder):
         self._report: dict[str, Any] | None = None
 
     @property
-    def report_path(self) -> pathlib.Path:
+    def report_path(self) -> epath.Path:
         """``<data_dir>/utd_mhad/<config>/conversion_report.json``, beside the version dir."""
         return (
-            pathlib.Path(self.data_dir_root)
+            epath.Path(self.data_dir_root)
             / self.name
             / self.builder_config.name
             / common.REPORT_NAME
@@ -919,8 +921,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out_dir",
         required=True,
-        type=pathlib.Path,
-        help="TFDS data_dir; the dataset goes to <out_dir>/utd_mhad/<config>/<version>",
+        type=paths.as_path,
+        help="TFDS data_dir, local or a URL (gs://...); the dataset goes to "
+        "<out_dir>/utd_mhad/<config>/<version>",
     )
     p.add_argument(
         "--num_frames",
@@ -975,7 +978,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert(args: argparse.Namespace) -> pathlib.Path:
+def convert(args: argparse.Namespace) -> epath.Path:
     """Converts the download (or finds it converted) and returns the version directory.
 
     Raises:
@@ -996,7 +999,7 @@ def convert(args: argparse.Namespace) -> pathlib.Path:
         args.max_skeleton_len,
         args.max_inertial_len,
     )
-    version_dir = args.out_dir.expanduser() / UtdMhad.name / name / SCHEMA_VERSION
+    version_dir = args.out_dir / UtdMhad.name / name / SCHEMA_VERSION
     if (version_dir / "dataset_info.json").is_file():
         return _already_converted(version_dir, (args.num_frames, *args.frame_size, 1))
     if not run.progress:
@@ -1031,7 +1034,7 @@ def convert(args: argparse.Namespace) -> pathlib.Path:
     )
 
 
-def _already_converted(version_dir: pathlib.Path, depth_shape: tuple[int, ...]) -> pathlib.Path:
+def _already_converted(version_dir: epath.Path, depth_shape: tuple[int, ...]) -> epath.Path:
     stored = load_meta(version_dir).modalities["depth"].shape
     if tuple(stored) != depth_shape:
         raise DataError(
@@ -1042,7 +1045,7 @@ def _already_converted(version_dir: pathlib.Path, depth_shape: tuple[int, ...]) 
     return version_dir
 
 
-def _run(argv: Sequence[str] | None) -> pathlib.Path:
+def _run(argv: Sequence[str] | None) -> epath.Path:
     return convert(_parser().parse_args(argv))
 
 

@@ -4,14 +4,17 @@
 and RNG counters, optimiser state with the balancing state, step) and `meta` (epoch reached =
 data position, per-epoch history, best-so-far bookkeeping). `<workdir>/best/` keeps one
 checkpoint of the state with the best validation accuracy. Orbax writes each checkpoint to
-a temporary directory and renames it when complete, so a killed save never looks valid.
+a temporary directory and renames it when complete, so a killed save never looks valid; on
+Cloud Storage (where a directory rename is not atomic) it writes in place and marks the
+checkpoint complete with a final commit file instead.
 """
 
-import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mlb_jax import paths
 
 PyTree = Any
 
@@ -19,14 +22,14 @@ PyTree = Any
 class RunCheckpoints:
     """Latest-N checkpoints of a run and a separate best-on-validation checkpoint."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+    def __init__(self, workdir: paths.PathLike, keep: int = 2):
         """Opens (or creates) the checkpoint directories under `workdir`.
 
         Args:
-          workdir: the run directory.
+          workdir: the run directory: local, or a URL Orbax writes to (gs://, s3://).
           keep: number of latest checkpoints kept.
         """
-        workdir = pathlib.Path(workdir).absolute()
+        workdir = paths.resolve(workdir)  # Orbax wants a local path absolute
         policy = ocp.checkpoint_managers.LatestN(keep)
         self._latest = ocp.CheckpointManager(
             workdir / "checkpoints",

@@ -22,14 +22,16 @@ Figures: comparison.png (accuracies), comparison_ece.png (ECE per method, the pa
 
 import json
 import os
-import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
+
+from mlb_jax import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -100,11 +102,12 @@ def needs_unimodal(methods: list[str]) -> bool:
     return any(m == "unimodal" or m in BUILT_ON_UNIMODAL for m in methods)
 
 
-def run_all(config, workdir: pathlib.Path, methods: list[str], seeds: list[int]) -> dict:
+def run_all(config, workdir: paths.PathLike, methods: list[str], seeds: list[int]) -> dict:
     """Runs (or reuses) every row x seed of `plan_rows`; returns row -> list of results.
 
     A method built on unimodal runs gets this comparison's unimodal runs of the same seed.
     """
+    workdir = paths.as_path(workdir)
     from mlb_jax.evaluate import EVALUATION_FILE
     from mlb_jax.methods import BUILT_ON_UNIMODAL
     from mlb_jax.trainer import (
@@ -292,7 +295,7 @@ def main(argv: list[str]) -> None:
     if not methods:
         fail("--methods is empty: name at least one method, e.g. --methods=joint,mlb")
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
-    workdir = pathlib.Path(_WORKDIR.value)
+    workdir = paths.as_path(_WORKDIR.value)
     seeds = list(_SEEDS.value)
     try:
         results = run_all(_CONFIG.value, workdir, methods, seeds)
@@ -301,9 +304,7 @@ def main(argv: list[str]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     table, columns = summarise(results)
     text = markdown_table(table, columns, seeds) + evaluation_tables(results)
-    tmp = workdir / "comparison.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, workdir / "comparison.md")
+    paths.write_atomic(workdir / "comparison.md", text)
     write_json_atomic(workdir / "comparison.json", {"table": table, "results": results})
     name = _CONFIG.value.data.name
     plot_comparison(
@@ -317,7 +318,7 @@ def main(argv: list[str]) -> None:
 
 
 def plot_comparison_figures(
-    results: dict, table: dict, columns: list[str], workdir: pathlib.Path, name: str, n: int
+    results: dict, table: dict, columns: list[str], workdir: epath.Path, name: str, n: int
 ) -> None:
     """comparison_ece.png, and from the evaluations comparison_shapley / _robustness.png."""
     from mlb_jax.plots import plot_comparison, plot_metric_bars, plot_robustness

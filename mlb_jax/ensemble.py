@@ -7,15 +7,15 @@ same config.json and results.json as a trained run, so the compare runner tabula
 """
 
 import dataclasses
-import pathlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from mlb_jax import finished_runs, trainer
+from mlb_jax import finished_runs, paths, trainer
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import schema
 from mlb_jax.methods import make_method
@@ -55,21 +55,31 @@ def member_config(
     return out
 
 
-def restore_members(
-    config: ml_collections.ConfigDict, meta: schema.DatasetMeta
+def restore_unimodal_runs(
+    workdirs: Mapping[str, str],
+    config: ml_collections.ConfigDict,
+    meta: schema.DatasetMeta,
+    field: str,
 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
-    """Each member's run and best checkpoint, checked against this ensemble's dataset.
+    """Finished unimodal runs and their best checkpoints, checked against this dataset.
+
+    Args:
+      workdirs: modality -> finished `unimodal` run directory.
+      config: the run that uses them (its data and devices are used for theirs).
+      meta: this run's dataset.
+      field: the config field naming the runs, used in errors (e.g.
+        'config.method.ensemble.workdirs').
 
     Returns:
-      (modality -> (trainer.Run, train state), modality -> the member's recorded config).
+      (modality -> (trainer.Run, train state), modality -> the run's recorded config).
 
     Raises:
-      FileNotFoundError, ValueError: a member that is missing, not a unimodal run of its
-        modality, or trained on another dataset (one line naming the config field).
+      FileNotFoundError, ValueError: a run that is missing, not a unimodal run of its
+        modality, or trained on another dataset (one line naming `field.<modality>`).
     """
     members, records = {}, {}
-    for modality, member_dir in make_method(config.method).workdirs:
-        where = f"config.method.ensemble.workdirs.{modality}"
+    for modality, member_dir in workdirs.items():
+        where = f"{field}.{modality}"
         member, resolved = finished_runs.run_config(member_dir, where)
         finished_runs.check_unimodal_run(member, resolved, modality, meta.num_classes, where)
         run, state = trainer.setup(member_config(member, config), meta)
@@ -82,6 +92,14 @@ def restore_members(
     return members, records
 
 
+def restore_members(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """This ensemble's members (`restore_unimodal_runs` of its `method.ensemble.workdirs`)."""
+    workdirs = dict(make_method(config.method).workdirs)
+    return restore_unimodal_runs(workdirs, config, meta, "config.method.ensemble.workdirs")
+
+
 def member_predictions(
     members: dict[str, tuple[Any, Any]], split: str
 ) -> dict[str, dict[str, Any]]:
@@ -92,7 +110,7 @@ def member_predictions(
 def evaluate_ensemble(
     config: ml_collections.ConfigDict,
     meta: schema.DatasetMeta,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     started: float,
 ) -> dict[str, Any]:
     """Evaluates the ensemble of `config.method.ensemble.workdirs`; writes and returns results.
@@ -113,7 +131,7 @@ def evaluate_ensemble(
     """
     method = make_method(config.method)
     members, records = restore_members(config, meta)
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     trainer.check_run_config(
         workdir, config, {"method": dataclasses.asdict(method), "members": records}
     )

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,8 +44,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
+from etils import epath
 
-from mlb_jax import attribution, metrics
+from mlb_jax import attribution, metrics, paths
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "evaluation.md"
@@ -265,29 +265,18 @@ def _clean(obj: Any) -> Any:
 
 def _reference_logits(run: Any, workdirs: dict[str, str], split: str) -> dict[str, np.ndarray]:
     """Each reference unimodal run's best-checkpoint logits on `split` (this run's data)."""
-    from mlb_jax import finished_runs, trainer
-    from mlb_jax.checkpointing import RunCheckpoints
-    from mlb_jax.ensemble import member_config
+    from mlb_jax import trainer
+    from mlb_jax.ensemble import restore_unimodal_runs
 
-    out = {}
-    for m, workdir in workdirs.items():
-        where = f"config.evaluate.unimodal_workdirs.{m}"
-        member, resolved = finished_runs.run_config(workdir, where)
-        finished_runs.check_unimodal_run(member, resolved, m, run.meta.num_classes, where)
-        ref_run, fresh = trainer.setup(member_config(member, run.config), run.meta)
-        ckpts = RunCheckpoints(workdir)
-        try:
-            state = ckpts.restore_best(fresh)
-        finally:
-            ckpts.close()
-        out[m] = trainer.predict(ref_run, state, split)["logits"]
-    return out
+    field = "config.evaluate.unimodal_workdirs"
+    refs, _ = restore_unimodal_runs(workdirs, run.config, run.meta, field)
+    return {m: trainer.predict(ref, state, split)["logits"] for m, (ref, state) in refs.items()}
 
 
 def evaluate_run(
     run: Any,
     state: Any,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     *,
     split: str | None = None,
     outputs: dict[str, Any] | None = None,
@@ -402,7 +391,7 @@ def evaluate_run(
 def evaluate_ensemble_outputs(
     config: Any,
     member_outputs: Mapping[str, Mapping[str, Any]],
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     *,
     split: str,
     norm: str,
@@ -463,7 +452,7 @@ def evaluate_ensemble_outputs(
     return write_evaluation(result, workdir)
 
 
-def write_evaluation(result: dict[str, Any], workdir: str | pathlib.Path) -> dict[str, Any]:
+def write_evaluation(result: dict[str, Any], workdir: paths.PathLike) -> dict[str, Any]:
     """Writes evaluation.json, evaluation.md and the figures (process 0); returns the result.
 
     Args:
@@ -484,7 +473,7 @@ def write_evaluation(result: dict[str, Any], workdir: str | pathlib.Path) -> dic
 
     result = _clean(result)
     if jax.process_index() == 0:
-        workdir = pathlib.Path(workdir)
+        workdir = paths.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         trainer.write_json_atomic(workdir / EVALUATION_FILE, result)
         title = f"{result['method']} seed {result['seed']}, {result['split']}"
@@ -501,14 +490,8 @@ def write_evaluation(result: dict[str, Any], workdir: str | pathlib.Path) -> dic
         if "agreement" in result:
             names = result["modalities"]
             plot_agreement(result["agreement"], names, workdir / FIGURES["agreement"], title=title)
-        _write_text(workdir / REPORT_FILE, markdown_report(result))
+        paths.write_atomic(workdir / REPORT_FILE, markdown_report(result))
     return result
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- report
@@ -601,7 +584,7 @@ class EvaluateError(RuntimeError):
 
 
 def evaluate_workdir(
-    workdir: str | pathlib.Path, split: str = "", checkpoint: str = "best"
+    workdir: paths.PathLike, split: str = "", checkpoint: str = "best"
 ) -> dict[str, Any]:
     """Restores the run in `workdir` and evaluates it (the CLI's work).
 
@@ -619,7 +602,7 @@ def evaluate_workdir(
     from mlb_jax.finished_runs import CONFIG_FILE, config_from_doc
     from mlb_jax.methods import make_method
 
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise EvaluateError(f"--checkpoint={checkpoint!r}: choose one of {list(CHECKPOINTS)}")
     if not workdir.is_dir():
@@ -673,7 +656,7 @@ def evaluate_workdir(
     return evaluate_run(run, state, workdir, split=split, checkpoint=checkpoint)
 
 
-def summary_line(result: dict[str, Any], workdir: pathlib.Path) -> str:
+def summary_line(result: dict[str, Any], workdir: epath.Path) -> str:
     """One line: fused accuracy and macro-F1, Shapley values, where the report went."""
     fused = result["heads"]["fused"]
     parts = [
@@ -697,7 +680,7 @@ def main(argv: list[str]) -> None:
         result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
-    print(summary_line(result, pathlib.Path(_WORKDIR.value)), flush=True)
+    print(summary_line(result, paths.as_path(_WORKDIR.value)), flush=True)
 
 
 if __name__ == "__main__":

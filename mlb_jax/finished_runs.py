@@ -6,13 +6,13 @@ best-on-validation state on the layout its own config.json describes.
 """
 
 import json
-import pathlib
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from mlb_jax import paths
 from mlb_jax.balancing.masks import path_string
 from mlb_jax.checkpointing import RunCheckpoints
 
@@ -24,7 +24,7 @@ _RECORD_KEYS = ("resolved", "environment")
 PyTree = Any
 
 
-def run_config(workdir: str | pathlib.Path, where: str) -> tuple[ml_collections.ConfigDict, dict]:
+def run_config(workdir: paths.PathLike, where: str) -> tuple[ml_collections.ConfigDict, dict]:
     """The config a finished run trained with, and its config.json 'resolved' record.
 
     Args:
@@ -34,7 +34,7 @@ def run_config(workdir: str | pathlib.Path, where: str) -> tuple[ml_collections.
     Raises:
       FileNotFoundError: no finished run there (no config.json or no best checkpoint).
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     path = workdir / CONFIG_FILE
     if not path.exists() or not (workdir / "best").is_dir():
         raise FileNotFoundError(
@@ -72,7 +72,7 @@ def check_unimodal_run(
 def restore_best(
     config: ml_collections.ConfigDict,
     resolved: dict,
-    workdir: str | pathlib.Path,
+    workdir: paths.PathLike,
     num_classes: int,
     mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Any, Any, Any]:
@@ -89,7 +89,7 @@ def restore_best(
 
 
 def modality_weights(
-    workdir: str | pathlib.Path, modality: str, num_classes: int, where: str
+    workdir: paths.PathLike, modality: str, num_classes: int, where: str
 ) -> dict[str, np.ndarray]:
     """Best-checkpoint arrays of a unimodal run's encoder and head, by '/'-joined path.
 

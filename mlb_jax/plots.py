@@ -1,31 +1,35 @@
 """PNG figures of a run, its evaluation and a comparison (matplotlib, Agg backend, no display)."""
 
-import os
-import pathlib
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
 import numpy as np
 
+from mlb_jax.paths import PathLike, write_atomic
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def _save(fig, path: pathlib.Path) -> None:
-    """Writes atomically: a half-written PNG never replaces a good one."""
-    path = pathlib.Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+def _save(fig, path: PathLike) -> None:
+    """Writes atomically: a half-written PNG never replaces a good one.
+
+    matplotlib writes into memory and `write_atomic` writes the bytes, so `path` may be on any
+    filesystem epath handles (gs://, ...).
+    """
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
 
 
 def plot_training(
     step_log: Sequence[Mapping[str, float]],
     epoch_log: Sequence[Mapping[str, float]],
     modalities: Sequence[str],
-    path: str | pathlib.Path,
+    path: PathLike,
     title: str = "",
 ) -> None:
     """Coefficients (and scores) over steps; fused and per-modality accuracies over epochs.
@@ -68,13 +72,13 @@ def plot_training(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_comparison(
     table: Mapping[str, Mapping[str, tuple[float, float]]],
     metrics: Sequence[str],
-    path: str | pathlib.Path,
+    path: PathLike,
     title: str = "",
     ylabel: str = "accuracy (%)",
 ) -> None:
@@ -102,7 +106,7 @@ def plot_comparison(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -113,7 +117,7 @@ def _panels(n: int, width: float = 4.0, height: float = 3.6):
     return fig, list(axes[0])
 
 
-def plot_confusion(matrices: Mapping[str, Any], path: str | pathlib.Path, title: str = "") -> None:
+def plot_confusion(matrices: Mapping[str, Any], path: PathLike, title: str = "") -> None:
     """Confusion matrices, one panel per head, rows normalised to the true class.
 
     Args:
@@ -137,7 +141,7 @@ def plot_confusion(matrices: Mapping[str, Any], path: str | pathlib.Path, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_reliability(heads: Mapping[str, Mapping[str, Any]], path, title: str = "") -> None:
@@ -166,7 +170,7 @@ def plot_reliability(heads: Mapping[str, Mapping[str, Any]], path, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_subsets(subsets: Mapping[str, Any], path, title: str = "") -> None:
@@ -196,7 +200,7 @@ def plot_subsets(subsets: Mapping[str, Any], path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_robustness(robustness: Mapping[str, Any], path, title: str = "") -> None:
@@ -222,7 +226,7 @@ def plot_robustness(robustness: Mapping[str, Any], path, title: str = "") -> Non
     ax.legend()
     ax.set_title(title or "robustness to noise on one modality")
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_agreement(agreement: Mapping[str, Any], modalities: Sequence[str], path, title="") -> None:
@@ -267,7 +271,7 @@ def plot_agreement(agreement: Mapping[str, Any], modalities: Sequence[str], path
         ax.set_ylabel("fused accuracy (%)")
     ax.set_title(f"{title}\nfused accuracy by {agreement['reference']}", fontsize=9)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)
 
 
 def plot_metric_bars(
@@ -295,4 +299,4 @@ def plot_metric_bars(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    _save(fig, pathlib.Path(path))
+    _save(fig, path)

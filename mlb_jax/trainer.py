@@ -11,8 +11,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import pathlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from mlb_jax import recipes
+from mlb_jax import paths, recipes
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.config_base import per_modality
 from mlb_jax.data import augment, pipeline, schema, synthetic
@@ -93,11 +92,9 @@ class RunError(RuntimeError):
 # ----------------------------------------------------------------------------- run directory
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Writes JSON to a temporary file and renames it, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def write_json_atomic(path: paths.PathLike, obj: Any) -> None:
+    """Writes JSON atomically (`paths.write_atomic`), so readers never see half a file."""
+    paths.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -179,7 +176,7 @@ def _environment() -> dict[str, Any]:
 
 
 def check_run_config(
-    workdir: pathlib.Path,
+    workdir: paths.PathLike,
     config: ml_collections.ConfigDict,
     resolved: dict[str, Any] | None = None,
 ) -> None:
@@ -198,7 +195,7 @@ def check_run_config(
     Raises:
       RunError: the workdir holds a run with a different config (the differences are named).
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     new_doc = json.loads(config.to_json())
     if resolved is not None:
         new_doc[RESOLVED_KEY] = json.loads(json.dumps(resolved))
@@ -288,8 +285,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> schema.DatasetMeta:
     # An empty model.modalities reads them all (`modalities_from_dataset` then fills them).
     modalities = list(config.model.modalities) or None
     if config.data.name == "synthetic_av":
-        cache = pathlib.Path(os.path.expanduser(config.data.cache_dir))
-        data_dir = synthetic.ensure_synthetic(cache, **config.data.synthetic.to_dict())
+        knobs = config.data.synthetic.to_dict()
+        data_dir = synthetic.ensure_synthetic(config.data.cache_dir, **knobs)
         meta = schema.load_meta(data_dir, modalities)
     elif not config.data.dir:
         raise schema.DataError(
@@ -663,7 +660,7 @@ def _summary_line(epoch: int, total: int, record: dict, modalities: list[str]) -
     return " | ".join(parts)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> dict:
     """Trains, evaluates and writes results for one run; resumes if `workdir` holds one.
 
     Nothing is written to `workdir` (not even the directory) until the config, the data and
@@ -684,7 +681,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if recipe and jax.process_index() == 0:
         print(recipes.summary(config.recipe, config.method.name, recipe), flush=True)
     validate_config(config)
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     meta = load_dataset(config)
     config = modalities_from_dataset(config, meta)
     if not make_method(config.method).trains:  # the ensemble of finished unimodal runs
@@ -925,7 +922,7 @@ def finish(
     ckpts: RunCheckpoints,
     state,
     history: dict,
-    workdir: pathlib.Path,
+    workdir: epath.Path,
     started: float,
     timing: dict[str, float] | None = None,
 ) -> dict:

@@ -1,17 +1,19 @@
 """TensorBoard scalars, written by process 0 only (other processes get a no-op writer)."""
 
-import pathlib
-
 import jax
 
 from mlb_jax.data._tf import import_tf
+from mlb_jax.paths import PathLike
 
 
 class MetricWriter:
     """Scalar summaries in `<workdir>/tensorboard`, written only on process 0."""
 
-    def __init__(self, logdir: str | pathlib.Path):
-        """Opens the event file (process 0) or does nothing (other processes)."""
+    def __init__(self, logdir: PathLike):
+        """Opens the event file (process 0) or does nothing (other processes).
+
+        `logdir` may be any path TensorFlow's filesystems take (local, gs://, ...).
+        """
         self._writer = None
         if jax.process_index() == 0:
             tf = import_tf()

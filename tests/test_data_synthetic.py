@@ -5,6 +5,7 @@ of `SyntheticConfig` does not change what these tests measure.
 """
 
 import json
+import os
 import re
 import shutil
 
@@ -174,14 +175,14 @@ def test_ensure_synthetic_builds_once_per_knobs(tmp_path, monkeypatch):
     info = version_dir / "dataset_info.json"
     knobs = json.dumps(config.knobs(), sort_keys=True)
     assert json.loads(info.read_text())["description"].endswith(f", knobs {knobs}")
-    mtime = info.stat().st_mtime_ns
+    mtime = os.stat(info).st_mtime_ns  # epath.Path.stat has no st_mtime_ns
 
     def no_generation(config, split):
         raise AssertionError("the cached dataset was regenerated")
 
     monkeypatch.setattr(synthetic, "generate", no_generation)
     assert ensure_synthetic(tmp_path, **TINY) == version_dir
-    assert info.stat().st_mtime_ns == mtime
+    assert os.stat(info).st_mtime_ns == mtime
     # Other knobs: another directory (and a build, which the patch above makes fail).
     with pytest.raises(AssertionError, match="regenerated"):
         ensure_synthetic(tmp_path, **TINY | {"seed": 1})
@@ -208,7 +209,7 @@ def test_ensure_synthetic_survives_a_concurrent_build(tmp_path, monkeypatch):
     assert calls  # this process did build, so the race happened
     # The other process's copy is kept untouched, and this one's unfinished build is gone.
     their_info = (target / "dataset_info.json").stat().st_mtime_ns
-    assert their_info == (finished / "dataset_info.json").stat().st_mtime_ns
+    assert their_info == os.stat(finished / "dataset_info.json").st_mtime_ns
     assert not list((tmp_path / "shared").rglob("incomplete.*"))
     assert load_meta(tmp_path / "shared").data_dir == target
 

@@ -8,11 +8,14 @@ How to write a subclass is in ``mlb_jax/data/README.md``.
 """
 
 import dataclasses
-import pathlib
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from etils import epath
+
+from mlb_jax import paths
 from mlb_jax.data._tf import import_tfds
 from mlb_jax.data.schema import SCHEMA_VERSION, DataError, ModalitySpec, make_features
 
@@ -81,10 +84,10 @@ class AudioVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 def prepare(
     builder_cls: Callable[..., AudioVideoBuilder],
     *,
-    data_dir: str | pathlib.Path,
+    data_dir: paths.PathLike,
     config: str | AudioVideoConfig | None = None,
-    manual_dir: str | pathlib.Path | None = None,
-) -> pathlib.Path:
+    manual_dir: paths.PathLike | None = None,
+) -> epath.Path:
     """Writes a dataset with TFDS, offline, unless it is already there.
 
     TFDS writes into a temporary ``incomplete.*`` directory and renames it at the end, so a
@@ -95,7 +98,8 @@ def prepare(
         builder_cls: The `AudioVideoBuilder` subclass, or any callable that makes one from the
             ``data_dir`` and ``config`` keywords (e.g. a ``functools.partial`` binding more
             constructor arguments).
-        data_dir: Root directory; the dataset goes to ``<data_dir>/<name>/<config>/<version>``.
+        data_dir: Root directory; the dataset goes to ``<data_dir>/<name>/<config>/<version>``
+            (local or a URL such as ``gs://...``; TFDS writes through epath).
         config: A config name from ``builder_cls.BUILDER_CONFIGS`` or an `AudioVideoConfig`;
             ``None`` takes the first of ``BUILDER_CONFIGS``.
         manual_dir: Directory of the raw files the builder reads (``dl_manager.manual_dir``);
@@ -107,7 +111,7 @@ def prepare(
     Raises:
         DataError: The dataset must be converted from raw files and ``manual_dir`` is missing.
     """
-    builder = builder_cls(data_dir=str(pathlib.Path(data_dir).expanduser()), config=config)
+    builder = builder_cls(data_dir=os.fspath(paths.as_path(data_dir)), config=config)
     needs_raw = builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not builder.data_path.exists()
     if manual_dir is None and needs_raw:
         raise DataError(
@@ -119,12 +123,10 @@ def prepare(
         builder.download_and_prepare(
             download_dir=download_dir,
             download_config=tfds.download.DownloadConfig(
-                manual_dir=None
-                if manual_dir is None
-                else str(pathlib.Path(manual_dir).expanduser()),
+                manual_dir=None if manual_dir is None else os.fspath(paths.as_path(manual_dir)),
                 # Never look for a pre-built copy on Google Cloud Storage: no network here.
                 try_download_gcs=False,
                 compute_stats=tfds.download.ComputeStatsMode.SKIP,
             ),
         )
-    return pathlib.Path(builder.data_dir)
+    return epath.Path(builder.data_dir)

@@ -26,12 +26,12 @@ order.
 """
 
 import functools
-import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from mlb_jax.batch_format import length_key
 from mlb_jax.data import augment as augment_lib
@@ -437,7 +437,7 @@ def _process_args(
 
 
 def _read(
-    data_dir: pathlib.Path,
+    data_dir: epath.Path,
     modalities: Mapping[str, ModalitySpec],
     subsplit: Any,
     *,
@@ -556,7 +556,7 @@ def _cached_examples(meta: DatasetMeta, subsplit: Any) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _cached(
-    data_dir: pathlib.Path,
+    data_dir: epath.Path,
     modalities: tuple[tuple[str, ModalitySpec], ...],
     sequence_fits: tuple[tuple[str, SequenceFit], ...],
     subsplit: Any,

@@ -10,12 +10,13 @@ message instead of being misread.
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from etils import epath
 
+from mlb_jax import paths
 from mlb_jax.data._tf import import_tfds
 
 SCHEMA_VERSION = "2.0.0"
@@ -209,7 +210,7 @@ class DatasetMeta:
     """
 
     name: str
-    data_dir: pathlib.Path
+    data_dir: epath.Path
     class_names: tuple[str, ...]
     num_classes: int
     modalities: dict[str, ModalitySpec]
@@ -232,12 +233,13 @@ class DatasetMeta:
         return dataclasses.replace(self, sequence_fits={**self.sequence_fits, **fits})
 
 
-def load_meta(data_dir: str | pathlib.Path, modalities: Sequence[str] | None = None) -> DatasetMeta:
+def load_meta(data_dir: paths.PathLike, modalities: Sequence[str] | None = None) -> DatasetMeta:
     """Opens a prepared dataset and checks it against this schema.
 
     Args:
         data_dir: The TFDS version directory (``.../<dataset>/<config>/<version>``), or any
-            parent of it (up to three levels up) that holds exactly one prepared dataset.
+            parent of it (up to three levels up) that holds exactly one prepared dataset;
+            local or a URL (``gs://...``, see `mlb_jax.paths`).
         modalities: The modality names the caller needs; ``None`` means every modality in the
             dataset. Only these are read by the input pipeline.
 
@@ -249,7 +251,7 @@ def load_meta(data_dir: str | pathlib.Path, modalities: Sequence[str] | None = N
             finished dataset or several, was written with another schema version, or lacks a
             requested modality.
     """
-    version_dir = _find_version_dir(pathlib.Path(data_dir).expanduser().resolve())
+    version_dir = _find_version_dir(paths.resolve(data_dir))
     tfds = import_tfds()
     try:
         builder = tfds.builder_from_directory(version_dir)
@@ -291,7 +293,7 @@ def load_meta(data_dir: str | pathlib.Path, modalities: Sequence[str] | None = N
     )
 
 
-def _find_version_dir(path: pathlib.Path) -> pathlib.Path:
+def _find_version_dir(path: epath.Path) -> epath.Path:
     """Returns the one finished, current-schema version directory at or below ``path``."""
     if not path.exists():
         raise DataError(
@@ -360,7 +362,7 @@ def _version_key(version: str) -> tuple[int, ...]:
         return ()
 
 
-def _written_version(version_dir: pathlib.Path) -> str:
+def _written_version(version_dir: epath.Path) -> str:
     """Reads the dataset version (= schema version) recorded in ``dataset_info.json``."""
     try:
         return str(json.loads((version_dir / _INFO_FILE).read_text())["version"])
@@ -370,7 +372,7 @@ def _written_version(version_dir: pathlib.Path) -> str:
         ) from e
 
 
-def _modalities_of(version_dir: pathlib.Path, features: Any, tfds: Any) -> dict[str, ModalitySpec]:
+def _modalities_of(version_dir: epath.Path, features: Any, tfds: Any) -> dict[str, ModalitySpec]:
     """Maps each non-reserved feature of a dataset to its `ModalitySpec`."""
     found = {}
     for name, feature in features.items():

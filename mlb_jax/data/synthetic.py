@@ -12,12 +12,13 @@ documented in ``mlb_jax/data/README.md``.
 import dataclasses
 import hashlib
 import json
-import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from mlb_jax import paths
 from mlb_jax.data.builder import AudioVideoBuilder, AudioVideoConfig, prepare
 from mlb_jax.data.schema import SCHEMA_VERSION, DataError, ModalitySpec
 
@@ -166,7 +167,7 @@ class SyntheticAV(AudioVideoBuilder):
             )
 
 
-def ensure_synthetic(cache_root: str | pathlib.Path, **knobs: Any) -> pathlib.Path:
+def ensure_synthetic(cache_root: paths.PathLike, **knobs: Any) -> epath.Path:
     """Returns the synthetic dataset for these knobs, building it only if it is not cached.
 
     Args:
@@ -184,7 +185,7 @@ def ensure_synthetic(cache_root: str | pathlib.Path, **knobs: Any) -> pathlib.Pa
     if unknown:
         raise DataError(f"unknown synthetic knob {unknown[0]!r}: known are {knob_names()}")
     config = SyntheticConfig(**knobs)
-    cache_root = pathlib.Path(cache_root).expanduser()
+    cache_root = paths.as_path(cache_root)
     version_dir = cache_root / SyntheticAV.name / config.name / SCHEMA_VERSION
     if (version_dir / "dataset_info.json").is_file():
         return version_dir
