@@ -284,9 +284,7 @@ def markdown_table(table: dict, columns: list[str], seeds: list[int]) -> str:
 def main(argv: list[str]) -> None:
     """Runs the comparison and writes comparison.md and comparison.png."""
     del argv  # `parse_flags` refuses positional arguments
-    from mlb_jax.plots import plot_comparison
     from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, fail, setup_process
-    from mlb_jax.trainer import write_json_atomic
 
     try:
         methods = expand_methods(list(_METHODS.value))
@@ -301,12 +299,41 @@ def main(argv: list[str]) -> None:
         results = run_all(_CONFIG.value, workdir, methods, seeds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+    print(write_comparison(results, seeds, workdir, _CONFIG.value.data.name))
+
+
+def write_comparison(
+    results: dict[str, list[dict]],
+    seeds: list[int],
+    workdir: paths.PathLike,
+    name: str,
+    preface: str = "",
+    extra: dict | None = None,
+) -> str:
+    """Writes comparison.md / .json and the figures of `results` into `workdir`.
+
+    Args:
+      results: row -> one result per seed (`run_all`).
+      seeds: the seeds, in the order of each row's results.
+      workdir: the comparison directory (created if missing; a local path or a URL).
+      name: the dataset's name, for the figures' titles.
+      preface: Markdown put before the table (e.g. the tuning budget).
+      extra: more entries of comparison.json (e.g. the tuned settings).
+
+    Returns:
+      The text of comparison.md.
+    """
+    from mlb_jax.plots import plot_comparison
+    from mlb_jax.trainer import write_json_atomic
+
+    workdir = paths.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     table, columns = summarise(results)
-    text = markdown_table(table, columns, seeds) + evaluation_tables(results)
+    text = preface + markdown_table(table, columns, seeds) + evaluation_tables(results)
     paths.write_atomic(workdir / "comparison.md", text)
-    write_json_atomic(workdir / "comparison.json", {"table": table, "results": results})
-    name = _CONFIG.value.data.name
+    write_json_atomic(
+        workdir / "comparison.json", {"table": table, "results": results, **(extra or {})}
+    )
     plot_comparison(
         table,
         [c for c in columns if c not in FRACTION_COLUMNS and not c.startswith("Shapley ")],
@@ -314,7 +341,7 @@ def main(argv: list[str]) -> None:
         title=f"{name}: test accuracy, mean ± std over {len(seeds)} seeds",
     )
     plot_comparison_figures(results, table, columns, workdir, name, len(seeds))
-    print(text)
+    return text
 
 
 def plot_comparison_figures(

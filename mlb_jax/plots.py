@@ -300,3 +300,48 @@ def plot_metric_bars(
         ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def plot_tuning(
+    records: Sequence[Mapping[str, Any]],
+    log_scale: Mapping[str, bool],
+    chosen: int,
+    path: PathLike,
+    title: str = "",
+) -> None:
+    """Validation accuracy of every trial against each tuned hyper-parameter, one panel each.
+
+    Args:
+      records: the trials, each {'trial': i, 'setting': {name: value}, 'val_accuracy': a}
+        (a fraction, shown x 100).
+      log_scale: name -> whether its axis is logarithmic; the panels' order. Values that are
+        not numbers (e.g. MLB's placement) are shown as categories.
+      chosen: index into `records` of the chosen trial (drawn as a red star).
+      path: output PNG.
+      title: figure title.
+    """
+    fig, axes = _panels(max(1, len(log_scale)))
+    acc = np.array([100 * r["val_accuracy"] for r in records])
+    for ax, (name, log) in zip(axes, log_scale.items()):
+        values = [r["setting"][name] for r in records]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            xs = np.array(values, np.float64)
+            if log:
+                ax.set_xscale("log")
+        else:  # categories in first-seen order
+            cats = list(dict.fromkeys(str(v) for v in values))
+            xs = np.array([cats.index(str(v)) for v in values], np.float64)
+            ax.set_xticks(range(len(cats)))
+            ax.set_xticklabels(cats)
+        ax.scatter(xs, acc, color="tab:blue", label="trial")
+        ax.scatter(xs[chosen], acc[chosen], color="tab:red", marker="*", s=200, label="chosen")
+        ax.set_xlabel(name)
+        ax.set_ylabel("validation accuracy (%)")
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -263,7 +263,8 @@ RECIPE_FIELDS: tuple[str, ...] = tuple(
 # ----------------------------------------------------------------------------- applying
 
 
-def _get(config: Any, path: str) -> Any:
+def get_field(config: Any, path: str) -> Any:
+    """The value at the dotted `path` of `config` (e.g. 'train.lr'); KeyError(path) if absent."""
     node = config
     for key in path.split("."):
         if not isinstance(node, Mapping | ml_collections.ConfigDict) or key not in node:
@@ -272,7 +273,8 @@ def _get(config: Any, path: str) -> Any:
     return node
 
 
-def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    """Sets the dotted `path` of `config` (its parents must exist) to `value`."""
     *parents, leaf = path.split(".")
     node = config
     for key in parents:
@@ -379,7 +381,7 @@ def resolve(
     table: dict[str, dict[str, Any]] = {}
     for path in sorted(set(entry) | set(_none_paths(config))):
         try:
-            current = _get(out, path)
+            current = get_field(out, path)
         except KeyError:
             raise ValueError(
                 f"config.{path} is missing, but the {name!r} recipe sets it: add it to the "
@@ -402,7 +404,7 @@ def resolve(
                     f"it: set --config.{path}=..."
                 ) from None
             source = f"not read by {method}: its method's default"
-        _set(out, path, value)
+        set_field(out, path, value)
         table[path] = {"value": value, "source": source}
     return out, table
 

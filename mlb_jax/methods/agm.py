@@ -71,6 +71,7 @@ from mlb_jax.balancing import (
 )
 from mlb_jax.methods.base import Losses, Method, cross_entropy
 from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.space import Dimension, LogUniform
 
 PyTree = Any
 Coalition = frozenset[str]
@@ -367,6 +368,10 @@ class AGM(Method):
         "clip_norm",
         "clip_pattern",
     )
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.1, 4.0),
+    }
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "placement": "it needs raw gradients: its transform always runs before the optimiser",

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlb_jax.methods.space import Dimension, Scaled
+
 PyTree = Any
 Losses = dict[str, jax.Array]
 
@@ -102,6 +104,10 @@ class Method:
         "unimodal_weight": "it has no unimodal cross-entropy losses",
         "modality": "it trains every modality; only method 'unimodal' reads it",
     }
+    # What `mlb_jax.tune` searches: a setting of this method (a field it reads) or a config
+    # path with a dot (e.g. 'train.lr') -> its dimension (mlb_jax/methods/space.py). Every
+    # method tunes the learning rate around the config's; subclasses add their own settings.
+    search_space: ClassVar[Mapping[str, Dimension]] = {"train.lr": Scaled(1 / 3, 3.0)}
 
     def __post_init__(self) -> None:
         self.validate()

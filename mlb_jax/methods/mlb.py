@@ -20,8 +20,10 @@ from mlb_jax.balancing import (
     modality_scores,
     scale_by_modality,
 )
+from mlb_jax.methods.base import Method
 from mlb_jax.methods.config import method_from_config
 from mlb_jax.methods.multiloss import MultiLoss
+from mlb_jax.methods.space import Choice, Dimension, LogUniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,13 @@ class MLB(MultiLoss):
         "score_ema",
         "placement",
     )
+    # The reference tuned alpha in 0.5-5 and beta_max in 0.5-20 (docs/METHODS.md).
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.5, 5.0),
+        "beta_max": Choice((1.0, 2.0, 4.0, 8.0, 20.0)),
+        "placement": Choice(("gradients", "updates")),
+    }
 
     def validate(self) -> None:
         """Multi-loss checks plus the ranges of MLB's hyper-parameters."""

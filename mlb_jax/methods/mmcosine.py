@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from mlb_jax.methods.base import Method
 from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.space import Dimension, LogUniform
 from mlb_jax.models.fusion import LateLinearFusion
 from mlb_jax.models.multimodal import ModelOutput
 
@@ -73,6 +74,10 @@ class MMCosine(Method):
 
     config_block: ClassVar[str | None] = "mmcosine"
     block_fields: ClassVar[tuple[str, ...]] = ("scaling",)
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "scaling": LogUniform(2.0, 40.0),
+    }
 
     def validate(self) -> None:
         """Method's checks plus scaling > 0."""

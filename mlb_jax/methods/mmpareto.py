@@ -41,6 +41,7 @@ from mlb_jax.balancing import parameter_paths
 from mlb_jax.methods.base import Losses, Method
 from mlb_jax.methods.config import method_from_config
 from mlb_jax.methods.multiloss import MultiLoss
+from mlb_jax.methods.space import Dimension, LogUniform
 
 PyTree = Any
 FUSED = "fused"
@@ -149,6 +150,10 @@ class MMPareto(MultiLoss):
 
     config_block: ClassVar[str | None] = "mmpareto"
     block_fields: ClassVar[tuple[str, ...]] = ("alpha",)
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.5, 4.0),
+    }
     top_level_fields: ClassVar[tuple[str, ...]] = ()
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,

@@ -4,12 +4,14 @@ See docs/METHODS.md (joint-and-multiloss).
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
 
 from mlb_jax.methods.base import Losses, Method, cross_entropy
 from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.space import Dimension, LogUniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,10 @@ class MultiLoss(Method):
     unimodal_weight: float = 1.0
 
     top_level_fields: ClassVar[tuple[str, ...]] = ("unimodal_weight",)
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "unimodal_weight": LogUniform(0.25, 4.0),
+    }
 
     def validate(self) -> None:
         """Method's checks and unimodal_weight >= 0."""

@@ -63,6 +63,7 @@ from mlb_jax.methods.late_linear import (
     encoder_labels,
     split_forward,
 )
+from mlb_jax.methods.space import Dimension, LogUniform
 
 PyTree = Any
 
@@ -253,6 +254,10 @@ class OGM(Method):
         "noise_seed",
     )
     top_level_fields: ClassVar[tuple[str, ...]] = ("placement",)
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.1, 1.0),
+    }
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "unimodal_weight": "its loss is the fused cross-entropy alone",

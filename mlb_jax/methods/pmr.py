@@ -53,6 +53,7 @@ import numpy as np
 
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
 from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.space import Dimension, LogUniform
 
 PyTree = Any
 # BatchNorm's epsilon (PyTorch and Flax): variance floor of the feature normalisation.
@@ -213,6 +214,10 @@ class PMR(Method):
         "max_feature_dim",
         "reference_eval_mode",
     )
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.1, 4.0),
+    }
 
     def validate(self) -> None:
         """Method's checks plus the ranges of PMR's settings."""

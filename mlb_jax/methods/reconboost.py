@@ -43,6 +43,7 @@ import optax
 from mlb_jax.balancing import modality_labels
 from mlb_jax.methods.base import EpochContext, Losses, Method, cross_entropy
 from mlb_jax.methods.config import method_from_config
+from mlb_jax.methods.space import Dimension, LogUniform
 from mlb_jax.models.multimodal import ModelOutput
 
 PyTree = Any
@@ -178,6 +179,10 @@ class ReconBoost(Method):
         "boost_epochs",
         "ensemble_epochs",
     )
+    search_space: ClassVar[Mapping[str, Dimension]] = {
+        **Method.search_space,
+        "alpha": LogUniform(0.1, 2.0),
+    }
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "placement": "its freezing always acts on the optimiser's updates",
