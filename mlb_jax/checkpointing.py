@@ -80,8 +80,23 @@ class RunCheckpoints:
         restored = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
 
+    def delete_after(self, step: int | None) -> None:
+        """Deletes the latest-N checkpoints newer than `step` (None: every one).
+
+        A sweep's members go back to the newest epoch all of them saved (mlb_jax/sweep.py).
+        """
+        for newer in self._latest.all_steps():
+            if step is None or newer > step:
+                self._latest.delete(newer)
+
     def save_best(self, step: int, state: PyTree) -> None:
-        """Replaces the best checkpoint with `state`."""
+        """Replaces the best checkpoint with `state`.
+
+        A kill after this save and before the epoch's latest checkpoint repeats the epoch,
+        which saves the best again at the same step: the old one is deleted first.
+        """
+        if step in self._best.all_steps():
+            self._best.delete(step)
         self._best.save(step, args=ocp.args.StandardSave(state), force=True)
         self._best.wait_until_finished()
 

@@ -705,28 +705,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     show = config.get("progress", True) and jax.process_index() == 0
     timing: dict[str, float] = {}
     try:
-        # Latest (and, if it improved, best) checkpoint every `checkpoint_every` epochs and at
-        # the end: each save waits for the disk, about a second even for a tiny model.
-        checkpoint_every = config.train.get("checkpoint_every", 1)
         pending_best = None
         for epoch in range(len(history["epochs"]), config.train.epochs):
             # Checked before each epoch from the history alone, so a resumed run keeps its count.
             if early_stop_reason(history, config.train):
                 break
             state, history = _train_epoch(run, state, history, epoch, writer, show, timing)
-            step = history["epochs"][-1]["step"]
-            if history["best"]["epoch"] == epoch:
-                # A device copy: the next train step donates (invalidates) `state`.
-                pending_best = (step, jax.tree.map(jnp.copy, state))
-            last = epoch + 1 == config.train.epochs or early_stop_reason(history, config.train)
-            if (epoch + 1) % checkpoint_every == 0 or last:
-                # Best first: once the latest checkpoint names epoch e as best, its weights
-                # are on disk; a kill in between only repeats the epochs since the previous
-                # checkpoint, which re-save it.
-                if pending_best is not None:
-                    ckpts.save_best(*pending_best)
-                    pending_best = None
-                ckpts.save(step, state, history)
+            pending_best = checkpoint_epoch(ckpts, config, state, history, pending_best)
         reason = early_stop_reason(history, config.train)
         if reason and jax.process_index() == 0:
             print(f"{reason}: restoring the best checkpoint", flush=True)
@@ -735,6 +720,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
         writer.close()
         ckpts.close()
     return results
+
+
+def checkpoint_epoch(
+    ckpts: RunCheckpoints,
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    history: dict,
+    pending_best: tuple[int, TrainState] | None,
+) -> tuple[int, TrainState] | None:
+    """Checkpoints the epoch just recorded in `history`, when it is due.
+
+    The latest (and, if it improved, the best) checkpoint is written every
+    `train.checkpoint_every` epochs and at the end (last epoch or early stop): each save waits
+    for the disk, about a second even for a tiny model. A best epoch between saves is kept
+    as a device copy until the next save.
+
+    Args:
+      ckpts: the run's checkpoints.
+      config: the run's config.
+      state: the state after the epoch (the next train step donates it: it is copied).
+      history: the run's history, this epoch last.
+      pending_best: the best state not yet saved, (step, state), or None.
+
+    Returns:
+      The new `pending_best`.
+    """
+    epoch = history["epochs"][-1]["epoch"]
+    step = history["epochs"][-1]["step"]
+    if history["best"]["epoch"] == epoch:
+        pending_best = (step, jax.tree.map(jnp.copy, state))
+    last = epoch + 1 == config.train.epochs or early_stop_reason(history, config.train)
+    if (epoch + 1) % config.train.get("checkpoint_every", 1) == 0 or last:
+        # Best first: once the latest checkpoint names epoch e as best, its weights are on
+        # disk; a kill in between only repeats the epochs since the previous checkpoint,
+        # which re-save it.
+        if pending_best is not None:
+            ckpts.save_best(*pending_best)
+            pending_best = None
+        ckpts.save(step, state, history)
+    return pending_best
 
 
 def early_stop_reason(history: dict, train_config: ml_collections.ConfigDict) -> str | None:
@@ -808,14 +833,49 @@ def _train_epoch(
                     f"first train step (incl. compilation): {timing['first_step_seconds']:.1f}s"
                 )
         if step % log_every == 0 or not step_metrics:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(host["loss"], step, epoch, history)
-            history["steps"].append({"step": step, **{f"train/{k}": v for k, v in host.items()}})
-            writer.scalars(step, {f"train/{k}": v for k, v in host.items()})
-            bar.set_postfix(loss=f"{host['loss']:.3f}")
+            host = jax.device_get(metrics)
+            log_step(history, writer, step, epoch, host)
+            bar.set_postfix(loss=f"{float(host['loss']):.3f}")
         step_metrics.append(metrics)
     # Scalars of every step, fetched in one transfer; the mean is taken on the host.
     fetched = jax.device_get(step_metrics)
+    return close_epoch(run, state, history, epoch, step, fetched, writer, start)
+
+
+def log_step(history: dict, writer: MetricWriter, step: int, epoch: int, metrics: dict) -> None:
+    """Records one logged train step (history['steps'], TensorBoard); stops on a NaN loss."""
+    host = {k: float(v) for k, v in metrics.items()}
+    _check_finite(host["loss"], step, epoch, history)
+    history["steps"].append({"step": step, **{f"train/{k}": v for k, v in host.items()}})
+    writer.scalars(step, {f"train/{k}": v for k, v in host.items()})
+
+
+def close_epoch(
+    run: Run,
+    state: TrainState,
+    history: dict,
+    epoch: int,
+    step: int,
+    fetched: list[dict],
+    writer: MetricWriter,
+    start: float,
+) -> tuple[TrainState, dict]:
+    """The end of an epoch: train means, validation (and test if asked), the method's hook.
+
+    Args:
+      run: the run.
+      state: the state after the epoch's last train step.
+      history: the run's history; the epoch's record is appended, 'best' updated.
+      epoch: the epoch index.
+      step: the step count after the epoch (checked against `state.step`).
+      fetched: every train step's metrics of the epoch (host scalars), in order.
+      writer: the run's TensorBoard writer.
+      start: when the epoch began (time.time()).
+
+    Returns:
+      (state with the method's new per-epoch state, history).
+    """
+    cfg = run.config
     train_means = {
         f"train/{k}": float(np.mean([m[k] for m in fetched], dtype=np.float64)) for k in fetched[0]
     }

@@ -329,16 +329,21 @@ def eval_batches(
     return _finish(ds, to_batch)
 
 
-def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+def to_global(
+    batch: dict[str, Any], mesh: jax.sharding.Mesh, *, run_axis: bool = False
+) -> dict[str, Any]:
     """Assembles the processes' local batches into global arrays sharded over ``'data'``.
 
     Args:
         batch: This process's batch (any pytree of numpy arrays with the batch dimension first).
         mesh: A mesh with a ``'data'`` axis; other axes hold replicas of the batch.
+        run_axis: The leaves have a leading run axis (the members of a sweep, each member's
+            batch stacked: [N, B, ...]); it stays whole on every device and dimension 1 is the
+            batch dimension.
 
     Returns:
-        The same pytree of ``jax.Array``, global batch = local batch x process count, dimension
-        0 sharded over ``'data'``.
+        The same pytree of ``jax.Array``, global batch = local batch x process count, the batch
+        dimension sharded over ``'data'``.
 
     Raises:
         DataError: The mesh has no ``'data'`` axis, or the global batch does not split evenly
@@ -346,13 +351,13 @@ def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """
     if "data" not in mesh.shape:
         raise DataError(f"the mesh has axes {tuple(mesh.shape)}, not 'data': build it with one")
-    global_rows = len(jax.tree.leaves(batch)[0]) * jax.process_count()
+    global_rows = jax.tree.leaves(batch)[0].shape[int(run_axis)] * jax.process_count()
     if global_rows % mesh.shape["data"]:
         raise DataError(
             f"global batch {global_rows} does not split over the {mesh.shape['data']} devices "
             "of the 'data' axis: use a batch size divisible by it"
         )
-    sharding = jax.NamedSharding(mesh, jax.P("data"))
+    sharding = jax.NamedSharding(mesh, jax.P(None, "data") if run_axis else jax.P("data"))
     return jax.tree.map(
         lambda local: jax.make_array_from_process_local_data(sharding, local), batch
     )
