@@ -1,7 +1,7 @@
-"""Seeds in one compiled program: the runs of several seeds vmapped over a leading run axis.
+"""Seeds in one compiled program: the runs of several seeds trained as one train-step program.
 
     python -m mlb_jax.sweep --config=configs/synthetic_av.py --methods=joint,mlb \
-        --seeds=0,1,2,3 --workdir=runs/sweep
+        --seeds=0,1,2,3 --workdir=runs/sweep [--program=auto|vmap|unrolled]
 
 The layout and the table are the compare runner's (mlb_jax/compare.py): member s of method m
 is an ordinary run directory `<workdir>/<m>/seed_<s>` (config.json, checkpoints, results.json,
@@ -9,18 +9,21 @@ TensorBoard, training.png and the evaluation) holding what `mlb_jax.train` write
 `--config.seed=s`, up to floating-point reassociation; `comparison.md` summarises them.
 
 How: one set-up per member (`trainer.setup`: its own initialisation and dropout streams, the
-same shapes), their train states stacked on a leading run axis, and one `jax.vmap` of the train
-step over it, jitted once. Each member's batches come in the order its seed gives in a single
-run: the cached split is decoded once and shared, and each step holds N batches on the devices
-(N x batch x example size). The run axis stays whole on every device; the batch dimension is
-sharded over the ('data',) mesh as in a single run. Per epoch, every member is validated, runs
-its method's end-of-epoch hook (MSLR, PMR, AGM, ReconBoost keep per-member state) and is
-checkpointed on its own. Early stopping ends a member's epochs and keeps its best checkpoint;
-its steps go on inside the vmapped program, their results dropped, until every member stops.
-A killed sweep resumes every member from the newest epoch all of them had saved.
+same shapes), their train states stacked on a leading run axis, and one jitted program of the
+members' train steps: `jax.vmap` of the step over the run axis on accelerators, the members'
+steps side by side ('unrolled') on the CPU, where XLA's vmapped convolutions are 2-5x slower
+per member (`resolve_program`, benchmarks/sweep_speed.py). Each member's batches come in the
+order its seed gives in a single run: the cached split is decoded once and shared, and each
+step holds N batches on the devices (N x batch x example size). The run axis stays whole on
+every device; the batch dimension is sharded over the ('data',) mesh as in a single run. Per
+epoch, every member is validated, runs its method's end-of-epoch hook (MSLR, PMR, AGM,
+ReconBoost keep per-member state) and is checkpointed on its own. Early stopping ends a
+member's epochs and keeps its best checkpoint; its steps go on inside the program, their
+results dropped, until every member stops. A killed sweep resumes every member from the
+newest epoch all of them had saved.
 
 What differs between members: the seed only (initialisation, dropout, data order).
-Hyper-parameter sweeps are not vmapped: `mlb_jax.tune` trains their trials one by one.
+Hyper-parameter sweeps are not batched: `mlb_jax.tune` trains their trials one by one.
 """
 
 import os
@@ -48,7 +51,17 @@ from mlb_jax.methods import make_method
 from mlb_jax.steps import TrainState
 from mlb_jax.writers import MetricWriter
 
+# How the members' train steps form one program (see `member_step`).
+PROGRAMS = ("vmap", "unrolled")
+
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
+_PROGRAM = flags.DEFINE_enum(
+    "program",
+    "auto",
+    ["auto", *PROGRAMS],
+    "how the members' steps form one program: vmap (one step over a run axis), unrolled (the "
+    "members' steps side by side), auto (unrolled on CPU, vmap elsewhere)",
+)
 
 
 @dataclasses.dataclass
@@ -85,6 +98,42 @@ def stack(states: list[TrainState], mesh: jax.sharding.Mesh) -> TrainState:
 def unstack(stacked: TrainState, n: int) -> list[TrainState]:
     """The inverse of `stack`: member i's state is `stacked[i]` of every leaf."""
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
+
+
+def resolve_program(program: str) -> str:
+    """'auto' -> 'unrolled' on a CPU backend, 'vmap' elsewhere; the others as they are.
+
+    On the CPU, XLA runs a vmapped convolution (a kernel per member: a grouped convolution)
+    2-5x slower per member than the member's own step, while N unrolled steps cost about N
+    steps (benchmarks/sweep_speed.py), at N times the compile time.
+    """
+    if program not in ("auto", *PROGRAMS):
+        raise ValueError(f"unknown sweep program {program!r}: choose auto, {', '.join(PROGRAMS)}")
+    if program == "auto":
+        return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+    return program
+
+
+def member_step(train_step: Any, n: int, program: str) -> Any:
+    """The train step of `n` members as one function on their stacked states and batches.
+
+    Args:
+      train_step: `(state, batch) -> (state, metrics)` of one member.
+      n: the number of members.
+      program: 'vmap' (one step over the leading run axis) or 'unrolled' (the n steps side
+        by side, each on its slice; no run axis inside).
+
+    Returns:
+      `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
+    """
+    if program == "vmap":
+        return jax.vmap(train_step)
+
+    def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        outs = [train_step(state, own) for state, own in unstack((stacked, batch), n)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return unrolled
 
 
 def _open_members(
@@ -133,15 +182,20 @@ def _open_members(
 
 
 def sweep_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: paths.PathLike, seeds: list[int]
+    config: ml_collections.ConfigDict,
+    workdir: paths.PathLike,
+    seeds: list[int],
+    program: str = "auto",
 ) -> list[dict]:
-    """Trains the runs of `seeds` as one vmapped program; each is an ordinary run directory.
+    """Trains the runs of `seeds` as one program; each is an ordinary run directory.
 
     Args:
       config: the experiment config (its `seed` is replaced by each member's).
       workdir: the sweep's directory; member s lives in `<workdir>/seed_<s>`. A member whose
         results.json exists is not trained again.
       seeds: distinct seeds, one member each.
+      program: how the members' steps form one program: 'vmap', 'unrolled' or 'auto'
+        (`resolve_program`).
 
     Returns:
       One results dict per seed (as `trainer.train_and_evaluate` returns), in `seeds` order.
@@ -151,6 +205,7 @@ def sweep_and_evaluate(
       RunError, DataError: as `trainer.train_and_evaluate`.
     """
     started = time.time()
+    program = resolve_program(program)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds={seeds}: a sweep needs distinct seeds")
     workdir = paths.as_path(workdir)
@@ -171,7 +226,7 @@ def sweep_and_evaluate(
             )
         members, states = _open_members(config, meta, workdir, todo, recipe)
         try:
-            results = _train_members(members, states, started)
+            results = _train_members(members, states, started, program)
         finally:
             for m in members:
                 m.writer.close()
@@ -180,12 +235,14 @@ def sweep_and_evaluate(
     return [done[s] for s in seeds]
 
 
-def _train_members(members: list[Member], states: list[TrainState], started: float) -> list[dict]:
-    """The epochs of every member in one vmapped train step, then each member's results."""
+def _train_members(
+    members: list[Member], states: list[TrainState], started: float, program: str
+) -> list[dict]:
+    """The epochs of every member in one train-step program, then each member's results."""
     first = members[0].run
     cfg = first.config
     n = len(members)
-    train_step = jax.jit(jax.vmap(first.train_step), donate_argnums=0)
+    train_step = jax.jit(member_step(first.train_step, n, program), donate_argnums=0)
     timing: dict[str, float] = {}
     show = cfg.get("progress", True) and jax.process_index() == 0
     for epoch in range(len(members[0].history["epochs"]), cfg.train.epochs):
@@ -277,8 +334,12 @@ def main(argv: list[str]) -> None:
             cfg = args.config.copy_and_resolve_references()
             with cfg.unlocked():
                 cfg.method.name = method
-            print(f"=== {method}: seeds {seeds} in one program -> {workdir / method}", flush=True)
-            results[method] = sweep_and_evaluate(cfg, workdir / method, seeds)
+            print(
+                f"=== {method}: seeds {seeds} in one program "
+                f"({resolve_program(_PROGRAM.value)}) -> {workdir / method}",
+                flush=True,
+            )
+            results[method] = sweep_and_evaluate(cfg, workdir / method, seeds, _PROGRAM.value)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
     print(compare.write_comparison(results, seeds, workdir, args.config.data.name))

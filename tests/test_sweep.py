@@ -15,6 +15,7 @@ from mlb_jax.checkpointing import RunCheckpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = {"mlb": [0, 1, 2], "joint": [0, 1], "mslr": [0, 1]}  # mslr: per-epoch method state
+PROGRAM = {"mlb": "vmap", "joint": "unrolled", "mslr": "unrolled"}  # both forms tested
 
 
 @pytest.fixture(scope="module", params=list(SEEDS))
@@ -27,7 +28,7 @@ def swept(request, tmp_path_factory, data_cache):
     # grows to 1e-3 in 4 steps; at 0.005 it stays below 1e-2 over both epochs.
     config.train.lr = 0.005
     root = tmp_path_factory.mktemp(f"sweep_{method}")
-    results = sweep.sweep_and_evaluate(config, root / "sweep", SEEDS[method])
+    results = sweep.sweep_and_evaluate(config, root / "sweep", SEEDS[method], PROGRAM[method])
     singles = {}
     for seed in SEEDS[method]:
         cfg = config.copy_and_resolve_references()
@@ -93,7 +94,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, mon
 
     monkeypatch.setattr(RunCheckpoints, "save", killed_save)
     with pytest.raises(KeyboardInterrupt):
-        sweep.sweep_and_evaluate(config, tmp_path, seeds)
+        sweep.sweep_and_evaluate(config, tmp_path, seeds, "vmap")
     monkeypatch.setattr(RunCheckpoints, "save", real_save)
     latest = []
     for seed in seeds:
@@ -101,7 +102,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, mon
         latest.append(ckpts.latest_step())
         ckpts.close()
     assert latest == [16, 8, 8]  # one member an epoch ahead of the others
-    resumed = sweep.sweep_and_evaluate(config, tmp_path, seeds)
+    resumed = sweep.sweep_and_evaluate(config, tmp_path, seeds, "vmap")
     for seed, res, ref in zip(seeds, resumed, results, strict=True):
         assert_same_results_and_final_params(
             sweep_dir / f"seed_{seed}", ref, tmp_path / f"seed_{seed}", res, config
@@ -133,6 +134,13 @@ def test_repeated_seeds_and_unswept_methods_are_refused(tmp_path):
         "run them with python -m mlb_jax.compare"
     )
     assert not (tmp_path / "sw").exists()
+
+
+def test_auto_program_is_unrolled_on_the_cpu_and_unknown_ones_are_refused():
+    assert sweep.resolve_program("auto") == "unrolled"  # the tests run on the CPU backend
+    assert sweep.resolve_program("vmap") == "vmap"
+    with pytest.raises(ValueError, match=r"unknown sweep program 'pmap': choose auto, vmap"):
+        sweep.resolve_program("pmap")
 
 
 def test_stack_and_unstack_are_inverse():
