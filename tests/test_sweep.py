@@ -78,10 +78,9 @@ def test_each_member_equals_its_single_run(swept):
     assert len(set(losses.values())) == len(losses)  # every member has its own seed
 
 
+@pytest.mark.parametrize("swept", ["mlb"], indirect=True)  # one method is enough for resume
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, monkeypatch):
     config, sweep_dir, results, _ = swept
-    if config.method.name != "mlb":
-        pytest.skip("one method is enough for resume")
     seeds = SEEDS["mlb"]
     saves = []
     real_save = RunCheckpoints.save
