@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import platform
 import resource
 import statistics
 import subprocess
@@ -50,6 +51,45 @@ SHAPES: dict[str, tuple[tuple[int, int], tuple[int, int, int, int]]] = {
     "224": ((257, 188), (3, 224, 224, 3)),
     "quick": ((128, 94), (3, 56, 56, 3)),
 }
+
+
+# ----------------------------------------------------------------------------- machine
+
+# SIMD extensions that decide which convolution kernels run fast (/proc/cpuinfo's names).
+SIMD_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+)
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in Linux's /proc/cpuinfo, or None elsewhere."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    """The CPU's model and SIMD flags, e.g. 'AMD EPYC [avx avx2 fma]' (figures depend on both)."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "SIMD flags unknown"
+    return f"{cpu_model()} [{simd}]"
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -579,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     print(
+        f"{cpu_description()}; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__}; "
         f"{args.threads} thread(s) each (os.cpu_count() = {os.cpu_count()}); float32; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",

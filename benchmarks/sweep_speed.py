@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = jax.devices()[0]
     print(
+        f"{step_speed.cpu_description()}; "
         f"{args.method}, float32, one {device.platform} device ({device.device_kind}), "
         f"{threads} threads, {args.reps} timed steps each (medians)",
         flush=True,

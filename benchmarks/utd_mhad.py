@@ -16,10 +16,12 @@ the markers below. The table is what was measured: no row is edited.
 import argparse
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import step_speed  # benchmarks/ is not a package: imported from its folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/utd_mhad.py"
@@ -30,17 +32,6 @@ METHODS = (
     "ogm,ogm_ge,mslr,mmpareto,agm,pmr,mmcosine,reconboost"
 )
 BEGIN, END = "<!-- utd_mhad:begin -->", "<!-- utd_mhad:end -->"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_readme(block: str, readme: pathlib.Path) -> None:
@@ -74,7 +65,7 @@ def main() -> None:
         f"--seeds={args.seeds}",
         f"--workdir={workdir}",
     ]
-    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    machine = f"{step_speed.cpu_model()}, {os.cpu_count()} cores"
     print(f"machine: {machine}", flush=True)
     reused = len(list(workdir.rglob("results.json"))) if workdir.exists() else 0
     start = time.time()
