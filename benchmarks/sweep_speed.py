@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace, shape: str, members: int) -> dict[str, flo
         states.append(state)
     stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), jax.devices()[0])
     step = make_train_step(graphdef, method, tx)
-    programs = {name: member_step(step, members, name) for name in PROGRAMS}
+    programs = {name: member_step([step] * members, name) for name in PROGRAMS}
     runners = {"single": lambda: single.run(single_batch)}
     compile_seconds = {}
     for name, program in programs.items():

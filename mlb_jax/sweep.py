@@ -1,7 +1,8 @@
 """Seeds in one compiled program: the runs of several seeds trained as one train-step program.
 
     python -m mlb_jax.sweep --config=configs/synthetic_av.py --methods=joint,mlb \
-        --seeds=0,1,2,3 --workdir=runs/sweep [--program=auto|vmap|unrolled]
+        --seeds=0,1,2,3 --workdir=runs/sweep [--program=auto|vmap|unrolled] \
+        [--set=method.alpha=0.5,1,2 --set=train.lr=0.01,0.02]
 
 The layout and the table are the compare runner's (mlb_jax/compare.py): member s of method m
 is an ordinary run directory `<workdir>/<m>/seed_<s>` (config.json, checkpoints, results.json,
@@ -22,8 +23,14 @@ member's epochs and keeps its best checkpoint; its steps go on inside the progra
 results dropped, until every member stops. A killed sweep resumes every member from the
 newest epoch all of them had saved.
 
-What differs between members: the seed only (initialisation, dropout, data order).
-Hyper-parameter sweeps are not batched: `mlb_jax.tune` trains their trials one by one.
+What differs between members: the seed (initialisation, dropout, data order) and, with
+``--set=CONFIG.PATH=V1,V2,...``, float hyper-parameters (learning rate, weight decay, MLB's
+alpha and beta_max, a baseline's strength): the members are the cross product of the values
+times the seeds, in `<workdir>/<m>/<setting>/seed_<s>` (e.g. `alpha=2_lr=0.01/seed_0`), one
+table row per setting. Such members keep their own step functions (their hyper-parameters are
+constants of their optimiser and method), so they run in the 'unrolled' program only.
+Everything else (model, batch size, method, schedule kind) is shared: a --set field that is
+not a float is refused, naming it.
 """
 
 import os
@@ -32,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import dataclasses
+import itertools
 import json
 import time
 from typing import Any
@@ -55,6 +63,12 @@ from mlb_jax.writers import MetricWriter
 PROGRAMS = ("vmap", "unrolled")
 
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
+_SET = flags.DEFINE_multi_string(
+    "set",
+    [],
+    "CONFIG.PATH=V1,V2,...: a float hyper-parameter's values; the members are their cross "
+    "product times the seeds, e.g. --set=method.alpha=0.5,1,2 --set=train.lr=0.01,0.02",
+)
 _PROGRAM = flags.DEFINE_enum(
     "program",
     "auto",
@@ -69,7 +83,7 @@ class Member:
     """One run of a sweep: its set-up, directory and bookkeeping.
 
     Attributes:
-      seed: the member's `config.seed`.
+      name: its run directory, relative to the sweep's (e.g. 'seed_0', 'lr=0.01/seed_0').
       run: its `trainer.Run` (steps shared with the other members).
       workdir: its run directory.
       ckpts: its checkpoints.
@@ -79,7 +93,7 @@ class Member:
       stopped: its state when early stopping ended its epochs (None: still training).
     """
 
-    seed: int
+    name: str
     run: trainer.Run
     workdir: epath.Path
     ckpts: RunCheckpoints
@@ -100,71 +114,157 @@ def unstack(stacked: TrainState, n: int) -> list[TrainState]:
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
 
 
-def resolve_program(program: str) -> str:
-    """'auto' -> 'unrolled' on a CPU backend, 'vmap' elsewhere; the others as they are.
+def resolve_program(program: str, varies: bool = False) -> str:
+    """'auto' -> 'unrolled' on a CPU backend or when members' settings differ, else 'vmap'.
 
     On the CPU, XLA runs a vmapped convolution (a kernel per member: a grouped convolution)
     2-5x slower per member than the member's own step, while N unrolled steps cost about N
-    steps (benchmarks/sweep_speed.py), at N times the compile time.
+    steps (benchmarks/sweep_speed.py), at N times the compile time. Members with different
+    hyper-parameters need their own steps, which only 'unrolled' has.
+
+    Raises:
+      ValueError: an unknown program, or 'vmap' for members whose settings differ.
     """
     if program not in ("auto", *PROGRAMS):
         raise ValueError(f"unknown sweep program {program!r}: choose auto, {', '.join(PROGRAMS)}")
+    if program == "vmap" and varies:
+        raise ValueError(
+            "--program=vmap runs one step for every member, so members may differ by seed "
+            "only: drop --set or use --program=unrolled"
+        )
     if program == "auto":
-        return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+        return "unrolled" if varies or jax.default_backend() == "cpu" else "vmap"
     return program
 
 
-def member_step(train_step: Any, n: int, program: str) -> Any:
-    """The train step of `n` members as one function on their stacked states and batches.
+def member_step(train_steps: list[Any], program: str) -> Any:
+    """The train steps of the members as one function on their stacked states and batches.
 
     Args:
-      train_step: `(state, batch) -> (state, metrics)` of one member.
-      n: the number of members.
-      program: 'vmap' (one step over the leading run axis) or 'unrolled' (the n steps side
-        by side, each on its slice; no run axis inside).
+      train_steps: member i's `(state, batch) -> (state, metrics)`; the same program for
+        every member under 'vmap' (the first is used).
+      program: 'vmap' (one step over the leading run axis) or 'unrolled' (each member's own
+        step side by side, on its slice; no run axis inside).
 
     Returns:
       `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
     """
     if program == "vmap":
-        return jax.vmap(train_step)
+        return jax.vmap(train_steps[0])
+    n = len(train_steps)
 
     def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        outs = [train_step(state, own) for state, own in unstack((stacked, batch), n)]
+        members = unstack((stacked, batch), n)
+        outs = [step(*member) for step, member in zip(train_steps, members, strict=True)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return unrolled
 
 
+def parse_set(items: list[str]) -> dict[str, list[float]]:
+    """--set values 'train.lr=0.01,0.02' -> config path -> the members' values.
+
+    Raises:
+      ValueError: naming the --set value, for a malformed one or a value that is no number.
+    """
+    out = {}
+    for item in items:
+        path, eq, values = item.partition("=")
+        try:
+            numbers = [float(v) for v in values.split(",")] if eq and path else []
+        except ValueError:
+            numbers = []
+        if not numbers or path in out:
+            raise ValueError(
+                f"--set={item!r}: write CONFIG.PATH=V1,V2,... once per path with numbers, e.g. "
+                "--set=method.alpha=0.5,1,2"
+            )
+        out[path] = numbers
+    return out
+
+
+def check_sets(config: ml_collections.ConfigDict, sets: dict[str, list[float]]) -> None:
+    """Refuses a --set path that is not a float hyper-parameter of `config` (resolved).
+
+    Members must share everything that shapes the program (model, batch size, method name,
+    schedule kind): only float settings may differ.
+
+    Raises:
+      ValueError: naming the config field and why.
+    """
+    for path in sets:
+        if path == "seed":
+            raise ValueError("--set=seed=...: seeds come from --seeds")
+        try:
+            value = recipes.get_field(config, path)
+        except KeyError:
+            raise ValueError(f"--set: the config has no field config.{path}") from None
+        if isinstance(value, bool) or not isinstance(value, float):
+            raise ValueError(
+                f"--set: config.{path} is {value!r}, not a float: members may differ only in "
+                "float hyper-parameters (learning rate, weight decay, alpha, beta_max, ...)"
+            )
+
+
+def setting_name(setting: dict[str, float]) -> str:
+    """A member's directory part for its setting: 'lr=0.01_alpha=2' ('' for none)."""
+    return "_".join(f"{path.split('.')[-1]}={value:g}" for path, value in setting.items())
+
+
+def plan_members(
+    seeds: list[int], sets: dict[str, list[float]] | None = None
+) -> list[tuple[str, int, dict[str, float]]]:
+    """The members: the cross product of the --set values (in order) and the seeds.
+
+    Returns:
+      (run directory relative to the sweep's, seed, setting) per member: 'seed_<s>' without
+      --set, '<setting_name>/seed_<s>' with it.
+    """
+    sets = sets or {}
+    settings = [
+        dict(zip(sets, values, strict=True)) for values in itertools.product(*sets.values())
+    ]
+    return [
+        (f"{setting_name(st)}/seed_{seed}" if st else f"seed_{seed}", seed, st)
+        for st in settings
+        for seed in seeds
+    ]
+
+
 def _open_members(
-    config: ml_collections.ConfigDict, meta: Any, workdir: epath.Path, seeds: list[int], recipe
+    configs: list[tuple[str, ml_collections.ConfigDict]],
+    meta: Any,
+    workdir: epath.Path,
+    recipe: dict,
+    share_eval: bool,
 ) -> tuple[list[Member], list[TrainState]]:
-    """Sets up every member, writes (or checks) its config.json, restores a common epoch."""
+    """Sets up every member, writes (or checks) its config.json, restores a common epoch.
+
+    With `share_eval` (members differ by seed only) they share the first member's compiled
+    eval step; otherwise each keeps its own (e.g. MMCosine's scaling changes the logits).
+    """
     members, states = [], []
     shared = None
-    for seed in seeds:
-        cfg = config.copy_and_resolve_references()
-        with cfg.unlocked():
-            cfg.seed = seed
+    for name, cfg in configs:
         run, state = trainer.setup(cfg, meta)
         if shared is None:
             shared = run
-        else:  # one compiled eval step for all (identical programs)
+        elif share_eval:
             run = dataclasses.replace(run, eval_step=shared.eval_step)
         resolved = trainer.resolved_settings(cfg, run.meta, run.method, state.params)
         if recipe:
             resolved["recipe"] = recipe
-        members.append((seed, run, resolved))
+        members.append((name, run, resolved))
         states.append(state)
     out = []
-    for seed, run, resolved in members:  # nothing written until every member set up
-        run_dir = workdir / f"seed_{seed}"
+    for name, run, resolved in members:  # nothing written until every member set up
+        run_dir = workdir / name
         trainer.check_run_config(run_dir, run.config, resolved)
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpts = RunCheckpoints(run_dir, keep=run.config.train.get("keep_checkpoints", 2))
         writer = MetricWriter(run_dir / "tensorboard")
         out.append(
-            Member(seed, run, run_dir, ckpts, writer, {"epochs": [], "steps": [], "best": None})
+            Member(name, run, run_dir, ckpts, writer, {"epochs": [], "steps": [], "best": None})
         )
     # A kill between two members' saves leaves some one epoch ahead: all go back to the
     # newest step every member saved (a member without a checkpoint sends all to the start).
@@ -186,37 +286,44 @@ def sweep_and_evaluate(
     workdir: paths.PathLike,
     seeds: list[int],
     program: str = "auto",
+    sets: dict[str, list[float]] | None = None,
 ) -> list[dict]:
-    """Trains the runs of `seeds` as one program; each is an ordinary run directory.
+    """Trains the members (seeds x --set values) as one program; each is an ordinary run.
 
     Args:
-      config: the experiment config (its `seed` is replaced by each member's).
-      workdir: the sweep's directory; member s lives in `<workdir>/seed_<s>`. A member whose
+      config: the experiment config (its `seed` and the --set fields are each member's own).
+      workdir: the sweep's directory; members live where `plan_members` says. A member whose
         results.json exists is not trained again.
-      seeds: distinct seeds, one member each.
+      seeds: distinct seeds.
       program: how the members' steps form one program: 'vmap', 'unrolled' or 'auto'
         (`resolve_program`).
+      sets: config path -> values of float hyper-parameters (`parse_set`); their cross
+        product times the seeds are the members.
 
     Returns:
-      One results dict per seed (as `trainer.train_and_evaluate` returns), in `seeds` order.
+      One results dict per member (as `trainer.train_and_evaluate` returns), in
+      `plan_members` order.
 
     Raises:
-      ValueError: repeated seeds, or a method that trains nothing (compare it instead).
+      ValueError: repeated seeds, a --set field that is not a float hyper-parameter, 'vmap'
+        with --set, or a method that trains nothing (compare it instead).
       RunError, DataError: as `trainer.train_and_evaluate`.
     """
     started = time.time()
-    program = resolve_program(program)
+    program = resolve_program(program, varies=bool(sets))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds={seeds}: a sweep needs distinct seeds")
     workdir = paths.as_path(workdir)
+    plan = plan_members(seeds, sets)
     done = {
-        s: json.loads((workdir / f"seed_{s}" / trainer.RESULTS_FILE).read_text())
-        for s in seeds
-        if (workdir / f"seed_{s}" / trainer.RESULTS_FILE).exists()
+        name: json.loads((workdir / name / trainer.RESULTS_FILE).read_text())
+        for name, _, _ in plan
+        if (workdir / name / trainer.RESULTS_FILE).exists()
     }
-    todo = [s for s in seeds if s not in done]
+    todo = [member for member in plan if member[0] not in done]
     if todo:
         config, recipe = recipes.resolve(config)
+        check_sets(config, sets or {})
         trainer.validate_config(config)
         meta = trainer.load_dataset(config)
         config = trainer.modalities_from_dataset(config, meta)
@@ -224,15 +331,23 @@ def sweep_and_evaluate(
             raise ValueError(
                 f"method {config.method.name!r} trains nothing: compare it with mlb_jax.compare"
             )
-        members, states = _open_members(config, meta, workdir, todo, recipe)
+        configs = []
+        for name, seed, setting in todo:
+            cfg = config.copy_and_resolve_references()
+            with cfg.unlocked():
+                cfg.seed = seed
+                for path, value in setting.items():
+                    recipes.set_field(cfg, path, value)
+            configs.append((name, cfg))
+        members, states = _open_members(configs, meta, workdir, recipe, share_eval=not sets)
         try:
             results = _train_members(members, states, started, program)
         finally:
             for m in members:
                 m.writer.close()
                 m.ckpts.close()
-        done |= dict(zip(todo, results, strict=True))
-    return [done[s] for s in seeds]
+        done |= {m.name: r for m, r in zip(members, results, strict=True)}
+    return [done[name] for name, _, _ in plan]
 
 
 def _train_members(
@@ -242,7 +357,9 @@ def _train_members(
     first = members[0].run
     cfg = first.config
     n = len(members)
-    train_step = jax.jit(member_step(first.train_step, n, program), donate_argnums=0)
+    train_step = jax.jit(
+        member_step([m.run.train_step for m in members], program), donate_argnums=0
+    )
     timing: dict[str, float] = {}
     show = cfg.get("progress", True) and jax.process_index() == 0
     for epoch in range(len(members[0].history["epochs"]), cfg.train.epochs):
@@ -292,7 +409,7 @@ def _train_members(
             )
             reason = trainer.early_stop_reason(m.history, cfg.train)
             if reason:
-                print(f"seed {m.seed}: {reason}: restoring the best checkpoint", flush=True)
+                print(f"{m.name}: {reason}: restoring the best checkpoint", flush=True)
                 m.stopped = jax.tree.map(jnp.copy, states[i])
     return [
         trainer.finish(
@@ -325,6 +442,11 @@ def main(argv: list[str]) -> None:
             f"--methods={','.join(single)}: unimodal rows and the methods built on them are not "
             "swept; run them with python -m mlb_jax.compare"
         )
+    try:
+        sets = parse_set(_SET.value)
+        program = resolve_program(_PROGRAM.value, varies=bool(sets))
+    except ValueError as err:
+        fail(str(err))
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
     workdir = paths.as_path(args.workdir)
     seeds = list(args.seeds)
@@ -334,12 +456,16 @@ def main(argv: list[str]) -> None:
             cfg = args.config.copy_and_resolve_references()
             with cfg.unlocked():
                 cfg.method.name = method
+            plan = plan_members(seeds, sets)
             print(
-                f"=== {method}: seeds {seeds} in one program "
-                f"({resolve_program(_PROGRAM.value)}) -> {workdir / method}",
+                f"=== {method}: {len(plan)} members in one program ({program}) -> "
+                f"{workdir / method}",
                 flush=True,
             )
-            results[method] = sweep_and_evaluate(cfg, workdir / method, seeds, _PROGRAM.value)
+            runs = sweep_and_evaluate(cfg, workdir / method, seeds, program, sets)
+            for (_, _, setting), res in zip(plan, runs, strict=True):
+                row = f"{method} {setting_name(setting)}" if setting else method
+                results.setdefault(row, []).append(res)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
     print(compare.write_comparison(results, seeds, workdir, args.config.data.name))
