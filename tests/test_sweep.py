@@ -2,13 +2,11 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from test_train import assert_same_results_and_final_params, load_tiny, read_history
+from test_train import assert_same_results_and_final_params, load_tiny, read_history, run_cli
 
 from mlb_jax import sweep, trainer
 from mlb_jax.checkpointing import RunCheckpoints
@@ -166,19 +164,11 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, mon
 def test_repeated_seeds_and_unswept_methods_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"--seeds=\[0, 0\]: a sweep needs distinct seeds"):
         sweep.sweep_and_evaluate(load_tiny(tmp_path), tmp_path, [0, 0])
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlb_jax.sweep",
-            "--config=configs/tiny.py",
-            f"--workdir={tmp_path / 'sw'}",
-            "--methods=mlb,ensemble",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'sw'}",
+        "--methods=mlb,ensemble",
+        module="mlb_jax.sweep",
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (

@@ -453,9 +453,10 @@ def test_incompatible_workdir_is_refused(reference_run, data_cache):
         trainer.train_and_evaluate(config, workdir)
 
 
-def run_cli(*args, cwd=ROOT):
+def run_cli(*args, cwd=ROOT, module="mlb_jax.train"):
+    """Runs `python -m <module> *args` in `cwd`; returns the completed process (text)."""
     return subprocess.run(
-        [sys.executable, "-m", "mlb_jax.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,

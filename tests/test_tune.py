@@ -3,11 +3,9 @@
 import json
 import math
 import pathlib
-import subprocess
-import sys
 
 import pytest
-from test_train import load_tiny
+from test_train import load_tiny, run_cli
 
 from mlb_jax import trainer, tune
 from mlb_jax.methods import METHODS
@@ -172,20 +170,12 @@ def test_selection_never_reads_the_test_split(tmp_path, data_cache):
 
 
 def test_cli_refuses_an_unknown_hyper_parameter_before_training(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlb_jax.tune",
-            "--config=configs/tiny.py",
-            f"--workdir={tmp_path / 'tune'}",
-            "--methods=joint,mlb",
-            "--space=mlb:alpah=log:0.5:5",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'tune'}",
+        "--methods=joint,mlb",
+        "--space=mlb:alpah=log:0.5:5",
+        module="mlb_jax.tune",
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (

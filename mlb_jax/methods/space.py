@@ -21,7 +21,9 @@ class LogUniform:
 
     def __post_init__(self) -> None:
         if not 0 < self.low < self.high:
-            raise ValueError(f"LogUniform needs 0 < low < high, got {self.low}, {self.high}")
+            raise ValueError(
+                f"{type(self).__name__} needs 0 < low < high, got {self.low}, {self.high}"
+            )
 
     def value(self, u: float, default: Any = None) -> float:
         """The value at `u` in [0, 1): low * (high / low) ** u."""
@@ -30,22 +32,14 @@ class LogUniform:
 
 
 @dataclasses.dataclass(frozen=True)
-class Scaled:
+class Scaled(LogUniform):
     """The config's value times a factor log-uniform in [low, high] (e.g. a learning rate)."""
-
-    low: float
-    high: float
-    log_scale = True
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low < self.high:
-            raise ValueError(f"Scaled needs 0 < low < high, got {self.low}, {self.high}")
 
     def value(self, u: float, default: Any = None) -> float:
         """`default` * low * (high / low) ** u."""
         if isinstance(default, bool) or not isinstance(default, int | float) or default <= 0:
             raise ValueError(f"Scaled needs a positive config value to scale, got {default!r}")
-        return float(default) * LogUniform(self.low, self.high).value(u)
+        return float(default) * super().value(u)
 
 
 @dataclasses.dataclass(frozen=True)
