@@ -309,21 +309,48 @@ def sweep_and_evaluate(
         with --set, or a method that trains nothing (compare it instead).
       RunError, DataError: as `trainer.train_and_evaluate`.
     """
-    started = time.time()
-    program = resolve_program(program, varies=bool(sets))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds={seeds}: a sweep needs distinct seeds")
+    return train_members(config, workdir, plan_members(seeds, sets), program)
+
+
+def train_members(
+    config: ml_collections.ConfigDict,
+    workdir: paths.PathLike,
+    members: list[tuple[str, int, dict[str, float]]],
+    program: str = "auto",
+) -> list[dict]:
+    """Trains explicit members as one program; each is an ordinary run directory.
+
+    Args:
+      config: the members' shared config.
+      workdir: the directory the members' names are relative to.
+      members: (run directory name, seed, setting: config path -> float) per member, as
+        `plan_members` makes them (or any list: `mlb_jax.tune` names its trials).
+      program: 'vmap', 'unrolled' or 'auto' (`resolve_program`; members with settings run
+        unrolled).
+
+    Returns:
+      One results dict per member, in `members` order; a member whose results.json exists
+      is read back, not trained.
+
+    Raises:
+      ValueError: a setting field that is not a float hyper-parameter, 'vmap' with settings,
+        or a method that trains nothing.
+    """
+    started = time.time()
+    varies = any(setting for _, _, setting in members)
+    program = resolve_program(program, varies=varies)
     workdir = paths.as_path(workdir)
-    plan = plan_members(seeds, sets)
     done = {
         name: json.loads((workdir / name / trainer.RESULTS_FILE).read_text())
-        for name, _, _ in plan
+        for name, _, _ in members
         if (workdir / name / trainer.RESULTS_FILE).exists()
     }
-    todo = [member for member in plan if member[0] not in done]
+    todo = [member for member in members if member[0] not in done]
     if todo:
         config, recipe = recipes.resolve(config)
-        check_sets(config, sets or {})
+        check_sets(config, {path: [] for _, _, setting in todo for path in setting})
         trainer.validate_config(config)
         meta = trainer.load_dataset(config)
         config = trainer.modalities_from_dataset(config, meta)
@@ -339,15 +366,15 @@ def sweep_and_evaluate(
                 for path, value in setting.items():
                     recipes.set_field(cfg, path, value)
             configs.append((name, cfg))
-        members, states = _open_members(configs, meta, workdir, recipe, share_eval=not sets)
+        opened, states = _open_members(configs, meta, workdir, recipe, share_eval=not varies)
         try:
-            results = _train_members(members, states, started, program)
+            results = _train_members(opened, states, started, program)
         finally:
-            for m in members:
+            for m in opened:
                 m.writer.close()
                 m.ckpts.close()
-        done |= {m.name: r for m, r in zip(members, results, strict=True)}
-    return [done[name] for name, _, _ in plan]
+        done |= {m.name: r for m, r in zip(opened, results, strict=True)}
+    return [done[name] for name, _, _ in members]
 
 
 def _train_members(

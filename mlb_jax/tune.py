@@ -23,7 +23,10 @@ set" with "an equal number of trials for each configuration".
 
 Resumable: a trial or seed run whose results.json exists is not repeated, an interrupted one
 resumes from its checkpoint; raising --trials later adds trials (the first points of the Halton
-sequence do not change). Trials run one after another.
+sequence do not change). Trials run one after another, or with ``--batch_trials`` those of a
+method that share their non-float settings as one program (mlb_jax.sweep, each trial with its
+own floats; opt-in: on a 2-core CPU the program's compile time outweighs its per-step gain at
+the demo's scale, README "Seeds in one program: sweeps").
 """
 
 import os
@@ -47,6 +50,12 @@ from mlb_jax.methods.space import Dimension, parse_dimension
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
 _TRIALS = flags.DEFINE_integer(
     "trials", 8, "trials per method, the same for every method", lower_bound=1
+)
+_BATCH_TRIALS = flags.DEFINE_bool(
+    "batch_trials",
+    False,
+    "train each method's trials that share their non-float settings as one program "
+    "(mlb_jax.sweep, unrolled); on a 2-core CPU its compile time outweighs the gain at demo scale",
 )
 _SPACE = flags.DEFINE_multi_string(
     "space",
@@ -223,6 +232,41 @@ def check_stored_setting(run_dir: epath.Path, setting: Setting) -> None:
             )
 
 
+def train_trials_together(
+    config: ml_collections.ConfigDict,
+    method: str,
+    method_dir: epath.Path,
+    settings: list[Setting],
+    seed: int,
+) -> None:
+    """Trains the unfinished trials of `method` as sweeps, one per group of shared settings.
+
+    Trials whose non-float values (e.g. MLB's placement) agree form one `mlb_jax.sweep`
+    program, each member with its own floats, in `<method_dir>/trial_<i>`; the configs equal
+    what `trial_config` gives each trial alone.
+    """
+    from mlb_jax import sweep
+    from mlb_jax.trainer import RESULTS_FILE
+
+    groups: dict[tuple, list[int]] = {}
+    for i, setting in enumerate(settings):
+        if not (method_dir / f"trial_{i}" / RESULTS_FILE).exists():
+            shared = tuple((p, v) for p, v in setting.items() if not isinstance(v, float))
+            groups.setdefault(shared, []).append(i)
+    for shared, indices in groups.items():
+        print(f"=== {method} trials {indices} in one program ({_describe(dict(shared))})")
+        members = [
+            (
+                f"trial_{i}",
+                seed,
+                {p: v for p, v in settings[i].items() if isinstance(v, float)},
+            )
+            for i in indices
+        ]
+        base = trial_config(config, method, dict(shared), seed)
+        sweep.train_members(base, method_dir, members)
+
+
 def run_trials(
     config: ml_collections.ConfigDict,
     method: str,
@@ -230,6 +274,7 @@ def run_trials(
     trials: int,
     seed: int,
     extra: Mapping[str, Dimension] | None = None,
+    batch: bool = False,
 ) -> tuple[dict[str, Dimension], list[dict]]:
     """Trains (or reuses) every trial of `method`; returns its space and the trial records.
 
@@ -240,6 +285,7 @@ def run_trials(
       trials: trials per method.
       seed: the trials' training seed and the Halton seed.
       extra: setting -> dimension added to the method's space (`search_space`).
+      batch: train the trials together (`train_trials_together`) instead of one by one.
 
     Returns:
       (space, records): records[i] = {'trial': i, 'setting': {path: value}, 'val_accuracy',
@@ -251,10 +297,14 @@ def run_trials(
     space = search_space(config, method, extra)
     resolved, _ = recipes.resolve(method_config(config, method))
     defaults = {path: recipes.get_field(resolved, path) for path in space}
+    settings = trial_settings(space, defaults, trials, seed)
+    for i, setting in enumerate(settings):
+        check_stored_setting(workdir / method / f"trial_{i}", setting)
+    if batch:
+        train_trials_together(config, method, workdir / method, settings, seed)
     records = []
-    for i, setting in enumerate(trial_settings(space, defaults, trials, seed)):
+    for i, setting in enumerate(settings):
         run_dir = workdir / method / f"trial_{i}"
-        check_stored_setting(run_dir, setting)
         if (run_dir / RESULTS_FILE).exists():
             res = json.loads((run_dir / RESULTS_FILE).read_text())
             print(f"{method} trial {i}: done earlier ({100 * res['val_accuracy']:.1f})")
@@ -346,6 +396,7 @@ def tune_all(
     trials: int,
     seeds: list[int],
     extra: Mapping[str, Mapping[str, Dimension]] | None = None,
+    batch: bool = False,
 ) -> tuple[dict[str, list[dict]], dict[str, Setting]]:
     """Tunes every method on validation, then trains the chosen settings on every seed.
 
@@ -356,6 +407,7 @@ def tune_all(
       trials: trials per method.
       seeds: the final runs' seeds; the first also trains the trials.
       extra: method -> setting -> dimension added to its space (--space).
+      batch: train each method's trials together (`train_trials_together`).
 
     Returns:
       (results, chosen): method -> one test result per seed (as `compare.run_all`), and
@@ -375,7 +427,9 @@ def tune_all(
     results: dict[str, list[dict]] = {}
     chosen: dict[str, Setting] = {}
     for method in methods:
-        space, records = run_trials(config, method, workdir, trials, seeds[0], extra.get(method))
+        space, records = run_trials(
+            config, method, workdir, trials, seeds[0], extra.get(method), batch
+        )
         best = write_tuning(workdir / method, method, space, records, seeds[0])
         chosen[method] = records[best]["setting"]
         print(f"{method}: trial {best} chosen ({_describe(chosen[method])})", flush=True)
@@ -402,7 +456,9 @@ def main(argv: list[str]) -> None:
     workdir = paths.as_path(args.workdir)
     seeds = list(args.seeds)
     try:
-        results, chosen = tune_all(args.config, workdir, methods, _TRIALS.value, seeds, extra)
+        results, chosen = tune_all(
+            args.config, workdir, methods, _TRIALS.value, seeds, extra, _BATCH_TRIALS.value
+        )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
     minutes = (time.monotonic() - started) / 60

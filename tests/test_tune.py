@@ -169,6 +169,34 @@ def test_selection_never_reads_the_test_split(tmp_path, data_cache):
         )
 
 
+def test_batched_trials_equal_trials_one_by_one(tmp_path, data_cache, monkeypatch):
+    # Multi-loss: float settings only (one group) and no discontinuity in its update, so the
+    # trials trained together follow the ones trained alone (test_sweep.py's tolerance).
+    config = load_tiny(data_cache)
+    config.train.epochs = 1
+    config.train.lr = 0.005
+    _, alone = tune.run_trials(config, "multiloss", tmp_path / "alone", trials=2, seed=0)
+
+    def no_single_runs(cfg, workdir):
+        raise AssertionError(f"trained alone: {workdir}")
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", no_single_runs)
+    _, together = tune.run_trials(
+        config, "multiloss", tmp_path / "together", trials=2, seed=0, batch=True
+    )
+    assert [t["setting"] for t in together] == [t["setting"] for t in alone]
+    for a, b in zip(alone, together, strict=True):
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 1 / 32 + 1e-9
+        assert a["best_epoch"] == b["best_epoch"]
+    for i, trial in enumerate(together):
+        stored = json.loads(
+            (tmp_path / "together" / "multiloss" / f"trial_{i}" / trainer.CONFIG_FILE).read_text()
+        )
+        assert stored["train"]["lr"] == trial["setting"]["train.lr"]
+        assert stored["method"]["unimodal_weight"] == trial["setting"]["method.unimodal_weight"]
+        assert stored["data"]["test_split"] == "validation"
+
+
 def test_cli_refuses_an_unknown_hyper_parameter_before_training(tmp_path):
     proc = run_cli(
         "--config=configs/tiny.py",
