@@ -150,32 +150,41 @@ def test_equal_budgets_validation_selection_and_resume(tmp_path, monkeypatch):
         )
 
 
-def test_selection_never_reads_the_test_split(tmp_path, data_cache):
-    """Trials on a config whose test split is poisoned (a split that does not exist, so any
-    read fails) train exactly as on the clean config: same validation scores, same choice."""
+@pytest.fixture(scope="module")
+def trials_alone(tmp_path_factory, data_cache):
+    """(config, records) of 2 tiny multi-loss trials trained one by one (1 epoch, lr 0.005).
+
+    Multi-loss: float settings only (one group for --batch_trials) and no discontinuity in its
+    update, so trials trained together follow these (test_sweep.py's tolerance).
+    """
     config = load_tiny(data_cache)
     config.train.epochs = 1
-    _, clean = tune.run_trials(config, "mlb", tmp_path / "clean", trials=2, seed=0)
+    config.train.lr = 0.005
+    _, records = tune.run_trials(
+        config, "multiloss", tmp_path_factory.mktemp("alone"), trials=2, seed=0
+    )
+    return config, records
+
+
+def test_selection_never_reads_the_test_split(trials_alone, tmp_path):
+    """Trials on a config whose test split is poisoned (a split that does not exist, so any
+    read fails) train exactly as on the clean config: same validation scores, same choice."""
+    config, clean = trials_alone
     poisoned = config.copy_and_resolve_references()
     poisoned.data.test_split = "poisoned"
-    _, trials = tune.run_trials(poisoned, "mlb", tmp_path / "poisoned", trials=2, seed=0)
+    _, trials = tune.run_trials(poisoned, "multiloss", tmp_path / "poisoned", trials=2, seed=0)
     assert [t["val_accuracy"] for t in trials] == [t["val_accuracy"] for t in clean]
     assert [t["setting"] for t in trials] == [t["setting"] for t in clean]
     assert tune.choose(trials) == tune.choose(clean)
     # The poison bites wherever the test split is read: the final (test) run fails.
     with pytest.raises(Exception, match="poisoned"):
         trainer.train_and_evaluate(
-            tune.apply_setting(poisoned, "mlb", trials[0]["setting"], 0), tmp_path / "final"
+            tune.apply_setting(poisoned, "multiloss", trials[0]["setting"], 0), tmp_path / "final"
         )
 
 
-def test_batched_trials_equal_trials_one_by_one(tmp_path, data_cache, monkeypatch):
-    # Multi-loss: float settings only (one group) and no discontinuity in its update, so the
-    # trials trained together follow the ones trained alone (test_sweep.py's tolerance).
-    config = load_tiny(data_cache)
-    config.train.epochs = 1
-    config.train.lr = 0.005
-    _, alone = tune.run_trials(config, "multiloss", tmp_path / "alone", trials=2, seed=0)
+def test_batched_trials_equal_trials_one_by_one(trials_alone, tmp_path, monkeypatch):
+    config, alone = trials_alone
 
     def no_single_runs(cfg, workdir):
         raise AssertionError(f"trained alone: {workdir}")
