@@ -31,7 +31,7 @@ from mlb_jax.data import augment, pipeline, schema, synthetic
 from mlb_jax.diagnostics import cost_line, epoch_summary
 from mlb_jax.methods import make_method
 from mlb_jax.metrics import accuracy, expected_calibration_error
-from mlb_jax.models import FUSIONS, resolve_conv
+from mlb_jax.models import FUSIONS, conv_tune, resolve_conv
 from mlb_jax.optim import make_optimizer
 from mlb_jax.plots import plot_training
 from mlb_jax.probe import linear_probe_accuracy
@@ -968,13 +968,18 @@ def recorded_choices(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config's choices that change the numbers, as results.json records them.
 
     Returns:
-      {'conv': the convolution choice, 'conv_resolved': what ran (plan | xla), 'augment':
+      {'conv': the convolution choice, 'conv_resolved': what ran (tuned | plan | xla),
+      'conv_plan': for 'tuned', [{'layer', 'forward', 'input_grad', 'kernel_grad',
+      'max_scratch'}] of every layer this process planned (else []), 'augment':
       the training-frame augmentation block (None: off), 'recipe': the reference recipe's
       dataset ('' : none; its values and sources are in config.json's resolved.recipe)}.
     """
+    resolved = resolve_conv(config.model.get("conv", "auto"))
     return {
         "conv": config.model.get("conv", "auto"),
-        "conv_resolved": resolve_conv(config.model.get("conv", "auto")),
+        "conv_resolved": resolved,
+        # 'tuned': each convolution layer's measured algorithms on this machine.
+        "conv_plan": conv_tune.decisions() if resolved == "tuned" else [],
         "augment": _jsonable(config.data.get("augment")),
         "recipe": config.get("recipe", ""),
     }

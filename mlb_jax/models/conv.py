@@ -36,19 +36,25 @@ plan's algorithms: their error analysis and measurements are float32's, so bfloa
 and float64 convolutions go to ``lax.conv_general_dilated`` unchanged, as do calls other than
 2-D NHWC/HWIO with explicit padding, no dilation and one feature group.
 
-Whether the plan is used is a recorded choice, the model config field ``conv``
-(``config.model.conv``, see :data:`CHOICES`), which the model passes to every convolution
-layer when it is built (`conv_function`):
+The choice per layer and pass is either measured on the machine that runs it
+(`mlb_jax.models.conv_tune`, cached on disk per CPU model, SIMD flags, threads and versions)
+or read off `plan`'s fixed thresholds. Which one, or XLA's convolution alone, is a recorded
+choice, the model config field ``conv`` (``config.model.conv``, see :data:`CHOICES`), which
+the model passes to every convolution layer when it is built (`conv_function`):
 
-* ``auto`` (default): the plan on the CPU backend; XLA's convolution on GPUs and TPUs, whose
+* ``auto`` (default): ``tuned`` on the CPU backend; XLA's convolution on GPUs and TPUs, whose
   convolution libraries are fast at every pass;
-* ``plan``: the plan on any backend (the environment value ``MLB_JAX_CONV=im2col`` of earlier
-  versions);
+* ``tuned``: per layer and pass, the fastest of XLA's convolution and the algorithms above as
+  measured on this machine, XLA's unless another is faster by more than the noise margin (so
+  never slower than XLA's convolution beyond that noise); its extra memory is bounded by
+  ``config.model.conv_max_scratch``;
+* ``plan``: `plan`'s thresholds, measured once on a 2-core AVX2 AMD EPYC, without measuring
+  (the environment value ``MLB_JAX_CONV=im2col`` of earlier versions);
 * ``xla``: ``lax.conv_general_dilated`` everywhere.
 
-`resolve` says what a choice runs on a backend (``'plan'`` or ``'xla'``), for the run's
-records. The environment variable ``MLB_JAX_CONV`` is no longer read (`resolve` warns if it is
-set), so that a run's numbers follow from its config alone.
+`resolve` says what a choice runs on a backend (``'tuned'``, ``'plan'`` or ``'xla'``), for the
+run's records. The environment variable ``MLB_JAX_CONV`` is no longer read (`resolve` warns if
+it is set), so that a run's numbers follow from its config alone.
 
 Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is not available
 through a planned convolution: its gradients are a ``jax.custom_vjp``, which JAX can only
@@ -61,6 +67,7 @@ function" when it compiles, and the fix is the same.
 """
 
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,8 +81,9 @@ from jax import lax
 from mlb_jax.models import winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-# Values of config.model.conv, and what `resolve` turns them into ('plan' or 'xla').
-CHOICES = ("auto", "plan", "xla")
+# Values of config.model.conv, and what `resolve` turns them into ('tuned', 'plan' or 'xla').
+CHOICES = ("auto", "tuned", "plan", "xla")
+TUNED = "tuned"
 PLANNED = "plan"
 # The environment variable that chose the algorithm in earlier versions; no longer read.
 LEGACY_ENV = "MLB_JAX_CONV"
@@ -175,16 +183,17 @@ def plan(
 def resolve(choice: str, backend: str | None = None) -> str:
     """What the convolution choice ``config.model.conv`` runs on a backend.
 
-    Example: ``resolve('auto', 'cpu') == 'plan'``, ``resolve('auto', 'gpu') == 'xla'``;
+    Example: ``resolve('auto', 'cpu') == 'tuned'``, ``resolve('auto', 'gpu') == 'xla'``;
     the trainer records ``{"conv": choice, "conv_resolved": resolve(choice)}``.
 
     Args:
-        choice: one of :data:`CHOICES`: ``'auto'`` (the plan on the CPU backend, XLA's
-            convolution elsewhere), ``'plan'`` (the plan on any backend) or ``'xla'``.
+        choice: one of :data:`CHOICES`: ``'auto'`` (``'tuned'`` on the CPU backend, XLA's
+            convolution elsewhere), ``'tuned'``, ``'plan'`` or ``'xla'`` on any backend.
         backend: a JAX backend name (``'cpu'``, ``'gpu'``, ``'tpu'``, ...); None means
             ``jax.default_backend()``, the backend the model's arrays live on.
 
     Returns:
+        ``'tuned'`` (per layer, what `mlb_jax.models.conv_tune` measured fastest),
         ``'plan'`` (`conv_general_dilated`, following `plan` per layer) or ``'xla'``
         (``lax.conv_general_dilated`` everywhere).
 
@@ -196,37 +205,51 @@ def resolve(choice: str, backend: str | None = None) -> str:
             f" ('im2col', the old {LEGACY_ENV} value, is now 'plan')" if choice == "im2col" else ""
         )
         raise ValueError(
-            f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on "
-            f"the CPU, XLA's convolution elsewhere), 'plan' or 'xla'{hint}"
+            f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (measured "
+            f"per layer on the CPU, XLA's convolution elsewhere), 'tuned', 'plan' or 'xla'{hint}"
         )
     if LEGACY_ENV in os.environ:
         # Warn rather than obey: a choice that changes numbers must come from the config,
         # which is recorded with the run.
         warnings.warn(
             f"{LEGACY_ENV}={os.environ[LEGACY_ENV]!r} is ignored: the convolution algorithm is "
-            f"config.model.conv (now {choice!r}); pass --config.model.conv=xla|plan|auto",
+            f"config.model.conv (now {choice!r}); pass --config.model.conv=xla|plan|tuned|auto",
             stacklevel=2,
         )
     if choice == "auto":
-        return PLANNED if (backend or jax.default_backend()) == "cpu" else XLA
+        return TUNED if (backend or jax.default_backend()) == "cpu" else XLA
     return choice
 
 
-def conv_function(choice: str, backend: str | None = None) -> Callable[..., jax.Array]:
+def conv_function(
+    choice: str, backend: str | None = None, max_scratch: float = math.inf
+) -> Callable[..., jax.Array]:
     """The ``conv_general_dilated`` argument of ``nnx.Conv`` for a convolution choice.
 
     Args:
         choice: ``config.model.conv``, see `resolve`.
         backend: see `resolve`.
+        max_scratch: ``config.model.conv_max_scratch``, the memory bound of ``'tuned'``
+            (`mlb_jax.models.conv_tune.choose`); unused by the other choices.
 
     Returns:
-        `conv_general_dilated` if the choice resolves to ``'plan'``, otherwise
-        ``jax.lax.conv_general_dilated`` itself.
+        ``'tuned'``: `mlb_jax.models.conv_tune.conv_function` (one object per bound);
+        ``'plan'``: `conv_general_dilated`; ``'xla'``: ``jax.lax.conv_general_dilated``.
 
     Raises:
-        ValueError: see `resolve`.
+        ValueError: see `resolve`; naming ``config.model.conv_max_scratch`` when negative.
     """
-    return conv_general_dilated if resolve(choice, backend) == PLANNED else lax.conv_general_dilated
+    resolved = resolve(choice, backend)
+    if resolved == TUNED:
+        if not max_scratch >= 0:
+            raise ValueError(
+                f"config.model.conv_max_scratch={max_scratch!r} must be >= 0 (extra scratch "
+                "memory over XLA's, in multiples of a layer's input; inf = no bound)"
+            )
+        from mlb_jax.models import conv_tune  # imports this module
+
+        return conv_tune.conv_function(float(max_scratch))
+    return conv_general_dilated if resolved == PLANNED else lax.conv_general_dilated
 
 
 def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Array:
@@ -289,40 +312,124 @@ def _shifted_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, padding) -> 
     return jnp.stack(taps).reshape(kh, kw, co, c).transpose(0, 1, 3, 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-    algorithm = plan(x.shape, kernel.shape, strides, padding, x.dtype).forward
+def candidates(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[Sequence[int]],
+) -> Plan:
+    """Every algorithm each pass of one float32 convolution can run (tuples, XLA first).
+
+    Winograd needs a 3x3 kernel, stride 1 and padding 1; the shifted-rows kernel gradient
+    needs stride 1; XLA's convolution and the patches products run any call `plan` takes.
+    `mlb_jax.models.conv_tune` measures these and keeps the fastest.
+
+    Args:
+        x_shape: [N, H, W, C_in].
+        kernel_shape: [kh, kw, C_in, C_out].
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
+
+    Returns:
+        A `Plan` whose fields are tuples of algorithm names.
+    """
+    del x_shape  # every algorithm runs every map size
+    stride_one = tuple(strides) == (1, 1)
+    winograd_fits = (
+        tuple(kernel_shape[:2]) == (3, 3)
+        and stride_one
+        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+    )
+    both = (XLA, PATCHES) + ((WINOGRAD,) if winograd_fits else ())
+    kernel = (XLA, PATCHES) + ((SHIFTED,) if stride_one else ()) + both[2:]
+    return Plan(forward=both, input_grad=both, kernel_grad=kernel)
+
+
+def forward(algorithm: str, x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    """The convolution computed by one algorithm (XLA, PATCHES or WINOGRAD).
+
+    Args:
+        algorithm: one of `candidates(...).forward`.
+        x: [N, H, W, C_in] float32.
+        kernel: [kh, kw, C_in, C_out] float32.
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
+
+    Returns:
+        [N, H', W', C_out].
+    """
     if algorithm == WINOGRAD:
         return winograd.conv3x3(x, kernel)
     return (_matmul_conv if algorithm == PATCHES else _xla_conv)(x, kernel, strides, padding)
 
 
-def _conv_fwd(x, kernel, strides, padding):
-    return _conv(x, kernel, strides, padding), (x, kernel)
+def input_grad(
+    algorithm: str, x: jax.Array, kernel: jax.Array, dy: jax.Array, strides, padding
+) -> jax.Array:
+    """The convolution's gradient with respect to its input, by one algorithm.
 
+    Args:
+        algorithm: one of `candidates(...).input_grad` (XLA, PATCHES or WINOGRAD).
+        x: [N, H, W, C_in], the forward input (only its shape is used).
+        kernel: [kh, kw, C_in, C_out].
+        dy: [N, H', W', C_out], the output's gradient.
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
 
-def _conv_bwd(strides, padding, residuals, dy):
-    x, kernel = residuals
-    p = plan(x.shape, kernel.shape, strides, padding, x.dtype)
-    if p.input_grad == WINOGRAD:
-        dx = winograd.conv3x3_input_grad(dy, kernel)
-    elif p.input_grad == PATCHES:
+    Returns:
+        dx, [N, H, W, C_in].
+    """
+    if algorithm == WINOGRAD:
+        return winograd.conv3x3_input_grad(dy, kernel)
+    if algorithm == PATCHES:
         _, patches_vjp = jax.vjp(lambda x_: im2col(x_, kernel.shape[:2], strides, padding), x)
-        (dx,) = patches_vjp(dy @ kernel.reshape(-1, kernel.shape[3]).T)
-    else:
-        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)
-        (dx,) = input_vjp(dy)
-    if p.kernel_grad == WINOGRAD:
-        dkernel = winograd.conv3x3_kernel_grad(x, dy)
-    elif p.kernel_grad == SHIFTED:
-        dkernel = _shifted_kernel_grad(x, dy, kernel.shape, padding)
-    elif p.kernel_grad == PATCHES:
+        return patches_vjp(dy @ kernel.reshape(-1, kernel.shape[3]).T)[0]
+    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)
+    return input_vjp(dy)[0]
+
+
+def kernel_grad(
+    algorithm: str, x: jax.Array, kernel: jax.Array, dy: jax.Array, strides, padding
+) -> jax.Array:
+    """The convolution's gradient with respect to its kernel, by one algorithm.
+
+    Args:
+        algorithm: one of `candidates(...).kernel_grad` (XLA, PATCHES, SHIFTED or WINOGRAD).
+        x: [N, H, W, C_in], the forward input.
+        kernel: [kh, kw, C_in, C_out] (only its shape is used).
+        dy: [N, H', W', C_out], the output's gradient.
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
+
+    Returns:
+        dkernel, [kh, kw, C_in, C_out].
+    """
+    if algorithm == WINOGRAD:
+        return winograd.conv3x3_kernel_grad(x, dy)
+    if algorithm == SHIFTED:
+        return _shifted_kernel_grad(x, dy, kernel.shape, padding)
+    if algorithm == PATCHES:
         patches = im2col(x, kernel.shape[:2], strides, padding)
-        dkernel = jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
-    else:
-        _, kernel_vjp = jax.vjp(lambda k_: _xla_conv(x, k_, strides, padding), kernel)
-        (dkernel,) = kernel_vjp(dy)
-    return dx, dkernel
+        return jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
+    _, kernel_vjp = jax.vjp(lambda k_: _xla_conv(x, k_, strides, padding), kernel)
+    return kernel_vjp(dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, strides, padding, chosen: Plan) -> jax.Array:
+    return forward(chosen.forward, x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding, chosen):
+    return _conv(x, kernel, strides, padding, chosen), (x, kernel)
+
+
+def _conv_bwd(strides, padding, chosen, residuals, dy):
+    x, kernel = residuals
+    return (
+        input_grad(chosen.input_grad, x, kernel, dy, strides, padding),
+        kernel_grad(chosen.kernel_grad, x, kernel, dy, strides, padding),
+    )
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -368,6 +475,63 @@ def conv_general_dilated(
         TypeError: naming ``config.model.conv='xla'``, when a planned call is differentiated in
             forward mode (reached eagerly or under ``vmap``; see the module doc).
     """
+    return apply_planner(
+        plan,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
+
+
+def apply_planner(
+    planner: Callable[..., Plan],
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` whose plannable calls run the algorithms ``planner`` picks.
+
+    Args:
+        planner: ``(x_shape, kernel_shape, strides, padding, dtype) -> Plan``, called at trace
+            time with static values: `plan` (thresholds) or a `mlb_jax.models.conv_tune`
+            tuner (measured on this machine).
+        lhs: input, as ``jax.lax.conv_general_dilated``.
+        rhs: kernel, as ``jax.lax.conv_general_dilated``.
+        window_strides: as ``jax.lax.conv_general_dilated``.
+        padding: as ``jax.lax.conv_general_dilated``.
+        lhs_dilation: as ``jax.lax.conv_general_dilated``.
+        rhs_dilation: as ``jax.lax.conv_general_dilated``.
+        dimension_numbers: as ``jax.lax.conv_general_dilated``.
+        feature_group_count: as ``jax.lax.conv_general_dilated``.
+        batch_group_count: as ``jax.lax.conv_general_dilated``.
+        precision: as ``jax.lax.conv_general_dilated``.
+        preferred_element_type: as ``jax.lax.conv_general_dilated``.
+        out_sharding: as ``jax.lax.conv_general_dilated``.
+
+    Returns:
+        The convolution, as ``jax.lax.conv_general_dilated``.
+
+    Raises:
+        TypeError: see `conv_general_dilated`.
+    """
     planned = (
         lhs.ndim == 4
         and _is_nhwc(dimension_numbers)
@@ -380,12 +544,14 @@ def conv_general_dilated(
         and preferred_element_type is None
         and out_sharding is None
     )
+    chosen = ALL_XLA
     if planned:
         padding = tuple(tuple(int(p) for p in pair) for pair in padding)
         window_strides = tuple(int(s) for s in window_strides)
         dtype = lhs.dtype if lhs.dtype == rhs.dtype else None
-        planned = plan(lhs.shape, rhs.shape, window_strides, padding, dtype) != ALL_XLA
-    if not planned:
+        if dtype is not None and jnp.dtype(dtype) == jnp.float32:
+            chosen = planner(lhs.shape, rhs.shape, window_strides, padding, dtype)
+    if chosen == ALL_XLA:
         return lax.conv_general_dilated(
             lhs,
             rhs,
@@ -401,7 +567,7 @@ def conv_general_dilated(
             out_sharding=out_sharding,
         )
     try:
-        return _conv(lhs, rhs, window_strides, padding)
+        return _conv(lhs, rhs, window_strides, padding, chosen)
     except TypeError as error:
         # JAX's own message ("can't apply forward-mode autodiff (jvp) to a custom_vjp
         # function") does not say which function or what to do instead.

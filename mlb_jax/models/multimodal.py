@@ -19,12 +19,14 @@ in the module as ``nnx.RngState``, so a functional train step must carry the non
 state (batch statistics and RNG counters) in and out of ``jax.jit``.
 
 The convolution algorithm of the ResNet encoders is the config field ``conv`` (``auto`` |
-``plan`` | ``xla``, see :mod:`mlb_jax.models.conv`), resolved once when the model is built. The
+``tuned`` | ``plan`` | ``xla``, see :mod:`mlb_jax.models.conv`; ``conv_max_scratch`` bounds the
+memory of ``tuned``), resolved once when the model is built. The
 sequence encoders (:mod:`mlb_jax.models.sequence`) run XLA's 1-D convolutions and ignore
 ``conv`` and ``base_width``.
 """
 
 import dataclasses
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -75,6 +77,7 @@ DEFAULT_IN_CHANNELS = {"audio": 1, "video": 3}
 CONFIG_DEFAULTS: dict[str, Any] = {
     "base_width": 64,
     "conv": "auto",
+    "conv_max_scratch": math.inf,
     "fusion": "late_linear",
     "fusion_hidden": 64,
     "dropout": 0.1,
@@ -221,12 +224,25 @@ def _as_spec(name: str, spec: EncoderSpec | Mapping[str, Any]) -> EncoderSpec:
 
 
 def _build_encoder(
-    name: str, spec: EncoderSpec, *, base_width: int, conv: str, rngs: nnx.Rngs
+    name: str,
+    spec: EncoderSpec,
+    *,
+    base_width: int,
+    conv: str,
+    conv_max_scratch: float,
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Builds a checked spec's encoder: ResNet kinds get ``base_width`` and ``conv``, not others."""
+    """Builds a checked spec's encoder: ResNet kinds get width and convolution, not others."""
     cls = ENCODERS[spec.kind]
     if spec.kind in RESNET_KINDS:
-        return cls(spec.in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
+        return cls(
+            spec.in_channels,
+            base_width=base_width,
+            conv=conv,
+            conv_max_scratch=conv_max_scratch,
+            name=name,
+            rngs=rngs,
+        )
     options = spec.given()
     in_features = options.pop("in_features")
     return cls(in_features, name=name, rngs=rngs, **options)
@@ -253,6 +269,7 @@ class MultimodalClassifier(nnx.Module):
         *,
         base_width: int = 64,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         fusion: str = "late_linear",
         fusion_hidden: int = 64,
         dropout: float = 0.1,
@@ -269,9 +286,12 @@ class MultimodalClassifier(nnx.Module):
             base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width);
                 sequence encoders ignore it.
             conv: the ResNet encoders' convolution algorithm, ``config.model.conv``:
-                ``'auto'`` (the CPU plan of :mod:`mlb_jax.models.conv` on the CPU backend, XLA's
-                convolution elsewhere), ``'plan'`` or ``'xla'``; resolved once, here. Sequence
-                encoders ignore it.
+                ``'auto'`` (the CPU plan of :mod:`mlb_jax.models.conv`, measured per layer, on
+                the CPU backend; XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or
+                ``'xla'``; resolved once, here. Sequence encoders ignore it.
+            conv_max_scratch: ``config.model.conv_max_scratch``, the extra scratch memory a
+                ``'tuned'`` layer may use over XLA's convolution, in multiples of its input
+                (`mlb_jax.models.conv_tune.choose`; inf = no bound).
             fusion: a key of :data:`mlb_jax.models.fusion.FUSIONS`.
             fusion_hidden: hidden / token width of ``mid_mlp`` and ``transformer`` fusion.
             dropout: dropout rate of ``mid_mlp`` and ``transformer`` fusion.
@@ -297,7 +317,12 @@ class MultimodalClassifier(nnx.Module):
         self.encoders = nnx.Dict(
             {
                 name: _build_encoder(
-                    name, spec, base_width=base_width, conv=self.conv_algorithm, rngs=rngs
+                    name,
+                    spec,
+                    base_width=base_width,
+                    conv=self.conv_algorithm,
+                    conv_max_scratch=conv_max_scratch,
+                    rngs=rngs,
                 )
                 for name, spec in specs.items()
             }
@@ -420,8 +445,9 @@ def build_model(
     """Builds a :class:`MultimodalClassifier` from a model config.
 
     Fields (all but ``modalities`` optional, defaults in :data:`CONFIG_DEFAULTS`):
-    ``modalities``, ``base_width`` and ``conv`` ('auto' | 'plan' | 'xla', see
-    :mod:`mlb_jax.models.conv`; both for the ResNet kinds only, ignored by sequence encoders),
+    ``modalities``, ``base_width``, ``conv`` ('auto' | 'tuned' | 'plan' | 'xla', see
+    :mod:`mlb_jax.models.conv`) and ``conv_max_scratch`` (the memory bound of 'tuned'; these
+    three for the ResNet kinds only, ignored by sequence encoders),
     ``fusion``, ``fusion_hidden``, ``dropout`` (the fusion head's), ``num_classes``.
 
     ``modalities`` maps each name to its fields (see :class:`EncoderSpec`; ``kind`` required,
@@ -479,6 +505,7 @@ def build_model(
         num_classes if num_classes is not None else configured,
         base_width=fields["base_width"],
         conv=fields["conv"],
+        conv_max_scratch=float(fields["conv_max_scratch"]),
         fusion=fields["fusion"],
         fusion_hidden=fields["fusion_hidden"],
         dropout=fields["dropout"],

@@ -11,13 +11,16 @@ asymmetrically and moves the sampling grid), a max-pool padded with -inf, BatchN
   as in ``torch.nn.init.kaiming_normal_``; convolutions have no bias;
 * BatchNorm: scale (gamma) ~ N(1, 0.02), bias (beta) = 0; no zero-init of residual branches.
 
-The convolution algorithm is the ``conv`` argument (``config.model.conv``: ``auto``, ``plan``
-or ``xla``; see :mod:`mlb_jax.models.conv`), resolved once when the network is built and handed
-to every layer, so that the choice is the config's and not something read while tracing.
+The convolution algorithm is the ``conv`` argument (``config.model.conv``: ``auto``,
+``tuned``, ``plan`` or ``xla``; see :mod:`mlb_jax.models.conv`), resolved once when the network
+is built and handed to every layer, so that the choice is the config's and not something read
+while tracing.
 
 Encoders validate their input and raise one ``ValueError`` naming the modality and the expected
 shape, because a wrongly shaped array would otherwise fail deep inside a convolution.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +58,7 @@ class ConvBN(nnx.Module):
         stride: int,
         padding: int,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         rngs: nnx.Rngs,
     ):
         """Builds the layer.
@@ -66,6 +70,8 @@ class ConvBN(nnx.Module):
             stride: spatial stride.
             padding: zero padding on each side of both spatial axes (PyTorch semantics).
             conv: convolution algorithm, ``config.model.conv`` (see `mlb_jax.models.conv`).
+            conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of ``'tuned'``
+                (`mlb_jax.models.conv_tune.choose`).
             rngs: parameter random streams.
         """
         self.conv = nnx.Conv(
@@ -76,7 +82,7 @@ class ConvBN(nnx.Module):
             padding=((padding, padding), (padding, padding)),
             use_bias=False,
             kernel_init=_conv_init,
-            conv_general_dilated=conv_function(conv),
+            conv_general_dilated=conv_function(conv, max_scratch=conv_max_scratch),
             rngs=rngs,
         )
         self.bn = nnx.BatchNorm(
@@ -111,6 +117,7 @@ class BasicBlock(nnx.Module):
         *,
         stride: int,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         rngs: nnx.Rngs,
     ):
         """Builds the block.
@@ -120,9 +127,10 @@ class BasicBlock(nnx.Module):
             out_channels: output channels.
             stride: stride of the first 3x3 convolution and of the downsample.
             conv: convolution algorithm, see :class:`ConvBN`.
+            conv_max_scratch: memory bound of ``'tuned'``, see :class:`ConvBN`.
             rngs: parameter random streams.
         """
-        layer = {"conv": conv, "rngs": rngs}
+        layer = {"conv": conv, "conv_max_scratch": conv_max_scratch, "rngs": rngs}
         self.conv1 = ConvBN(
             in_channels, out_channels, kernel_size=3, stride=stride, padding=1, **layer
         )
@@ -176,20 +184,29 @@ class ResNet18(nnx.Module):
     11,176,512 parameters, exactly torchvision's ``resnet18`` without ``fc``.
 
     Attributes:
-        conv_algorithm: what the ``conv`` choice resolved to when built, ``'plan'`` or ``'xla'``.
+        conv_algorithm: what the ``conv`` choice resolved to when built: ``'tuned'``, ``'plan'``
+            or ``'xla'``.
         out_features: channels of the final feature map, 8 * base_width.
     """
 
     def __init__(
-        self, in_channels: int, *, base_width: int = 64, conv: str = "auto", rngs: nnx.Rngs
+        self,
+        in_channels: int,
+        *,
+        base_width: int = 64,
+        conv: str = "auto",
+        conv_max_scratch: float = math.inf,
+        rngs: nnx.Rngs,
     ):
         """Builds the network.
 
         Args:
             in_channels: image channels (1 for spectrograms, 3 for RGB, 2 for optical flow).
             base_width: width of the first stage; stages have 1x, 2x, 4x, 8x this width.
-            conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (the plan on the
-                CPU backend, XLA's convolution elsewhere), ``'plan'`` or ``'xla'``.
+            conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (measured per layer
+                on the CPU backend, XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or
+                ``'xla'``.
+            conv_max_scratch: the memory bound of ``'tuned'``, see :class:`ConvBN`.
             rngs: parameter random streams.
 
         Raises:
@@ -197,10 +214,8 @@ class ResNet18(nnx.Module):
         """
         # Resolved once, against the backend the model is built on, for every layer alike.
         self.conv_algorithm = resolve(conv)
-        conv = self.conv_algorithm
-        self.stem = ConvBN(
-            in_channels, base_width, kernel_size=7, stride=2, padding=3, conv=conv, rngs=rngs
-        )
+        layer = {"conv": self.conv_algorithm, "conv_max_scratch": conv_max_scratch, "rngs": rngs}
+        self.stem = ConvBN(in_channels, base_width, kernel_size=7, stride=2, padding=3, **layer)
         stages = []
         width = base_width
         for stage, multiple in enumerate(STAGE_WIDTHS):
@@ -209,7 +224,7 @@ class ResNet18(nnx.Module):
             for block in range(BLOCKS_PER_STAGE):
                 # Stages 2-4 halve the resolution in their first block.
                 stride = 2 if stage > 0 and block == 0 else 1
-                blocks.append(BasicBlock(width, out_width, stride=stride, conv=conv, rngs=rngs))
+                blocks.append(BasicBlock(width, out_width, stride=stride, **layer))
                 width = out_width
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
@@ -243,6 +258,7 @@ class _PooledResNet(nnx.Module):
         *,
         base_width: int = 64,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         name: str = "",
         rngs: nnx.Rngs,
     ):
@@ -252,10 +268,17 @@ class _PooledResNet(nnx.Module):
             in_channels: input channels (1 for a spectrogram, 3 for RGB, 2 for optical flow).
             base_width: ResNet base width; the feature width is ``8 * base_width``.
             conv: convolution algorithm, see :class:`ResNet18`.
+            conv_max_scratch: memory bound of ``'tuned'``, see :class:`ResNet18`.
             name: modality name, used in error messages.
             rngs: parameter random streams.
         """
-        self.resnet = ResNet18(in_channels, base_width=base_width, conv=conv, rngs=rngs)
+        self.resnet = ResNet18(
+            in_channels,
+            base_width=base_width,
+            conv=conv,
+            conv_max_scratch=conv_max_scratch,
+            rngs=rngs,
+        )
         self.in_channels = in_channels
         self.name = name or self.DEFAULT_NAME
 
@@ -280,11 +303,19 @@ class AudioEncoder(_PooledResNet):
         *,
         base_width: int = 64,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         name: str = "",
         rngs: nnx.Rngs,
     ):
         """Builds the encoder (see `_PooledResNet`); 1 channel for a magnitude spectrogram."""
-        super().__init__(in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
+        super().__init__(
+            in_channels,
+            base_width=base_width,
+            conv=conv,
+            conv_max_scratch=conv_max_scratch,
+            name=name,
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of spectrograms.
@@ -331,11 +362,19 @@ class VideoEncoder(_PooledResNet):
         *,
         base_width: int = 64,
         conv: str = "auto",
+        conv_max_scratch: float = math.inf,
         name: str = "",
         rngs: nnx.Rngs,
     ):
         """Builds the encoder (see `_PooledResNet`); 3 channels for RGB, 2 for optical flow."""
-        super().__init__(in_channels, base_width=base_width, conv=conv, name=name, rngs=rngs)
+        super().__init__(
+            in_channels,
+            base_width=base_width,
+            conv=conv,
+            conv_max_scratch=conv_max_scratch,
+            name=name,
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of clips.
