@@ -1,12 +1,13 @@
-"""Per-layer convolution times on the CPU: XLA's convolution, mlb_jax's plan, and PyTorch.
+"""Per-layer convolution times on this CPU: XLA's convolution, mlb_jax's plans, and PyTorch.
 
 For every convolution of the two ResNet-18 encoders at a benchmark shape (batch 16; video
 frames folded into the batch), times the three passes (forward, input gradient, kernel
-gradient) three ways: XLA's ``lax.conv_general_dilated`` and its autodiff, the algorithm
-``mlb_jax.models.conv.plan`` picks (``mlb_jax.models.conv.conv_general_dilated``, what
-``config.model.conv='plan'`` runs), and ``torch.nn.functional.conv2d`` with autograd, all with
-the same threads. Prints one line per layer and the totals; this is
-the table behind the thresholds in ``mlb_jax/models/conv.py``.
+gradient) four ways: XLA's ``lax.conv_general_dilated`` and its autodiff, the algorithms
+``mlb_jax.models.conv.plan``'s fixed thresholds pick (``config.model.conv='plan'``), the
+algorithms measured fastest on this machine (``mlb_jax.models.conv_tune``,
+``config.model.conv='tuned'``, what ``'auto'`` runs on a CPU; its choice per pass is printed,
+x = XLA, p = patches, s = shifted rows, w = Winograd), and ``torch.nn.functional.conv2d`` with
+autograd, all with the same threads. Prints the machine, one line per layer and the totals.
 
     python benchmarks/conv_layers.py --shape 112 --reps 3
     python benchmarks/conv_layers.py --shape quick
@@ -30,6 +31,7 @@ SHAPES = {
     "224": [("audio", 16, 257, 188, 1), ("video", 48, 224, 224, 3)],
 }
 PASSES = ("fwd", "dx", "dw")
+IMPLS = ("xla", "plan", "tuned", "torch")
 
 
 def resnet18_convs(n: int, h: int, w: int, c: int) -> list[tuple]:
@@ -65,6 +67,7 @@ def time_layer(layer: tuple, reps: int, torch) -> dict[str, float]:
     import jax.numpy as jnp
     from jax import lax
 
+    from mlb_jax.models import conv_tune
     from mlb_jax.models.conv import conv_general_dilated
 
     _, n, h, w, cin, cout, k, s, p, count = layer
@@ -77,6 +80,7 @@ def time_layer(layer: tuple, reps: int, torch) -> dict[str, float]:
     convs = {
         "xla": lambda x_, k_: lax.conv_general_dilated(x_, k_, *args, dimension_numbers=dims),
         "plan": lambda x_, k_: conv_general_dilated(x_, k_, *args, dimension_numbers=dims),
+        "tuned": lambda x_, k_: conv_tune.conv_function()(x_, k_, *args, dimension_numbers=dims),
     }
     dy = jnp.asarray(rng.standard_normal(convs["xla"](x, kernel).shape), jnp.float32)
     out = {}
@@ -107,7 +111,10 @@ def time_layer(layer: tuple, reps: int, torch) -> dict[str, float]:
         else 0.0
     )
     out["torch dw"] = median_ms(lambda: torch.autograd.grad(ty, tk, tdy, retain_graph=True), reps)
-    return {key: count * value for key, value in out.items()}
+    out = {key: count * value for key, value in out.items()}
+    chosen = conv_tune.tuner()(x.shape, kernel.shape, *args)
+    out["choice"] = "".join(getattr(chosen, name)[0] for name in conv_tune.PASSES)
+    return out
 
 
 def main() -> None:
@@ -121,29 +128,32 @@ def main() -> None:
         sys.exit("PyTorch is missing: pip install -e '.[bench]'")
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    print(f"{threads} thread(s); ms per layer group (count x one call), input gradient of the")
-    print("stems not needed (0); columns: xla / plan / torch for fwd, dx, dw")
+    from mlb_jax.machine import cpu_description
+
+    print(f"{cpu_description()}, {threads} thread(s); torch {torch.__version__}")
+    print("ms per layer group (count x one call), input gradient of the stems not needed (0);")
+    print("columns: xla / plan / tuned / torch for fwd, dx, dw; tuned's choice (fwd dx dw)")
     totals: dict[str, float] = {}
     for modality, n, h, w, c in SHAPES[args.shape]:
         for layer in resnet18_convs(n, h, w, c):
             times = time_layer(layer, args.reps, torch)
+            choice = times.pop("choice")
             for key, value in times.items():
                 totals[key] = totals.get(key, 0.0) + value
             cells = "  ".join(
-                f"{p} {times[f'xla {p}']:6.0f} {times[f'plan {p}']:6.0f} {times[f'torch {p}']:6.0f}"
-                for p in PASSES
+                f"{p} " + " ".join(f"{times[f'{impl} {p}']:5.0f}" for impl in IMPLS) for p in PASSES
             )
             print(
                 f"{modality:5} {layer[0]:11} {layer[2]:>3}x{layer[3]:<3}x{layer[4]:<3} "
-                f"x{layer[9]}  {cells}",
+                f"x{layer[9]}  {cells}  {choice}",
                 flush=True,
             )
-    for impl in ("xla", "plan", "torch"):
+    for impl in IMPLS:
         parts = " + ".join(f"{p} {totals[f'{impl} {p}']:.0f}" for p in PASSES)
         total = sum(totals[f"{impl} {p}"] for p in PASSES)
         print(f"total {impl:5}: {parts} = {total:.0f} ms")
     torch_total = sum(totals[f"torch {p}"] for p in PASSES)
-    for impl in ("xla", "plan"):
+    for impl in IMPLS[:-1]:
         ratio = sum(totals[f"{impl} {p}"] for p in PASSES) / torch_total
         print(f"{impl}/torch, all convolution passes: {ratio:.3f}")
 

@@ -16,6 +16,12 @@ step times, measured within one process run.
     python benchmarks/step_speed.py --device=gpu     # JAX CUDA against torch CUDA
     python benchmarks/step_speed.py --check          # same weights: do the two agree?
     python benchmarks/step_speed.py --with-xla-conv  # also JAX with XLA's convolution only
+    python benchmarks/step_speed.py --with-plan-conv --cold-conv-cache  # fixed thresholds too
+
+The JAX step's convolutions are ``config.model.conv='auto'``: on the CPU, each layer's
+algorithms measured on this machine (`mlb_jax.models.conv_tune`, cached in
+``~/.cache/mlb_jax/conv_plans``); the first run on a machine measures them while compiling
+(``--cold-conv-cache`` forces that, to show the cost) and lists each layer's choice.
 
 Peak memory: on the CPU each framework is run again alone in a child process and its peak
 resident set size is read from Linux's ``VmHWM`` (``/proc/self/status``; ``ru_maxrss`` would
@@ -30,7 +36,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
@@ -51,45 +56,6 @@ SHAPES: dict[str, tuple[tuple[int, int], tuple[int, int, int, int]]] = {
     "224": ((257, 188), (3, 224, 224, 3)),
     "quick": ((128, 94), (3, 56, 56, 3)),
 }
-
-
-# ----------------------------------------------------------------------------- machine
-
-# SIMD extensions that decide which convolution kernels run fast (/proc/cpuinfo's names).
-SIMD_FLAGS = (
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-)
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    """The first value of `name` in Linux's /proc/cpuinfo, or None elsewhere."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
-
-
-def cpu_description() -> str:
-    """The CPU's model and SIMD flags, e.g. 'AMD EPYC [avx avx2 fma]' (figures depend on both)."""
-    flags = set((_cpuinfo_field("flags") or "").split())
-    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "SIMD flags unknown"
-    return f"{cpu_model()} [{simd}]"
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -150,11 +116,13 @@ def check_gpu(torch: Any) -> str | None:
     return "; ".join(problems) or None
 
 
-def load_config(method: str, base_width: int, conv: str = "auto") -> Any:
+def load_config(
+    method: str, base_width: int, conv: str = "auto", conv_max_scratch: float = float("inf")
+) -> Any:
     """configs/synthetic_av.py with the benchmark's width, method and convolutions, constant LR.
 
-    ``conv`` defaults to ``auto`` (the CPU plan on the CPU), the full-width configs' choice,
-    not the demo config's ``xla``.
+    ``conv`` defaults to ``auto`` (the CPU plan measured per layer on the CPU), the full-width
+    configs' choice, not the demo config's ``xla``; ``conv_max_scratch`` is its memory bound.
     """
     spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
     module = importlib.util.module_from_spec(spec)
@@ -162,6 +130,7 @@ def load_config(method: str, base_width: int, conv: str = "auto") -> Any:
     config = module.get_config()
     config.model.base_width = base_width
     config.model.conv = conv
+    config.model.conv_max_scratch = conv_max_scratch
     config.method.name = method
     config.train.schedule = "constant"
     config.train.num_devices = 1
@@ -201,6 +170,7 @@ def build_jax_step(
     seed: int = 0,
     num_classes: int = NUM_CLASSES,
     conv: str = "auto",
+    conv_max_scratch: float = float("inf"),
 ) -> tuple[JaxStep, Any]:
     """The project's train step as ``mlb_jax.trainer.setup`` builds it, compiled for ``batch``.
 
@@ -213,7 +183,9 @@ def build_jax_step(
         batch: a device batch in the pipeline's format (from `jax_batch`).
         seed: initialisation seed.
         num_classes: K.
-        conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan or xla.
+        conv: ``config.model.conv``: auto (the measured CPU plan on the CPU), tuned, plan
+            or xla.
+        conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of tuned.
 
     Returns:
         (the compiled step with a fresh state, the model's graphdef).
@@ -222,7 +194,7 @@ def build_jax_step(
 
     from mlb_jax.steps import create_train_state, make_train_step
 
-    config = load_config(method, base_width, conv)
+    config = load_config(method, base_width, conv, conv_max_scratch)
     config.seed = seed
     input_shapes = {m: x.shape[1:] for m, x in batch["inputs"].items()}
     graphdef, method_obj, tx, state = create_train_state(config, num_classes, input_shapes)
@@ -390,7 +362,9 @@ def memory_probe(args: argparse.Namespace) -> None:
     if args.probe == "jax":
         device_batch = jax_batch(batch)
         before = rss_kib()
-        step, _ = build_jax_step(args.method, args.base_width, device_batch)
+        step, _ = build_jax_step(
+            args.method, args.base_width, device_batch, conv_max_scratch=args.conv_max_scratch
+        )
         for _ in range(2):
             step.run(device_batch)
     else:
@@ -415,6 +389,7 @@ def child_peak_rss(args: argparse.Namespace, framework: str, shape: str) -> dict
         f"--frames={args.frames}",
         f"--base-width={args.base_width}",
         f"--method={args.method}",
+        f"--conv-max-scratch={args.conv_max_scratch}",
     ]
     if args.xla_flags:
         cmd.append(f"--xla-flags={args.xla_flags}")
@@ -527,6 +502,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time the JAX step with XLA's convolution everywhere (config.model.conv=xla)",
     )
+    parser.add_argument(
+        "--with-plan-conv",
+        action="store_true",
+        help="also time the JAX step with the plan's fixed thresholds (config.model.conv=plan)",
+    )
+    parser.add_argument(
+        "--conv-max-scratch",
+        type=float,
+        default=float("inf"),
+        help="config.model.conv_max_scratch of the (tuned) JAX step: extra scratch memory a "
+        "layer may use over XLA's convolution, in multiples of its input (inf = no bound)",
+    )
+    parser.add_argument(
+        "--cold-conv-cache",
+        action="store_true",
+        help="measure every convolution layer afresh (an empty cache), to show its cost",
+    )
     parser.add_argument("--check", action="store_true", help="only the equivalence check")
     parser.add_argument("--probe", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-shape", help=argparse.SUPPRESS)
@@ -553,24 +545,44 @@ def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
     )
     batch = make_batch(args.batch, spectrogram, frames)
     device_batch = jax_batch(batch)
-    jax_step, _ = build_jax_step(args.method, args.base_width, device_batch)
-    print(f"  JAX compile (trace + lower + compile): {jax_step.compile_seconds:.1f} s", flush=True)
+    from mlb_jax.models import conv_tune
+
+    planned = len(conv_tune.decisions())
+    jax_step, _ = build_jax_step(
+        args.method, args.base_width, device_batch, conv_max_scratch=args.conv_max_scratch
+    )
+    decisions = conv_tune.decisions()
+    print(
+        f"  JAX compile (trace + lower + compile): {jax_step.compile_seconds:.1f} s, "
+        f"{len(decisions) - planned} new convolution layer shapes planned (cache "
+        f"{conv_tune.tuner(args.conv_max_scratch).path})",
+        flush=True,
+    )
+    for decision in decisions[planned:]:
+        print(
+            f"    {decision['layer']:40} forward {decision['forward']:8} input_grad "
+            f"{decision['input_grad']:8} kernel_grad {decision['kernel_grad']}"
+        )
     _, step = build_torch_step(torch, args.method, args.base_width, args.device)
     inputs = torch_batch(torch, batch, args.device)
     runners = {
         "jax": lambda: jax_step.run(device_batch),
         "pytorch": torch_runner(torch, step, inputs, args.device),
     }
-    if args.with_xla_conv:
-        xla_step, _ = build_jax_step(args.method, args.base_width, device_batch, conv="xla")
-        runners["jax-xlaconv"] = lambda: xla_step.run(device_batch)
+    others = {"jax-xlaconv": args.with_xla_conv and "xla", "jax-planconv": args.with_plan_conv}
+    others["jax-planconv"] = others["jax-planconv"] and "plan"
+    for name, choice in others.items():
+        if choice:
+            other, _ = build_jax_step(args.method, args.base_width, device_batch, conv=choice)
+            runners[name] = lambda other=other: other.run(device_batch)
     times = alternate(runners, args.reps, args.warmup)
     for name, seconds in times.items():
         print(describe_times(name, seconds, args.batch))
     print("  " + ratio_summary(times, "jax", "pytorch"), flush=True)
-    if args.with_xla_conv:
-        print("  " + ratio_summary(times, "jax-xlaconv", "pytorch"))
-        print("  " + ratio_summary(times, "jax", "jax-xlaconv"), flush=True)
+    for name in runners:
+        if name.startswith("jax-"):
+            print("  " + ratio_summary(times, name, "pytorch"))
+            print("  " + ratio_summary(times, "jax", name), flush=True)
     if args.device == "gpu":
         jax_peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0)
         torch_peak = torch.cuda.max_memory_allocated()
@@ -604,8 +616,12 @@ def main(argv: list[str] | None = None) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         memory_probe(args)
         return
+    if args.cold_conv_cache:  # before the tuner's first use; the memory probes inherit it
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="step_speed_conv_plans_")
     torch = import_torch(args.threads, args.device)
     import jax
+
+    from mlb_jax.machine import cpu_description
 
     if args.device == "gpu":
         problem = check_gpu(torch)

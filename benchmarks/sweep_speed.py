@@ -116,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     threads = step_speed.configure(device=args.device, threads=args.threads)
     import jax
 
+    from mlb_jax.machine import cpu_description
+
     device = jax.devices()[0]
     print(
-        f"{step_speed.cpu_description()}; "
+        f"{cpu_description()}; "
         f"{args.method}, float32, one {device.platform} device ({device.device_kind}), "
         f"{threads} threads, {args.reps} timed steps each (medians)",
         flush=True,

@@ -20,8 +20,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import step_speed  # benchmarks/ is not a package: imported from its folder
+from mlb_jax.machine import cpu_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/utd_mhad.py"
@@ -65,7 +64,7 @@ def main() -> None:
         f"--seeds={args.seeds}",
         f"--workdir={workdir}",
     ]
-    machine = f"{step_speed.cpu_model()}, {os.cpu_count()} cores"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
     print(f"machine: {machine}", flush=True)
     reused = len(list(workdir.rglob("results.json"))) if workdir.exists() else 0
     start = time.time()

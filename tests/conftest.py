@@ -19,6 +19,9 @@ os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The measured convolution plans of the tests' tiny layers, beside the compilation cache
+# rather than in the user's ~/.cache (mlb_jax.models.conv_tune).
+os.environ.setdefault("MLB_JAX_CONV_PLANS", str(_ROOT / ".jax_cache" / "conv_plans"))
 
 import jax  # noqa: E402
 

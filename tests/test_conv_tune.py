@@ -198,6 +198,7 @@ def test_corrupt_or_foreign_cache_is_ignored_with_a_warning(tmp_path, case):
 @pytest.fixture
 def fresh_tuners(tmp_path, monkeypatch):
     """The process's tuners emptied and their cache in a temporary XDG_CACHE_HOME."""
+    monkeypatch.delenv(conv_tune.CACHE_ENV)  # conftest's
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(conv_tune, "_TUNERS", {})
     monkeypatch.setattr(conv_tune, "_FUNCTIONS", {})

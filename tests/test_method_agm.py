@@ -241,7 +241,7 @@ def test_padded_passes_write_no_batchnorm_statistics():
     # exactly those of the plain forward; the eval-mode zero-input passes wrote nothing.
     rngs = nnx.Rngs(params=jax.random.key(0, impl="rbg"), dropout=1)
     specs = {A: EncoderSpec("audio"), V: EncoderSpec("video")}
-    plain = MultimodalClassifier(specs, 3, base_width=2, rngs=rngs)
+    plain = MultimodalClassifier(specs, 3, base_width=2, conv="xla", rngs=rngs)
     agm_model = nnx.clone(plain)
     rng = np.random.default_rng(0)
     inputs = {

@@ -29,6 +29,7 @@ from mlb_jax.models import (
     ResNet18,
     build_fusion,
     build_model,
+    conv_tune,
 )
 from mlb_jax.models import conv as conv_module
 from mlb_jax.models.resnet import max_pool_3x3_s2
@@ -67,8 +68,10 @@ def _inputs(m: int) -> dict[str, jax.Array]:
 
 @functools.cache
 def _model(m: int = 2, fusion: str = "late_linear") -> MultimodalClassifier:
-    """A tiny model shared by the tests that only read it."""
-    return MultimodalClassifier(_modalities(m), K, base_width=WIDTH, fusion=fusion, rngs=_rngs())
+    """A tiny model shared by the tests that only read it (XLA's convolutions: no tuning)."""
+    return MultimodalClassifier(
+        _modalities(m), K, base_width=WIDTH, conv="xla", fusion=fusion, rngs=_rngs()
+    )
 
 
 def _abstract_forward(model: nnx.Module, inputs, *, train: bool):
@@ -168,7 +171,7 @@ def test_video_encoder_folds_frames_and_averages_them():
 @pytest.fixture(scope="module")
 def model() -> MultimodalClassifier:
     # mid_mlp has dropout, so train/eval differences are visible in the fused logits.
-    return MultimodalClassifier(_modalities(2), K, base_width=WIDTH, fusion="mid_mlp", rngs=_rngs())
+    return _model(2, "mid_mlp")
 
 
 def test_initialisation_follows_reference(model):
@@ -458,6 +461,14 @@ def test_build_model_passes_the_conv_choice_to_every_convolution(choice, functio
         model.conv_algorithm
     }
     assert _conv_functions(model) == {function}
+
+
+def test_build_model_passes_the_memory_bound_of_the_tuned_plan():
+    # Building traces nothing, so nothing is measured here.
+    model = build_model(_config(conv="tuned", conv_max_scratch=2), num_classes=5, rngs=_rngs())
+    (function,) = _conv_functions(model)
+    assert function is conv_tune.conv_function(2.0) is not conv_tune.conv_function()
+    assert function.args[0] is conv_tune.tuner(2.0) and function.args[0].max_scratch == 2.0
 
 
 def test_conv_choice_defaults_to_auto():

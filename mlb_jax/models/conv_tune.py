@@ -11,7 +11,8 @@ than that noise. This is what ``config.model.conv='auto'`` runs on the CPU ('tun
 
 Cache: one JSON file per machine key (`machine_key`: CPU model, SIMD flags, thread count,
 jax/jaxlib/mlb_jax versions and ``XLA_FLAGS``) in ``$XDG_CACHE_HOME/mlb_jax/conv_plans/``
-(default ``~/.cache/mlb_jax/conv_plans/``), holding every candidate's time and scratch memory
+(default ``~/.cache/mlb_jax/conv_plans/``; ``$MLB_JAX_CONV_PLANS`` names another folder; the
+test suite uses ``.jax_cache/conv_plans``), holding every candidate's time and scratch memory
 per layer, so that a choice is a deterministic function of the cache and the memory knob. A
 file that is unreadable, malformed or written for another machine key is ignored with a
 warning (and replaced on the next write); writes are atomic (temporary file and rename).
@@ -56,6 +57,7 @@ MARGIN = 0.05
 REPS = 5  # timed calls per candidate (after one warm-up), fewer when BUDGET_S runs out
 BUDGET_S = 2.0  # seconds of timed calls per candidate, at least one call
 PASSES = ("forward", "input_grad", "kernel_grad")
+CACHE_ENV = "MLB_JAX_CONV_PLANS"  # a folder for the cache files instead of the default
 _PASS_FUNCTIONS = {
     "forward": lambda alg, s, p: lambda x, k, dy: conv.forward(alg, x, k, s, p),
     "input_grad": lambda alg, s, p: lambda x, k, dy: conv.input_grad(alg, x, k, dy, s, p),
@@ -82,7 +84,9 @@ def machine_key() -> dict[str, Any]:
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$XDG_CACHE_HOME/mlb_jax/conv_plans`` (``~/.cache/mlb_jax/conv_plans`` by default)."""
+    """The cache folder: ``$MLB_JAX_CONV_PLANS``, else ``$XDG_CACHE_HOME/mlb_jax/conv_plans``."""
+    if os.environ.get(CACHE_ENV):
+        return pathlib.Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return pathlib.Path(base).expanduser() / "mlb_jax" / "conv_plans"
 
