@@ -1,15 +1,17 @@
-"""What the CPU convolution plan buys: one jitted MLB train step under conv='plan' and 'xla'.
+"""What the CPU convolution plans buy: one jitted MLB train step under each conv choice.
 
 Builds the project's train step (``mlb_jax.steps.create_train_state`` and ``make_train_step``,
-``jax.jit`` with the state donated, as the trainer does) twice per shape, once with
-``config.model.conv='plan'`` (`mlb_jax.models.conv`: Winograd, patches and shifted-rows
-products where XLA's CPU convolution is slow) and once with ``'xla'`` (XLA's convolution
-everywhere), in one process from the same initial parameters and batch. Repetitions alternate
-between the two (rotating which goes first), so that load from other processes on a shared
-machine hits both alike: read the ratio of step times. Memory: XLA's buffer plan of each
-compiled step (``compiled.memory_analysis()``: temporaries, i.e. activations kept for the
-backward pass and scratch, and arguments) and, with ``--rss``, the peak resident set size of
-each choice run alone in a child process (Linux ``VmHWM``).
+``jax.jit`` with the state donated, as the trainer does) once per variant and shape, in one
+process from the same initial parameters and batch. A variant is a ``config.model.conv``
+choice: ``tuned`` (`mlb_jax.models.conv_tune`: each layer's algorithms measured on this
+machine), ``tuned:S`` (the same with ``config.model.conv_max_scratch=S``, the memory bound),
+``plan`` (`mlb_jax.models.conv.plan`'s fixed thresholds) or ``xla`` (XLA's convolution
+everywhere, the reference of every ratio). Repetitions alternate between the variants
+(rotating which goes first), so that load from other processes on a shared machine hits all
+alike: read the ratios of step times. Memory: XLA's buffer plan of each compiled step
+(``compiled.memory_analysis()``: temporaries, i.e. activations kept for the backward pass and
+scratch, and arguments) and, with ``--rss``, the peak resident set size of each variant run
+alone in a child process (Linux ``VmHWM``).
 
 Shapes: ``demo`` is configs/synthetic_av.py (base width 8, audio 64x48, video 3 frames of
 64x64, batch 64); ``112`` and ``224`` are benchmarks/step_speed.py's full-width ResNet-18
@@ -18,6 +20,7 @@ shapes (base width 64, audio 257x188, video 3 frames of 112x112 or 224x224, batc
     python benchmarks/conv_choice.py                       # demo and 112, 3 repetitions
     python benchmarks/conv_choice.py --shapes demo --reps 10
     python benchmarks/conv_choice.py --rss                 # also peak RSS (slow: recompiles)
+    python benchmarks/conv_choice.py --shapes 112 --variants tuned,tuned:2,tuned:0,xla --rss
 """
 
 import argparse
@@ -38,7 +41,7 @@ import numpy as np
 import step_speed  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHOICES = ("plan", "xla")
+VARIANTS = "tuned,plan,xla"  # the default --variants; 'xla' is always added
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +70,10 @@ SHAPES = {
 }
 
 
-def load_config(shape: Shape, conv: str, method: str) -> Any:
-    """configs/synthetic_av.py with the shape's width, the conv choice and a constant LR."""
-    return step_speed.load_config(method, shape.base_width, conv)
+def load_config(shape: Shape, variant: str, method: str) -> Any:
+    """configs/synthetic_av.py with the shape's width, the variant's conv fields, constant LR."""
+    conv, _, scratch = variant.partition(":")
+    return step_speed.load_config(method, shape.base_width, conv, float(scratch or "inf"))
 
 
 def make_batch(shape: Shape, seed: int = 0) -> dict[str, Any]:
@@ -113,14 +117,15 @@ class Step:
         return metrics
 
 
-def build_step(shape: Shape, conv: str, method: str, batch: dict[str, Any]) -> Step:
-    """The trainer's jitted train step for ``config.model.conv=conv``, compiled for ``batch``."""
+def build_step(shape: Shape, variant: str, method: str, batch: dict[str, Any]) -> Step:
+    """The trainer's jitted train step for one variant (see module doc), compiled for ``batch``."""
     import jax
 
     from mlb_jax.models.conv import resolve
     from mlb_jax.steps import create_train_state, make_train_step
 
-    config = load_config(shape, conv, method)
+    config = load_config(shape, variant, method)
+    conv = config.model.conv
     if resolve(conv) != conv:
         raise SystemExit(f"conv={conv!r} resolves to {resolve(conv)!r} on this backend")
     input_shapes = {"audio": shape.audio, "video": shape.video}
@@ -176,8 +181,9 @@ def mib(n_bytes: float) -> str:
 
 
 def measure(shape_name: str, args: argparse.Namespace) -> None:
-    """Compiles both choices at one shape, times them alternately, prints ratios and memory."""
+    """Compiles every variant at one shape, times them alternately, prints ratios and memory."""
     shape = SHAPES[shape_name]
+    variants = [v for v in args.variants.split(",") if v != "xla"] + ["xla"]
     print(
         f"\n{shape_name}: base width {shape.base_width}, batch {shape.batch}, audio "
         f"{shape.audio[0]}x{shape.audio[1]}, video {shape.video[0]}x{shape.video[1]}x"
@@ -185,45 +191,35 @@ def measure(shape_name: str, args: argparse.Namespace) -> None:
         flush=True,
     )
     batch = make_batch(shape)
-    steps = {conv: build_step(shape, conv, args.method, batch) for conv in CHOICES}
-    first = {conv: steps[conv].run(batch) for conv in CHOICES}
-    loss = {conv: float(first[conv]["loss"]) for conv in CHOICES}
-    print(
-        f"  first-step loss: plan {loss['plan']:.6f}, xla {loss['xla']:.6f} (same parameters "
-        "and batch; differences are float32 rounding)"
-    )
-    times = step_speed.alternate(
-        {conv: lambda c=conv: steps[c].run(batch) for conv in CHOICES}, args.reps
-    )
-    for conv in CHOICES:
-        median = statistics.median(times[conv])
+    steps = {v: build_step(shape, v, args.method, batch) for v in variants}
+    losses = ", ".join(f"{v} {float(steps[v].run(batch)['loss']):.6f}" for v in variants)
+    print(f"  first-step loss: {losses} (same parameters and batch; float32 rounding apart)")
+    times = step_speed.alternate({v: lambda v=v: steps[v].run(batch) for v in variants}, args.reps)
+    width = max(map(len, variants))
+    for v in variants:
+        median = statistics.median(times[v])
         print(
-            f"  {conv:<4} step {1000 * median:8.1f} ms median ({1000 * min(times[conv]):.1f} min, "
-            f"{args.reps} reps) = {shape.batch / median:7.1f} samples/s; compile "
-            f"{steps[conv].compile_seconds:.1f} s"
+            f"  {v:<{width}} step {1000 * median:8.1f} ms median ({1000 * min(times[v]):.1f} "
+            f"min, {args.reps} reps) = {shape.batch / median:7.1f} samples/s; compile "
+            f"{steps[v].compile_seconds:.1f} s",
+            flush=True,
         )
-    pairs = [p / x for p, x in zip(times["plan"], times["xla"], strict=True)]
-    ratio = statistics.median(times["plan"]) / statistics.median(times["xla"])
-    print(
-        f"  plan/xla step time = {ratio:.3f} (per-repetition ratios: median "
-        f"{statistics.median(pairs):.3f}, range {min(pairs):.3f}-{max(pairs):.3f})"
-    )
-    if all(steps[conv].memory for conv in CHOICES):
+    for v in variants[:-1]:
+        print("  " + step_speed.ratio_summary(times, v, "xla"))
+    if all(steps[v].memory for v in variants):
         for kind in ("temp", "argument"):
-            plan_bytes, xla_bytes = (steps[conv].memory[kind] for conv in CHOICES)
-            print(
-                f"  XLA buffer plan, {kind}: plan {mib(plan_bytes)}, xla {mib(xla_bytes)} "
-                f"(plan/xla {plan_bytes / xla_bytes:.2f})"
-            )
+            cells = ", ".join(f"{v} {mib(steps[v].memory[kind])}" for v in variants)
+            print(f"  XLA buffer plan, {kind}: {cells}")
     if args.rss:
-        rss = {conv: child_rss(shape_name, conv, args.method) for conv in CHOICES}
-        for conv in CHOICES:
-            grown = rss[conv]["peak_kib"] - rss[conv]["before_kib"]
+        rss = {v: child_rss(shape_name, v, args.method) for v in variants}
+        for v in variants:
+            grown = rss[v]["peak_kib"] - rss[v]["before_kib"]
             print(
-                f"  peak RSS alone, {conv}: {rss[conv]['peak_kib'] / 1024:.0f} MiB "
-                f"({grown / 1024:.0f} MiB above the process before building the step)"
+                f"  peak RSS alone, {v}: {rss[v]['peak_kib'] / 1024:.0f} MiB "
+                f"({grown / 1024:.0f} MiB above the process before building the step); "
+                f"/xla {rss[v]['peak_kib'] / rss['xla']['peak_kib']:.2f}",
+                flush=True,
             )
-        print(f"  peak RSS plan/xla: {rss['plan']['peak_kib'] / rss['xla']['peak_kib']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         "--shapes", default="demo,112", help=f"comma-separated, from {sorted(SHAPES)}"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each choice")
+    parser.add_argument(
+        "--variants",
+        default=VARIANTS,
+        help="comma-separated conv choices: tuned, tuned:<conv_max_scratch>, plan, xla",
+    )
     parser.add_argument("--method", default="mlb", help="training method (default mlb)")
     parser.add_argument(
         "--rss", action="store_true", help="also peak RSS, each choice alone in a child process"
@@ -250,8 +251,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--reps must be at least 1")
     import jax
 
+    from mlb_jax.machine import cpu_description
+
     threads = len(os.sched_getaffinity(0))
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {threads} CPU thread(s)")
+    print(
+        f"{cpu_description()}; jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{threads} CPU thread(s)"
+    )
     for shape_name in args.shapes.split(","):
         measure(shape_name, args)
 
