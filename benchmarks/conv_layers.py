@@ -5,7 +5,7 @@ frames folded into the batch), times the three passes (forward, input gradient, 
 gradient) four ways: XLA's ``lax.conv_general_dilated`` and its autodiff, the algorithms
 ``mlb_jax.models.conv.plan``'s fixed thresholds pick (``config.model.conv='plan'``), the
 algorithms measured fastest on this machine (``mlb_jax.models.conv_tune``,
-``config.model.conv='tuned'``, what ``'auto'`` runs on a CPU; its choice per pass is printed,
+``config.model.conv='tuned'``; its choice per pass is printed,
 x = XLA, p = patches, s = shifted rows, w = Winograd), and ``torch.nn.functional.conv2d`` with
 autograd, all with the same threads. Prints the machine, one line per layer and the totals.
 

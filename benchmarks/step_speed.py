@@ -16,12 +16,13 @@ step times, measured within one process run.
     python benchmarks/step_speed.py --device=gpu     # JAX CUDA against torch CUDA
     python benchmarks/step_speed.py --check          # same weights: do the two agree?
     python benchmarks/step_speed.py --with-xla-conv  # also JAX with XLA's convolution only
-    python benchmarks/step_speed.py --with-plan-conv --cold-conv-cache  # fixed thresholds too
+    python benchmarks/step_speed.py --with-tuned-conv --cold-conv-cache  # measured plan too
 
-The JAX step's convolutions are ``config.model.conv='auto'``: on the CPU, each layer's
-algorithms measured on this machine (`mlb_jax.models.conv_tune`, cached in
-``~/.cache/mlb_jax/conv_plans``); the first run on a machine measures them while compiling
-(``--cold-conv-cache`` forces that, to show the cost) and lists each layer's choice.
+The JAX step's convolutions are ``config.model.conv='auto'`` (``--conv``): on the CPU, the
+plan's fixed thresholds. ``tuned`` measures each layer's algorithms on this machine
+(`mlb_jax.models.conv_tune`, cached in ``~/.cache/mlb_jax/conv_plans``) while compiling, the
+first time a machine sees a layer shape (``--cold-conv-cache`` forces that, to show the cost),
+and lists each layer's choice.
 
 Peak memory: on the CPU each framework is run again alone in a child process and its peak
 resident set size is read from Linux's ``VmHWM`` (``/proc/self/status``; ``ru_maxrss`` would
@@ -121,7 +122,7 @@ def load_config(
 ) -> Any:
     """configs/synthetic_av.py with the benchmark's width, method and convolutions, constant LR.
 
-    ``conv`` defaults to ``auto`` (the CPU plan measured per layer on the CPU), the full-width
+    ``conv`` defaults to ``auto`` (the CPU plan on the CPU), the full-width
     configs' choice, not the demo config's ``xla``; ``conv_max_scratch`` is its memory bound.
     """
     spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
@@ -183,8 +184,7 @@ def build_jax_step(
         batch: a device batch in the pipeline's format (from `jax_batch`).
         seed: initialisation seed.
         num_classes: K.
-        conv: ``config.model.conv``: auto (the measured CPU plan on the CPU), tuned, plan
-            or xla.
+        conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan, tuned or xla.
         conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of tuned.
 
     Returns:
@@ -363,7 +363,11 @@ def memory_probe(args: argparse.Namespace) -> None:
         device_batch = jax_batch(batch)
         before = rss_kib()
         step, _ = build_jax_step(
-            args.method, args.base_width, device_batch, conv_max_scratch=args.conv_max_scratch
+            args.method,
+            args.base_width,
+            device_batch,
+            conv=args.conv,
+            conv_max_scratch=args.conv_max_scratch,
         )
         for _ in range(2):
             step.run(device_batch)
@@ -389,6 +393,7 @@ def child_peak_rss(args: argparse.Namespace, framework: str, shape: str) -> dict
         f"--frames={args.frames}",
         f"--base-width={args.base_width}",
         f"--method={args.method}",
+        f"--conv={args.conv}",
         f"--conv-max-scratch={args.conv_max_scratch}",
     ]
     if args.xla_flags:
@@ -503,15 +508,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the JAX step with XLA's convolution everywhere (config.model.conv=xla)",
     )
     parser.add_argument(
+        "--conv", default="auto", help="config.model.conv of the JAX step (auto, plan, tuned, xla)"
+    )
+    parser.add_argument(
         "--with-plan-conv",
         action="store_true",
         help="also time the JAX step with the plan's fixed thresholds (config.model.conv=plan)",
     )
     parser.add_argument(
+        "--with-tuned-conv",
+        action="store_true",
+        help="also time the JAX step with each layer measured (config.model.conv=tuned)",
+    )
+    parser.add_argument(
         "--conv-max-scratch",
         type=float,
         default=float("inf"),
-        help="config.model.conv_max_scratch of the (tuned) JAX step: extra scratch memory a "
+        help="config.model.conv_max_scratch of the tuned JAX steps: extra scratch memory a "
         "layer may use over XLA's convolution, in multiples of its input (inf = no bound)",
     )
     parser.add_argument(
@@ -531,6 +544,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def build_and_describe(
+    args: argparse.Namespace, device_batch: dict[str, Any], conv: str, name: str = "jax"
+) -> JaxStep:
+    """Builds a JAX step with ``config.model.conv=conv`` and prints its compile time.
+
+    When its convolutions were measured (``tuned``), also each new layer's algorithms.
+    """
+    from mlb_jax.models import conv_tune
+
+    planned = len(conv_tune.decisions())
+    step, _ = build_jax_step(
+        args.method,
+        args.base_width,
+        device_batch,
+        conv=conv,
+        conv_max_scratch=args.conv_max_scratch,
+    )
+    decisions = conv_tune.decisions()[planned:]
+    print(f"  {name} compile (trace + lower + compile): {step.compile_seconds:.1f} s", flush=True)
+    if decisions:
+        print(
+            f"    of which measuring {len(decisions)} new convolution layer shapes (cache "
+            f"{conv_tune.tuner(args.conv_max_scratch).path}):"
+        )
+    for decision in decisions:
+        print(
+            f"    {decision['layer']:40} forward {decision['forward']:8} input_grad "
+            f"{decision['input_grad']:8} kernel_grad {decision['kernel_grad']}"
+        )
+    return step
+
+
 def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
     """Compiles, times and (optionally) probes the memory of both frameworks at one shape."""
     import jax
@@ -545,36 +590,17 @@ def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
     )
     batch = make_batch(args.batch, spectrogram, frames)
     device_batch = jax_batch(batch)
-    from mlb_jax.models import conv_tune
-
-    planned = len(conv_tune.decisions())
-    jax_step, _ = build_jax_step(
-        args.method, args.base_width, device_batch, conv_max_scratch=args.conv_max_scratch
-    )
-    decisions = conv_tune.decisions()
-    print(
-        f"  JAX compile (trace + lower + compile): {jax_step.compile_seconds:.1f} s, "
-        f"{len(decisions) - planned} new convolution layer shapes planned (cache "
-        f"{conv_tune.tuner(args.conv_max_scratch).path})",
-        flush=True,
-    )
-    for decision in decisions[planned:]:
-        print(
-            f"    {decision['layer']:40} forward {decision['forward']:8} input_grad "
-            f"{decision['input_grad']:8} kernel_grad {decision['kernel_grad']}"
-        )
+    jax_step = build_and_describe(args, device_batch, args.conv)
     _, step = build_torch_step(torch, args.method, args.base_width, args.device)
     inputs = torch_batch(torch, batch, args.device)
     runners = {
         "jax": lambda: jax_step.run(device_batch),
         "pytorch": torch_runner(torch, step, inputs, args.device),
     }
-    others = {"jax-xlaconv": args.with_xla_conv and "xla", "jax-planconv": args.with_plan_conv}
-    others["jax-planconv"] = others["jax-planconv"] and "plan"
-    for name, choice in others.items():
-        if choice:
-            other, _ = build_jax_step(args.method, args.base_width, device_batch, conv=choice)
-            runners[name] = lambda other=other: other.run(device_batch)
+    for choice in ("xla", "plan", "tuned"):
+        if getattr(args, f"with_{choice}_conv"):
+            other = build_and_describe(args, device_batch, choice, f"jax-{choice}conv")
+            runners[f"jax-{choice}conv"] = lambda other=other: other.run(device_batch)
     times = alternate(runners, args.reps, args.warmup)
     for name, seconds in times.items():
         print(describe_times(name, seconds, args.batch))

@@ -148,13 +148,13 @@ def test_planned_calls_use_the_custom_gradient_and_xla_choice_is_lax():
 
 def test_resolve_follows_the_backend():
     assert conv.CHOICES == ("auto", "tuned", "plan", "xla")
-    assert conv.resolve("auto", "cpu") == "tuned"
+    assert conv.resolve("auto", "cpu") == "plan"
     assert conv.resolve("auto", "gpu") == "xla"
     assert conv.resolve("auto", "tpu") == "xla"
     assert conv.resolve("plan", "gpu") == "plan"
     assert conv.resolve("xla", "cpu") == "xla"
     assert conv.resolve("tuned", "gpu") == "tuned"
-    assert conv.resolve("auto") == ("tuned" if jax.default_backend() == "cpu" else "xla")
+    assert conv.resolve("auto") == ("plan" if jax.default_backend() == "cpu" else "xla")
 
 
 OLD_NAME_HINT = " ('im2col', the old MLB_JAX_CONV value, is now 'plan')"
@@ -163,8 +163,8 @@ OLD_NAME_HINT = " ('im2col', the old MLB_JAX_CONV value, is now 'plan')"
 @pytest.mark.parametrize(("choice", "extra"), [("fast", ""), ("im2col", OLD_NAME_HINT), (None, "")])
 def test_bad_choice_names_the_config_field(choice, extra):
     message = (
-        f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (measured per "
-        f"layer on the CPU, XLA's convolution elsewhere), 'tuned', 'plan' or 'xla'{extra}"
+        f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on the "
+        f"CPU, XLA's convolution elsewhere), 'plan', 'tuned' or 'xla'{extra}"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         conv.resolve(choice)

@@ -7,7 +7,9 @@ time a layer shape is traced, every algorithm each of its three passes can run
 (`conv.candidates`: XLA's convolution, im2col patches, shifted rows, Winograd) on this
 machine, and keeps per pass the fastest, or XLA's convolution unless another is faster by more
 than `MARGIN` (measurement noise), so that a tuned layer is never slower than XLA's by more
-than that noise. This is what ``config.model.conv='auto'`` runs on the CPU ('tuned').
+than that noise: ``config.model.conv='tuned'``. It is not what ``'auto'`` runs: on the CPUs
+measured, whole train steps under the fixed plan were faster than under the measured one
+(README, "Speed"), because a pass timed alone does not cost what it costs inside the step.
 
 Cache: one JSON file per machine key (`machine_key`: CPU model, SIMD flags, thread count,
 jax/jaxlib/mlb_jax versions and ``XLA_FLAGS``) in ``$XDG_CACHE_HOME/mlb_jax/conv_plans/``

@@ -286,8 +286,8 @@ class MultimodalClassifier(nnx.Module):
             base_width: ResNet base width (64 is the standard ResNet-18; D = 8 * base_width);
                 sequence encoders ignore it.
             conv: the ResNet encoders' convolution algorithm, ``config.model.conv``:
-                ``'auto'`` (the CPU plan of :mod:`mlb_jax.models.conv`, measured per layer, on
-                the CPU backend; XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or
+                ``'auto'`` (the CPU plan of :mod:`mlb_jax.models.conv` on the CPU backend, XLA's
+                convolution elsewhere), ``'plan'``, ``'tuned'`` (measured per layer) or
                 ``'xla'``; resolved once, here. Sequence encoders ignore it.
             conv_max_scratch: ``config.model.conv_max_scratch``, the extra scratch memory a
                 ``'tuned'`` layer may use over XLA's convolution, in multiples of its input

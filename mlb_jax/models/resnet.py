@@ -203,9 +203,9 @@ class ResNet18(nnx.Module):
         Args:
             in_channels: image channels (1 for spectrograms, 3 for RGB, 2 for optical flow).
             base_width: width of the first stage; stages have 1x, 2x, 4x, 8x this width.
-            conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (measured per layer
-                on the CPU backend, XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or
-                ``'xla'``.
+            conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (the plan on the
+                CPU backend, XLA's convolution elsewhere), ``'plan'``, ``'tuned'`` (measured per
+                layer) or ``'xla'``.
             conv_max_scratch: the memory bound of ``'tuned'``, see :class:`ConvBN`.
             rngs: parameter random streams.
 
