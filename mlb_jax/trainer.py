@@ -56,6 +56,9 @@ RESUME_MAY_DIFFER = (
     "resolved.recipe.",  # where each value came from; the values are compared in the config
     "evaluate.",  # what the end-of-run evaluation measures, not what training does
 )
+# Fields added after runs were written, with the value that reproduces those runs: a run
+# without the field resumes when this config holds that value.
+ADDED_FIELDS = {"model.conv_max_scratch": math.inf}
 # config.json's key for what the built run uses (see `resolved_settings`).
 RESOLVED_KEY = "resolved"
 # config.json's key for where the run ran (informational: never compared on resume).
@@ -228,7 +231,10 @@ def check_run_config(
         diffs = [
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
             for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_DIFFER) and not ignored(k)
+            if old.get(k) != new.get(k)
+            and not k.startswith(RESUME_MAY_DIFFER)
+            and not ignored(k)
+            and not (k not in old and k in ADDED_FIELDS and new.get(k) == ADDED_FIELDS[k])
         ]
         if diffs:
             raise RunError(

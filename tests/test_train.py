@@ -453,6 +453,23 @@ def test_incompatible_workdir_is_refused(reference_run, data_cache):
         trainer.train_and_evaluate(config, workdir)
 
 
+def test_run_written_before_a_field_existed_resumes_at_its_old_value(data_cache, tmp_path):
+    # Runs written before config.model.conv_max_scratch existed ran as if it were inf.
+    config = load_tiny(data_cache)
+    trainer.check_run_config(tmp_path, config)
+    doc = json.loads((tmp_path / "config.json").read_text())
+    assert doc["model"].pop("conv_max_scratch") == float("inf")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    trainer.check_run_config(tmp_path, config)  # accepted, and rewritten with the field
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["conv_max_scratch"] == float(
+        "inf"
+    )
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    config.model.conv_max_scratch = 2.0
+    with pytest.raises(trainer.RunError, match=r"model.conv_max_scratch: None -> 2.0"):
+        trainer.check_run_config(tmp_path, config)
+
+
 def run_cli(*args, cwd=ROOT, module="mlb_jax.train"):
     """Runs `python -m <module> *args` in `cwd`; returns the completed process (text)."""
     return subprocess.run(
