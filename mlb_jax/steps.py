@@ -151,8 +151,8 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     diagnostics: bool = False,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Builds `train_step(state, batch) -> (state, metrics)` (not yet jitted).
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Builds `train_step(state, batch, update_scale=None) -> (state, metrics)` (not jitted).
 
     Args:
       graphdef: the model's graph definition.
@@ -165,10 +165,16 @@ def make_train_step(
     Returns:
       The step. `batch` is {'inputs': {m: array}, 'label': [B], 'mask': [B]}; metrics are
       scalars: loss, its parts, fused and unimodal batch accuracy, and the balancing
-      coefficients and scores when the optimiser holds a balancing state.
+      coefficients and scores when the optimiser holds a balancing state. `update_scale`
+      (a scalar, possibly traced) multiplies the optimiser's update: every schedule, SGD and
+      Adam apply the learning rate as the last factor of the update (balancing placed after
+      them multiplies per leaf), so a scale lr' / lr trains with learning rate lr' up to
+      float32 rounding. `mlb_jax.sweep` uses it to vmap members with their own rates.
     """
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(
+        state: TrainState, batch: dict, update_scale: jax.Array | None = None
+    ) -> tuple[TrainState, dict]:
         labels = batch["label"]
 
         def losses_fn(params):
@@ -186,6 +192,8 @@ def make_train_step(
         (loss, losses, (outputs, new_rest)), grads = method.value_and_grad(losses_fn, state.params)
         update_kwargs = method.update_kwargs(outputs, labels, state.method_state)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **update_kwargs)
+        if update_scale is not None:
+            updates = jax.tree.map(lambda u: u * update_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         metrics = {f"loss/{k}": v for k, v in losses.items()}
         metrics["loss"] = loss

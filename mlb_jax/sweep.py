@@ -27,8 +27,11 @@ What differs between members: the seed (initialisation, dropout, data order) and
 ``--set=CONFIG.PATH=V1,V2,...``, float hyper-parameters (learning rate, weight decay, MLB's
 alpha and beta_max, a baseline's strength): the members are the cross product of the values
 times the seeds, in `<workdir>/<m>/<setting>/seed_<s>` (e.g. `alpha=2_lr=0.01/seed_0`), one
-table row per setting. Such members keep their own step functions (their hyper-parameters are
-constants of their optimiser and method), so they run in the 'unrolled' program only.
+table row per setting. Members differing in the learning rate only share one step under
+'vmap' (each scales its update by its rate over the first member's: exact up to rounding for
+every schedule and optimiser here); members differing in other fields keep their own step
+functions (their values are constants of their optimiser and method), so they run in the
+'unrolled' program only.
 Everything else (model, batch size, method, schedule kind) is shared: a --set field that is
 not a float is refused, naming it.
 """
@@ -42,6 +45,7 @@ import dataclasses
 import itertools
 import json
 import time
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import jax
@@ -61,6 +65,9 @@ from mlb_jax.writers import MetricWriter
 
 # How the members' train steps form one program (see `member_step`).
 PROGRAMS = ("vmap", "unrolled")
+# Settings that members may hold under 'vmap': each is a traced input of the one shared step
+# (a learning rate is a scale of the update, `mlb_jax.steps.make_train_step`).
+TRACED = ("train.lr",)
 
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
 _SET = flags.DEFINE_multi_string(
@@ -114,30 +121,37 @@ def unstack(stacked: TrainState, n: int) -> list[TrainState]:
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
 
 
-def resolve_program(program: str, varies: bool = False) -> str:
+def resolve_program(program: str, varies: Collection[str] = ()) -> str:
     """'auto' -> 'unrolled' on a CPU backend or when members' settings differ, else 'vmap'.
 
     On the CPU, XLA runs a vmapped convolution (a kernel per member: a grouped convolution)
     2-5x slower per member than the member's own step, while N unrolled steps cost about N
-    steps (benchmarks/sweep_speed.py), at N times the compile time. Members with different
-    hyper-parameters need their own steps, which only 'unrolled' has.
+    steps (benchmarks/sweep_speed.py), at N times the compile time. Members whose settings
+    differ in fields other than `TRACED` need their own steps, which only 'unrolled' has.
+
+    Args:
+      program: 'auto' or one of `PROGRAMS`.
+      varies: the config paths whose values differ between members.
 
     Raises:
-      ValueError: an unknown program, or 'vmap' for members whose settings differ.
+      ValueError: an unknown program, or 'vmap' for members that differ outside `TRACED`.
     """
     if program not in ("auto", *PROGRAMS):
         raise ValueError(f"unknown sweep program {program!r}: choose auto, {', '.join(PROGRAMS)}")
-    if program == "vmap" and varies:
+    own_steps = sorted(set(varies) - set(TRACED))
+    if program == "vmap" and own_steps:
         raise ValueError(
-            "--program=vmap runs one step for every member, so members may differ by seed "
-            "only: drop --set or use --program=unrolled"
+            "--program=vmap runs one step for every member, so members may differ by seed and "
+            f"{', '.join(TRACED)} only, not {', '.join(own_steps)}: use --program=unrolled"
         )
     if program == "auto":
-        return "unrolled" if varies or jax.default_backend() == "cpu" else "vmap"
+        return "unrolled" if own_steps or jax.default_backend() == "cpu" else "vmap"
     return program
 
 
-def member_step(train_steps: list[Any], program: str) -> Any:
+def member_step(
+    train_steps: list[Any], program: str, update_scales: Sequence[float] | None = None
+) -> Any:
     """The train steps of the members as one function on their stacked states and batches.
 
     Args:
@@ -145,12 +159,17 @@ def member_step(train_steps: list[Any], program: str) -> Any:
         every member under 'vmap' (the first is used).
       program: 'vmap' (one step over the leading run axis) or 'unrolled' (each member's own
         step side by side, on its slice; no run axis inside).
+      update_scales: 'vmap' only: member i's learning rate over the first member's, the
+        `update_scale` of its step (`mlb_jax.steps.make_train_step`); None: all 1.
 
     Returns:
       `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
     """
     if program == "vmap":
-        return jax.vmap(train_steps[0])
+        if update_scales is None:
+            return jax.vmap(train_steps[0])
+        scales = np.asarray(update_scales, np.float32)
+        return lambda stacked, batch: jax.vmap(train_steps[0])(stacked, batch, scales)
     n = len(train_steps)
 
     def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -306,7 +325,8 @@ def sweep_and_evaluate(
 
     Raises:
       ValueError: repeated seeds, a --set field that is not a float hyper-parameter, 'vmap'
-        with --set, or a method that trains nothing (compare it instead).
+        with a --set field other than `TRACED`, or a method that trains nothing (compare it
+        instead).
       RunError, DataError: as `trainer.train_and_evaluate`.
     """
     if not seeds or len(set(seeds)) != len(seeds):
@@ -327,19 +347,20 @@ def train_members(
       workdir: the directory the members' names are relative to.
       members: (run directory name, seed, setting: config path -> float) per member, as
         `plan_members` makes them (or any list: `mlb_jax.tune` names its trials).
-      program: 'vmap', 'unrolled' or 'auto' (`resolve_program`; members with settings run
-        unrolled).
+      program: 'vmap', 'unrolled' or 'auto' (`resolve_program`; members with settings other
+        than `TRACED` run unrolled).
 
     Returns:
       One results dict per member, in `members` order; a member whose results.json exists
       is read back, not trained.
 
     Raises:
-      ValueError: a setting field that is not a float hyper-parameter, 'vmap' with settings,
+      ValueError: a setting field that is not a float hyper-parameter, 'vmap' with settings
+        other than `TRACED`,
         or a method that trains nothing.
     """
     started = time.time()
-    varies = any(setting for _, _, setting in members)
+    varies = {path for _, _, setting in members for path in setting}
     program = resolve_program(program, varies=varies)
     workdir = paths.as_path(workdir)
     done = {
@@ -366,7 +387,9 @@ def train_members(
                 for path, value in setting.items():
                     recipes.set_field(cfg, path, value)
             configs.append((name, cfg))
-        opened, states = _open_members(configs, meta, workdir, recipe, share_eval=not varies)
+        # A learning rate does not change the eval step; any other setting may (MMCosine).
+        share_eval = not varies - {"train.lr"}
+        opened, states = _open_members(configs, meta, workdir, recipe, share_eval=share_eval)
         try:
             results = _train_members(opened, states, started, program)
         finally:
@@ -384,8 +407,10 @@ def _train_members(
     first = members[0].run
     cfg = first.config
     n = len(members)
+    lrs = [m.run.config.train.lr for m in members]
+    scales = [lr / lrs[0] for lr in lrs] if program == "vmap" and len(set(lrs)) > 1 else None
     train_step = jax.jit(
-        member_step([m.run.train_step for m in members], program), donate_argnums=0
+        member_step([m.run.train_step for m in members], program, scales), donate_argnums=0
     )
     timing: dict[str, float] = {}
     show = cfg.get("progress", True) and jax.process_index() == 0
@@ -471,7 +496,7 @@ def main(argv: list[str]) -> None:
         )
     try:
         sets = parse_set(_SET.value)
-        program = resolve_program(_PROGRAM.value, varies=bool(sets))
+        program = resolve_program(_PROGRAM.value, varies=set(sets))
     except ValueError as err:
         fail(str(err))
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)

@@ -88,22 +88,29 @@ def test_members_with_their_own_hyper_parameters_equal_single_runs(tmp_path, dat
     # difference can flip it), so the members follow their single runs closely. The loss of
     # step 2 already depends on the learning rate: a member running another member's rate
     # fails the 1e-5 check of the first logged steps.
+    # Both programs: 'unrolled' (each member's own step) and 'vmap' (one step, each member's
+    # update scaled by its rate over the first's).
     config = load_tiny(data_cache)
     config.method.name = "joint"
     sets = {"train.lr": [0.002, 0.005]}
-    results = sweep.sweep_and_evaluate(config, tmp_path / "sweep", [1], "auto", sets)
+    results = {
+        program: sweep.sweep_and_evaluate(config, tmp_path / program, [1], program, sets)
+        for program in ("unrolled", "vmap")
+    }
     second_losses = []
-    for (name, seed, setting), res in zip(sweep.plan_members([1], sets), results, strict=True):
+    for i, (name, seed, setting) in enumerate(sweep.plan_members([1], sets)):
         assert name == f"lr={setting['train.lr']:g}/seed_1"
         cfg = config.copy_and_resolve_references()
         cfg.seed = seed
         cfg.train.lr = setting["train.lr"]
         single_dir = tmp_path / name.replace("/", "_")
         single = trainer.train_and_evaluate(cfg, single_dir)
-        assert_member_equals_single(tmp_path / "sweep" / name, res, single_dir, single, seed)
-        stored = json.loads((tmp_path / "sweep" / name / trainer.CONFIG_FILE).read_text())
-        assert stored["train"]["lr"] == setting["train.lr"]
-        second_losses.append(read_history(tmp_path / "sweep" / name)["steps"][1]["train/loss"])
+        for program, res in results.items():
+            member_dir = tmp_path / program / name
+            assert_member_equals_single(member_dir, res[i], single_dir, single, seed)
+            stored = json.loads((member_dir / trainer.CONFIG_FILE).read_text())
+            assert stored["train"]["lr"] == setting["train.lr"]
+        second_losses.append(read_history(tmp_path / "vmap" / name)["steps"][1]["train/loss"])
     assert second_losses[0] != second_losses[1]
 
 
@@ -119,9 +126,11 @@ def test_set_values_are_checked_before_anything_trains(tmp_path):
         sweep.check_sets(config, {"train.batch_size": [8.0, 16.0]})
     with pytest.raises(ValueError, match=r"the config has no field config.train.lrr"):
         sweep.check_sets(config, {"train.lrr": [0.1]})
-    with pytest.raises(ValueError, match=r"--program=vmap runs one step for every member"):
-        sweep.resolve_program("vmap", varies=True)
-    assert sweep.resolve_program("auto", varies=True) == "unrolled"
+    message = r"members may differ by seed and train.lr only, not method.alpha: use --program"
+    with pytest.raises(ValueError, match=message):
+        sweep.resolve_program("vmap", varies={"train.lr", "method.alpha"})
+    assert sweep.resolve_program("vmap", varies={"train.lr"}) == "vmap"
+    assert sweep.resolve_program("auto", varies={"method.alpha"}) == "unrolled"
     assert [m[0] for m in sweep.plan_members([0, 1], {"train.lr": [0.1, 0.2]})] == [
         "lr=0.1/seed_0",
         "lr=0.1/seed_1",
