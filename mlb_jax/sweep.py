@@ -16,7 +16,9 @@ steps side by side ('unrolled') on the CPU, where XLA's vmapped convolutions are
 per member (`resolve_program`, benchmarks/sweep_speed.py). Each member's batches come in the
 order its seed gives in a single run: the cached split is decoded once and shared, and each
 step holds N batches on the devices (N x batch x example size). The run axis stays whole on
-every device; the batch dimension is sharded over the ('data',) mesh as in a single run. Per
+every device and the batch dimension is sharded over the ('data',) mesh as in a single run;
+with ``--run_shards=R`` (vmap) the devices form an R x (devices / R) ('runs', 'data') mesh
+instead, each group training N / R members on batches sharded over its own devices. Per
 epoch, every member is validated, runs its method's end-of-epoch hook (MSLR, PMR, AGM,
 ReconBoost keep per-member state) and is checkpointed on its own. Early stopping ends a
 member's epochs and keeps its best checkpoint; its steps go on inside the program, their
@@ -76,6 +78,12 @@ _SET = flags.DEFINE_multi_string(
     "CONFIG.PATH=V1,V2,...: a float hyper-parameter's values; the members are their cross "
     "product times the seeds, e.g. --set=method.alpha=0.5,1,2 --set=train.lr=0.01,0.02",
 )
+_RUN_SHARDS = flags.DEFINE_integer(
+    "run_shards",
+    1,
+    "vmap only: split the members over this many groups of devices (a ('runs', 'data') mesh: "
+    "each group trains N / run_shards members, its batch sharded over the group's devices)",
+)
 _PROGRAM = flags.DEFINE_enum(
     "program",
     "auto",
@@ -111,9 +119,38 @@ class Member:
 
 
 def stack(states: list[TrainState], mesh: jax.sharding.Mesh) -> TrainState:
-    """The members' states on a leading run axis [N, ...], replicated over `mesh`."""
+    """The members' states on a leading run axis [N, ...].
+
+    Split over the mesh's 'runs' axis when it has one (`run_mesh`), else replicated.
+    """
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    return jax.device_put(stacked, jax.NamedSharding(mesh, jax.P()))
+    spec = jax.P("runs") if "runs" in mesh.axis_names else jax.P()
+    return jax.device_put(stacked, jax.NamedSharding(mesh, spec))
+
+
+def run_mesh(mesh: jax.sharding.Mesh, run_shards: int, members: int) -> jax.sharding.Mesh:
+    """The ('runs', 'data') mesh of a sweep over `mesh`'s devices (`mesh` itself for 1 shard).
+
+    Args:
+      mesh: the members' ('data',) mesh (`trainer.make_mesh`).
+      run_shards: groups of devices; each trains members / run_shards members.
+      members: N.
+
+    Raises:
+      ValueError: naming --run_shards, when it does not divide N or the device count.
+    """
+    if run_shards == 1:
+        return mesh
+    devices = np.asarray(mesh.devices).reshape(-1)
+    if run_shards < 1 or members % run_shards or devices.size % run_shards:
+        raise ValueError(
+            f"--run_shards={run_shards} must divide the members ({members}) and the devices "
+            f"({devices.size})"
+        )
+    auto = jax.sharding.AxisType.Auto
+    return jax.sharding.Mesh(
+        devices.reshape(run_shards, -1), ("runs", "data"), axis_types=(auto, auto)
+    )
 
 
 def unstack(stacked: TrainState, n: int) -> list[TrainState]:
@@ -150,7 +187,10 @@ def resolve_program(program: str, varies: Collection[str] = ()) -> str:
 
 
 def member_step(
-    train_steps: list[Any], program: str, update_scales: Sequence[float] | None = None
+    train_steps: list[Any],
+    program: str,
+    update_scales: Sequence[float] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Any:
     """The train steps of the members as one function on their stacked states and batches.
 
@@ -161,16 +201,33 @@ def member_step(
         step side by side, on its slice; no run axis inside).
       update_scales: 'vmap' only: member i's learning rate over the first member's, the
         `update_scale` of its step (`mlb_jax.steps.make_train_step`); None: all 1.
+      mesh: 'vmap' only: a mesh with a 'runs' axis (`run_mesh`) splits the members over its
+        device groups (each group's batch partitioned over its 'data' devices).
 
     Returns:
       `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
     """
-    if program == "vmap":
-        if update_scales is None:
-            return jax.vmap(train_steps[0])
-        scales = np.asarray(update_scales, np.float32)
-        return lambda stacked, batch: jax.vmap(train_steps[0])(stacked, batch, scales)
     n = len(train_steps)
+    if program == "vmap":
+        step = jax.vmap(train_steps[0])
+        if mesh is not None and "runs" in mesh.axis_names:
+            # Each device group runs its own members' vmapped steps (jax.shard_map, manual
+            # over 'runs' only). Left to XLA's partitioner, vmapped 1x1 convolutions with the
+            # run axis sharded came out wrong (jax 0.10.2 CPU: off by O(10) on 1x1 and 4x4
+            # maps), so the members are never split inside an operation.
+            scales = np.asarray(update_scales or [1.0] * n, np.float32)
+            split = jax.shard_map(
+                step,
+                mesh=mesh,
+                in_specs=jax.P("runs"),
+                out_specs=jax.P("runs"),
+                axis_names={"runs"},
+            )
+            return lambda stacked, batch: split(stacked, batch, scales)
+        if update_scales is None:
+            return step
+        scales = np.asarray(update_scales, np.float32)
+        return lambda stacked, batch: step(stacked, batch, scales)
 
     def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
         members = unstack((stacked, batch), n)
@@ -306,6 +363,7 @@ def sweep_and_evaluate(
     seeds: list[int],
     program: str = "auto",
     sets: dict[str, list[float]] | None = None,
+    run_shards: int = 1,
 ) -> list[dict]:
     """Trains the members (seeds x --set values) as one program; each is an ordinary run.
 
@@ -318,6 +376,8 @@ def sweep_and_evaluate(
         (`resolve_program`).
       sets: config path -> values of float hyper-parameters (`parse_set`); their cross
         product times the seeds are the members.
+      run_shards: 'vmap' only: the members split over this many groups of devices
+        (`run_mesh`); 1 keeps every member on every device.
 
     Returns:
       One results dict per member (as `trainer.train_and_evaluate` returns), in
@@ -331,7 +391,7 @@ def sweep_and_evaluate(
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds={seeds}: a sweep needs distinct seeds")
-    return train_members(config, workdir, plan_members(seeds, sets), program)
+    return train_members(config, workdir, plan_members(seeds, sets), program, run_shards)
 
 
 def train_members(
@@ -339,6 +399,7 @@ def train_members(
     workdir: paths.PathLike,
     members: list[tuple[str, int, dict[str, float]]],
     program: str = "auto",
+    run_shards: int = 1,
 ) -> list[dict]:
     """Trains explicit members as one program; each is an ordinary run directory.
 
@@ -349,6 +410,7 @@ def train_members(
         `plan_members` makes them (or any list: `mlb_jax.tune` names its trials).
       program: 'vmap', 'unrolled' or 'auto' (`resolve_program`; members with settings other
         than `TRACED` run unrolled).
+      run_shards: see `sweep_and_evaluate`.
 
     Returns:
       One results dict per member, in `members` order; a member whose results.json exists
@@ -362,6 +424,11 @@ def train_members(
     started = time.time()
     varies = {path for _, _, setting in members for path in setting}
     program = resolve_program(program, varies=varies)
+    if run_shards != 1 and program != "vmap":
+        raise ValueError(
+            f"--run_shards={run_shards} splits the run axis of the vmapped program: use "
+            "--program=vmap (members that differ only by seed and train.lr)"
+        )
     workdir = paths.as_path(workdir)
     done = {
         name: json.loads((workdir / name / trainer.RESULTS_FILE).read_text())
@@ -389,9 +456,12 @@ def train_members(
             configs.append((name, cfg))
         # A learning rate does not change the eval step; any other setting may (MMCosine).
         share_eval = not varies - {"train.lr"}
+        mesh = run_mesh(
+            trainer.make_mesh(config.train.get("num_devices", 0)), run_shards, len(todo)
+        )
         opened, states = _open_members(configs, meta, workdir, recipe, share_eval=share_eval)
         try:
-            results = _train_members(opened, states, started, program)
+            results = _train_members(opened, states, started, program, mesh)
         finally:
             for m in opened:
                 m.writer.close()
@@ -401,16 +471,26 @@ def train_members(
 
 
 def _train_members(
-    members: list[Member], states: list[TrainState], started: float, program: str
+    members: list[Member],
+    states: list[TrainState],
+    started: float,
+    program: str,
+    mesh: jax.sharding.Mesh,
 ) -> list[dict]:
-    """The epochs of every member in one train-step program, then each member's results."""
+    """The epochs of every member in one train-step program, then each member's results.
+
+    `mesh` holds the stacked states and batches (`run_mesh`); each member's own state is
+    replicated over its run's mesh between epochs, where its validation runs.
+    """
     first = members[0].run
+    replicated = jax.NamedSharding(first.mesh, jax.P())
     cfg = first.config
     n = len(members)
     lrs = [m.run.config.train.lr for m in members]
     scales = [lr / lrs[0] for lr in lrs] if program == "vmap" and len(set(lrs)) > 1 else None
     train_step = jax.jit(
-        member_step([m.run.train_step for m in members], program, scales), donate_argnums=0
+        member_step([m.run.train_step for m in members], program, scales, mesh),
+        donate_argnums=0,
     )
     timing: dict[str, float] = {}
     show = cfg.get("progress", True) and jax.process_index() == 0
@@ -422,7 +502,7 @@ def _train_members(
             break
         start = time.time()
         step = int(states[0].step)
-        stacked = stack(states, first.mesh)
+        stacked = stack(states, mesh)
         step_metrics = []
         batches = zip(*(trainer.epoch_batches(m.run, epoch) for m in members), strict=True)
         bar = tqdm(
@@ -435,16 +515,14 @@ def _train_members(
         for member_batches in bar:
             batch = jax.tree.map(lambda *xs: np.stack(xs), *member_batches)
             step_start = time.time()
-            stacked, metrics = train_step(
-                stacked, pipeline.to_global(batch, first.mesh, run_axis=True)
-            )
+            stacked, metrics = train_step(stacked, pipeline.to_global(batch, mesh, run_axis=True))
             step += 1
             if not timing:
                 jax.block_until_ready(metrics)
                 timing["first_step_seconds"] = time.time() - step_start
             step_metrics.append(metrics)
         fetched = jax.device_get(step_metrics)  # every step's [N] scalars, one transfer
-        states = unstack(stacked, n)
+        states = [jax.device_put(s, replicated) for s in unstack(stacked, n)]
         for i, m in enumerate(members):
             if m.stopped is not None:
                 continue  # its steps ran masked: nothing of them is kept
@@ -497,6 +575,11 @@ def main(argv: list[str]) -> None:
     try:
         sets = parse_set(_SET.value)
         program = resolve_program(_PROGRAM.value, varies=set(sets))
+        if _RUN_SHARDS.value != 1 and program != "vmap":
+            raise ValueError(
+                f"--run_shards={_RUN_SHARDS.value} splits the run axis of the vmapped program: "
+                "use --program=vmap (members that differ only by seed and train.lr)"
+            )
     except ValueError as err:
         fail(str(err))
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
@@ -514,7 +597,9 @@ def main(argv: list[str]) -> None:
                 f"{workdir / method}",
                 flush=True,
             )
-            runs = sweep_and_evaluate(cfg, workdir / method, seeds, program, sets)
+            runs = sweep_and_evaluate(
+                cfg, workdir / method, seeds, program, sets, _RUN_SHARDS.value
+            )
             for (_, _, setting), res in zip(plan, runs, strict=True):
                 row = f"{method} {setting_name(setting)}" if setting else method
                 results.setdefault(row, []).append(res)

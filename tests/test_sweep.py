@@ -171,6 +171,35 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, mon
     assert sweep.sweep_and_evaluate(config, tmp_path, seeds) == resumed
 
 
+@pytest.mark.parametrize("swept", ["mlb"], indirect=True)
+def test_members_split_over_device_groups_equal_the_replicated_sweep(swept, tmp_path, monkeypatch):
+    # Two members over a ('runs', 'data') mesh of 2 x 4 devices: each group trains one member
+    # on its batch sharded over 4 devices; the results are the replicated sweep's.
+    config, sweep_dir, results, _ = swept
+    specs = []
+    real_stack = sweep.stack
+
+    def spy(states, mesh):
+        stacked = real_stack(states, mesh)
+        leaf = jax.tree.leaves(stacked.params)[0]
+        specs.append((dict(mesh.shape), leaf.sharding.spec, len(leaf.addressable_shards)))
+        return stacked
+
+    monkeypatch.setattr(sweep, "stack", spy)
+    seeds = SEEDS["mlb"][:2]
+    split = sweep.sweep_and_evaluate(config, tmp_path, seeds, "vmap", run_shards=2)
+    assert specs[0] == ({"runs": 2, "data": 4}, jax.P("runs"), 8)
+    for seed, res, ref in zip(seeds, split, results[:2], strict=True):
+        assert_member_equals_single(
+            tmp_path / f"seed_{seed}", res, sweep_dir / f"seed_{seed}", ref, seed
+        )
+    with pytest.raises(ValueError, match=r"--run_shards=3 must divide the members \(2\)"):
+        sweep.sweep_and_evaluate(config, tmp_path / "bad", [5, 6], "vmap", run_shards=3)
+    with pytest.raises(ValueError, match=r"--run_shards=2 splits the run axis of the vmapped"):
+        sweep.sweep_and_evaluate(config, tmp_path / "bad", [5, 6], "unrolled", run_shards=2)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_repeated_seeds_and_unswept_methods_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"--seeds=\[0, 0\]: a sweep needs distinct seeds"):
         sweep.sweep_and_evaluate(load_tiny(tmp_path), tmp_path, [0, 0])

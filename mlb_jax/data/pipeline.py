@@ -336,10 +336,11 @@ def to_global(
 
     Args:
         batch: This process's batch (any pytree of numpy arrays with the batch dimension first).
-        mesh: A mesh with a ``'data'`` axis; other axes hold replicas of the batch.
+        mesh: A mesh with a ``'data'`` axis; other axes hold replicas of the batch, but for a
+            ``'runs'`` axis with ``run_axis``.
         run_axis: The leaves have a leading run axis (the members of a sweep, each member's
-            batch stacked: [N, B, ...]); it stays whole on every device and dimension 1 is the
-            batch dimension.
+            batch stacked: [N, B, ...]), split over the mesh's ``'runs'`` axis if it has one
+            (else whole on every device); dimension 1 is the batch dimension.
 
     Returns:
         The same pytree of ``jax.Array``, global batch = local batch x process count, the batch
@@ -357,7 +358,8 @@ def to_global(
             f"global batch {global_rows} does not split over the {mesh.shape['data']} devices "
             "of the 'data' axis: use a batch size divisible by it"
         )
-    sharding = jax.NamedSharding(mesh, jax.P(None, "data") if run_axis else jax.P("data"))
+    runs = "runs" if "runs" in mesh.shape else None
+    sharding = jax.NamedSharding(mesh, jax.P(runs, "data") if run_axis else jax.P("data"))
     return jax.tree.map(
         lambda local: jax.make_array_from_process_local_data(sharding, local), batch
     )
