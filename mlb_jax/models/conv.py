@@ -453,48 +453,6 @@ _FORWARD_MODE_HELP = (
 )
 
 
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
-) -> jax.Array:
-    """``lax.conv_general_dilated`` with a per-layer, per-pass algorithm (see module doc).
-
-    Args and return: as ``jax.lax.conv_general_dilated``. 2-D NHWC/HWIO float32 convolutions
-    with explicit padding pairs, no dilation, one group, default precision and no output
-    sharding follow `plan`; every other call, and every call whose plan is `ALL_XLA`, is
-    forwarded to ``lax.conv_general_dilated`` unchanged (the same operation).
-
-    Raises:
-        TypeError: naming ``config.model.conv='xla'``, when a planned call is differentiated in
-            forward mode (reached eagerly or under ``vmap``; see the module doc).
-    """
-    return apply_planner(
-        plan,
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
-    )
-
-
 def apply_planner(
     planner: Callable[..., Plan],
     lhs: jax.Array,
@@ -577,3 +535,12 @@ def apply_planner(
         if "forward-mode" in str(error):
             raise TypeError(_FORWARD_MODE_HELP) from error
         raise
+
+
+# `lax.conv_general_dilated` with `plan`'s per-layer, per-pass algorithms (see module doc):
+# 2-D NHWC/HWIO float32 convolutions with explicit padding pairs, no dilation, one group,
+# default precision and no output sharding follow `plan`; every other call, and every call
+# whose plan is `ALL_XLA`, is `lax.conv_general_dilated` unchanged (the same operation).
+# Raises TypeError naming config.model.conv='xla' when a planned call is differentiated in
+# forward mode (reached eagerly or under vmap; see the module doc).
+conv_general_dilated = functools.partial(apply_planner, plan)

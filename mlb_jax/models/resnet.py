@@ -251,10 +251,11 @@ class _PooledResNet(nnx.Module):
     """A ResNet-18 trunk with the input checks and pooling left to the subclass."""
 
     DEFAULT_NAME = ""
+    DEFAULT_IN_CHANNELS = 1
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | None = None,
         *,
         base_width: int = 64,
         conv: str = "auto",
@@ -265,13 +266,16 @@ class _PooledResNet(nnx.Module):
         """Builds the encoder.
 
         Args:
-            in_channels: input channels (1 for a spectrogram, 3 for RGB, 2 for optical flow).
+            in_channels: input channels (1 for a spectrogram, 3 for RGB, 2 for optical flow);
+                None: the class's ``DEFAULT_IN_CHANNELS``.
             base_width: ResNet base width; the feature width is ``8 * base_width``.
             conv: convolution algorithm, see :class:`ResNet18`.
             conv_max_scratch: memory bound of ``'tuned'``, see :class:`ResNet18`.
             name: modality name, used in error messages.
             rngs: parameter random streams.
         """
+        if in_channels is None:
+            in_channels = self.DEFAULT_IN_CHANNELS
         self.resnet = ResNet18(
             in_channels,
             base_width=base_width,
@@ -296,26 +300,7 @@ class AudioEncoder(_PooledResNet):
     """
 
     DEFAULT_NAME = "audio"
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        *,
-        base_width: int = 64,
-        conv: str = "auto",
-        conv_max_scratch: float = math.inf,
-        name: str = "",
-        rngs: nnx.Rngs,
-    ):
-        """Builds the encoder (see `_PooledResNet`); 1 channel for a magnitude spectrogram."""
-        super().__init__(
-            in_channels,
-            base_width=base_width,
-            conv=conv,
-            conv_max_scratch=conv_max_scratch,
-            name=name,
-            rngs=rngs,
-        )
+    DEFAULT_IN_CHANNELS = 1  # a magnitude spectrogram
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of spectrograms.
@@ -355,26 +340,7 @@ class VideoEncoder(_PooledResNet):
     """
 
     DEFAULT_NAME = "video"
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        *,
-        base_width: int = 64,
-        conv: str = "auto",
-        conv_max_scratch: float = math.inf,
-        name: str = "",
-        rngs: nnx.Rngs,
-    ):
-        """Builds the encoder (see `_PooledResNet`); 3 channels for RGB, 2 for optical flow."""
-        super().__init__(
-            in_channels,
-            base_width=base_width,
-            conv=conv,
-            conv_max_scratch=conv_max_scratch,
-            name=name,
-            rngs=rngs,
-        )
+    DEFAULT_IN_CHANNELS = 3  # RGB; 2 for optical flow
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Encodes a batch of clips.
