@@ -193,7 +193,7 @@ def make_train_step(
         update_kwargs = method.update_kwargs(outputs, labels, state.method_state)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **update_kwargs)
         if update_scale is not None:
-            updates = jax.tree.map(lambda u: u * update_scale.astype(u.dtype), updates)
+            updates = jax.tree.map(lambda u: u * jnp.asarray(update_scale, u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         metrics = {f"loss/{k}": v for k, v in losses.items()}
         metrics["loss"] = loss

@@ -215,7 +215,7 @@ def member_step(
             # over 'runs' only). Left to XLA's partitioner, vmapped 1x1 convolutions with the
             # run axis sharded came out wrong (jax 0.10.2 CPU: off by O(10) on 1x1 and 4x4
             # maps), so the members are never split inside an operation.
-            scales = np.asarray(update_scales or [1.0] * n, np.float32)
+            scales = np.asarray([1.0] * n if update_scales is None else update_scales, np.float32)
             split = jax.shard_map(
                 step,
                 mesh=mesh,

@@ -229,8 +229,8 @@ class Tuner:
         """This machine's cache file."""
         return cache_file(self.cache_dir, machine_key())
 
-    def _read(self) -> dict[str, Any]:
-        """The cache file's layers; {} with a warning when it is unusable."""
+    def _read(self, quiet: bool = False) -> dict[str, Any]:
+        """The cache file's layers; {} (with a warning unless `quiet`) when it is unusable."""
         path = self.path
         if not path.exists():
             return {}
@@ -245,6 +245,8 @@ class Tuner:
                         float(value["ms"]), int(value["scratch_bytes"])
             return layers
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            if quiet:
+                return {}
             warnings.warn(
                 f"convolution plan cache {path} ignored ({type(error).__name__}: {error}); "
                 "layers are measured again and the file is rewritten",
@@ -279,7 +281,7 @@ class Tuner:
                 x_shape, kernel_shape, strides, padding, reps=self.reps, budget_s=self.budget_s
             )
             # Merge with what other processes may have written meanwhile.
-            self._layers = {**self._read(), **self._layers, name: measured}
+            self._layers = {**self._read(quiet=True), **self._layers, name: measured}
             self._write(self._layers)
             if self.log is not None:
                 self.log(
