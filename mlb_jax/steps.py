@@ -169,11 +169,16 @@ def make_train_step(
       (a scalar, possibly traced) multiplies the optimiser's update: every schedule, SGD and
       Adam apply the learning rate as the last factor of the update (balancing placed after
       them multiplies per leaf), so a scale lr' / lr trains with learning rate lr' up to
-      float32 rounding. `mlb_jax.sweep` uses it to vmap members with their own rates.
+      float32 rounding. `update_args` are extra arguments of the optimiser's update (e.g.
+      MLB's `mlb_alpha`, `mlb_beta_max`, see `mlb_jax.balancing.mlb_rule`). `mlb_jax.sweep`
+      uses both to vmap members with their own learning rates and MLB settings.
     """
 
     def train_step(
-        state: TrainState, batch: dict, update_scale: jax.Array | None = None
+        state: TrainState,
+        batch: dict,
+        update_scale: jax.Array | None = None,
+        update_args: dict[str, jax.Array] | None = None,
     ) -> tuple[TrainState, dict]:
         labels = batch["label"]
 
@@ -190,7 +195,10 @@ def make_train_step(
             return losses, (outputs, new_rest)
 
         (loss, losses, (outputs, new_rest)), grads = method.value_and_grad(losses_fn, state.params)
-        update_kwargs = method.update_kwargs(outputs, labels, state.method_state)
+        update_kwargs = {
+            **method.update_kwargs(outputs, labels, state.method_state),
+            **(update_args or {}),
+        }
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **update_kwargs)
         if update_scale is not None:
             updates = jax.tree.map(lambda u: u * jnp.asarray(update_scale, u.dtype), updates)

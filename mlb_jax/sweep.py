@@ -29,11 +29,12 @@ What differs between members: the seed (initialisation, dropout, data order) and
 ``--set=CONFIG.PATH=V1,V2,...``, float hyper-parameters (learning rate, weight decay, MLB's
 alpha and beta_max, a baseline's strength): the members are the cross product of the values
 times the seeds, in `<workdir>/<m>/<setting>/seed_<s>` (e.g. `alpha=2_lr=0.01/seed_0`), one
-table row per setting. Members differing in the learning rate only share one step under
-'vmap' (each scales its update by its rate over the first member's: exact up to rounding for
-every schedule and optimiser here); members differing in other fields keep their own step
-functions (their values are constants of their optimiser and method), so they run in the
-'unrolled' program only.
+table row per setting. Members differing only in the learning rate and MLB's alpha and
+beta_max share one step under 'vmap' (each scales its update by its rate over the first
+member's, exact up to rounding for every schedule and optimiser here, and hands its alpha and
+beta_max to MLB's update); members differing in other fields keep their own step functions
+(their values are constants of their optimiser and method), so they run in the 'unrolled'
+program only.
 Everything else (model, batch size, method, schedule kind) is shared: a --set field that is
 not a float is refused, naming it.
 """
@@ -68,8 +69,11 @@ from mlb_jax.writers import MetricWriter
 # How the members' train steps form one program (see `member_step`).
 PROGRAMS = ("vmap", "unrolled")
 # Settings that members may hold under 'vmap': each is a traced input of the one shared step
-# (a learning rate is a scale of the update, `mlb_jax.steps.make_train_step`).
-TRACED = ("train.lr",)
+# (a learning rate is a scale of the update, `mlb_jax.steps.make_train_step`; MLB's alpha and
+# beta_max, the top-level method fields only MLB reads, are extra arguments of its update).
+TRACED = ("train.lr", "method.alpha", "method.beta_max")
+# The update's extra argument carrying each traced MLB field (`mlb_jax.balancing.mlb_rule`).
+_UPDATE_ARGS = {"alpha": "mlb_alpha", "beta_max": "mlb_beta_max"}
 
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
 _SET = flags.DEFINE_multi_string(
@@ -191,6 +195,7 @@ def member_step(
     program: str,
     update_scales: Sequence[float] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    update_args: dict[str, Sequence[float]] | None = None,
 ) -> Any:
     """The train steps of the members as one function on their stacked states and batches.
 
@@ -203,6 +208,8 @@ def member_step(
         `update_scale` of its step (`mlb_jax.steps.make_train_step`); None: all 1.
       mesh: 'vmap' only: a mesh with a 'runs' axis (`run_mesh`) splits the members over its
         device groups (each group's batch partitioned over its 'data' devices).
+      update_args: 'vmap' only: extra argument of the optimiser's update -> member i's value
+        (`update_args` of `mlb_jax.steps.make_train_step`, e.g. {'mlb_alpha': [0.5, 2]}).
 
     Returns:
       `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
@@ -210,24 +217,24 @@ def member_step(
     n = len(train_steps)
     if program == "vmap":
         step = jax.vmap(train_steps[0])
-        if mesh is not None and "runs" in mesh.axis_names:
+        split_runs = mesh is not None and "runs" in mesh.axis_names
+        if update_scales is None and update_args is None and not split_runs:
+            return step
+        scales = np.asarray([1.0] * n if update_scales is None else update_scales, np.float32)
+        args = {k: np.asarray(v, np.float32) for k, v in (update_args or {}).items()}
+        if split_runs:
             # Each device group runs its own members' vmapped steps (jax.shard_map, manual
             # over 'runs' only). Left to XLA's partitioner, vmapped 1x1 convolutions with the
             # run axis sharded came out wrong (jax 0.10.2 CPU: off by O(10) on 1x1 and 4x4
             # maps), so the members are never split inside an operation.
-            scales = np.asarray([1.0] * n if update_scales is None else update_scales, np.float32)
-            split = jax.shard_map(
+            step = jax.shard_map(
                 step,
                 mesh=mesh,
                 in_specs=jax.P("runs"),
                 out_specs=jax.P("runs"),
                 axis_names={"runs"},
             )
-            return lambda stacked, batch: split(stacked, batch, scales)
-        if update_scales is None:
-            return step
-        scales = np.asarray(update_scales, np.float32)
-        return lambda stacked, batch: step(stacked, batch, scales)
+        return lambda stacked, batch: step(stacked, batch, scales, args)
 
     def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
         members = unstack((stacked, batch), n)
@@ -488,8 +495,17 @@ def _train_members(
     n = len(members)
     lrs = [m.run.config.train.lr for m in members]
     scales = [lr / lrs[0] for lr in lrs] if program == "vmap" and len(set(lrs)) > 1 else None
+    update_args = {}
+    for field, arg in _UPDATE_ARGS.items():
+        values = [getattr(m.run.method, field, None) for m in members]
+        if program == "vmap" and len(set(values)) > 1:
+            if first.method.name != "mlb":  # only MLB reads config.method.alpha / beta_max
+                raise ValueError(f"method.{field} differs between {first.method.name} members")
+            update_args[arg] = values
     train_step = jax.jit(
-        member_step([m.run.train_step for m in members], program, scales, mesh),
+        member_step(
+            [m.run.train_step for m in members], program, scales, mesh, update_args or None
+        ),
         donate_argnums=0,
     )
     timing: dict[str, float] = {}

@@ -199,6 +199,32 @@ def test_inject_hyperparams_controls_alpha_and_beta():
     )
 
 
+def test_update_arguments_replace_alpha_and_beta_per_member_under_vmap():
+    # Two members of one vmapped update, built with alpha=1, beta_max=10, hand their own
+    # mlb_alpha / mlb_beta_max: each equals a transform built with its values.
+    params = make_params()
+    masks = make_masks(params)
+    grads = grads_like(params)
+    tx = mlb_gradient_transform(masks, alpha=1.0, beta_max=10.0)
+    state = tx.init(params)
+    own = {"mlb_alpha": jnp.asarray([0.5, 2.0]), "mlb_beta_max": jnp.asarray([10.0, 3.0])}
+
+    def member(extra):
+        return tx.update(grads, state, params, modality_scores=SCORES, **extra)[0]
+
+    both = jax.jit(jax.vmap(member))(own)
+    for i, (alpha, beta_max) in enumerate([(0.5, 10.0), (2.0, 3.0)]):
+        built = mlb_gradient_transform(masks, alpha=alpha, beta_max=beta_max)
+        want = built.update(grads, built.init(params), params, modality_scores=SCORES)[0]
+        for got, ref in zip(jax.tree.leaves(both), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got[i], ref, rtol=1e-6)
+    # video leads (r = 2): k = 1 + (beta_max - 1) tanh(alpha)
+    k_video = both["encoders"]["video"]["w"] / grads["encoders"]["video"]["w"]
+    np.testing.assert_allclose(
+        k_video[:, 0, 0], [1 + 9 * math.tanh(0.5), 1 + 2 * math.tanh(2.0)], rtol=1e-6
+    )
+
+
 def test_alpha_schedule_is_evaluated_at_the_update_count():
     params = make_params()
     # alpha = 0 on the first update (k = 1), 1 afterwards.

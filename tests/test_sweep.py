@@ -88,30 +88,52 @@ def test_members_with_their_own_hyper_parameters_equal_single_runs(tmp_path, dat
     # difference can flip it), so the members follow their single runs closely. The loss of
     # step 2 already depends on the learning rate: a member running another member's rate
     # fails the 1e-5 check of the first logged steps.
-    # Both programs: 'unrolled' (each member's own step) and 'vmap' (one step, each member's
-    # update scaled by its rate over the first's).
     config = load_tiny(data_cache)
     config.method.name = "joint"
     sets = {"train.lr": [0.002, 0.005]}
-    results = {
-        program: sweep.sweep_and_evaluate(config, tmp_path / program, [1], program, sets)
-        for program in ("unrolled", "vmap")
-    }
+    results = sweep.sweep_and_evaluate(config, tmp_path / "sweep", [1], "unrolled", sets)
     second_losses = []
-    for i, (name, seed, setting) in enumerate(sweep.plan_members([1], sets)):
+    for (name, seed, setting), res in zip(sweep.plan_members([1], sets), results, strict=True):
         assert name == f"lr={setting['train.lr']:g}/seed_1"
         cfg = config.copy_and_resolve_references()
         cfg.seed = seed
         cfg.train.lr = setting["train.lr"]
         single_dir = tmp_path / name.replace("/", "_")
         single = trainer.train_and_evaluate(cfg, single_dir)
-        for program, res in results.items():
-            member_dir = tmp_path / program / name
-            assert_member_equals_single(member_dir, res[i], single_dir, single, seed)
-            stored = json.loads((member_dir / trainer.CONFIG_FILE).read_text())
-            assert stored["train"]["lr"] == setting["train.lr"]
-        second_losses.append(read_history(tmp_path / "vmap" / name)["steps"][1]["train/loss"])
+        assert_member_equals_single(tmp_path / "sweep" / name, res, single_dir, single, seed)
+        stored = json.loads((tmp_path / "sweep" / name / trainer.CONFIG_FILE).read_text())
+        assert stored["train"]["lr"] == setting["train.lr"]
+        second_losses.append(read_history(tmp_path / "sweep" / name)["steps"][1]["train/loss"])
     assert second_losses[0] != second_losses[1]
+
+
+def test_members_with_their_own_lr_alpha_and_beta_share_the_vmapped_step(tmp_path, data_cache):
+    # The learning rate (a scale of the update) and MLB's alpha and beta_max (arguments of its
+    # update) reach the one vmapped step per member: its members equal the unrolled program's,
+    # where each member's optimiser and method hold their own values (and which the test above
+    # checks against single runs).
+    config = load_tiny(data_cache)
+    members = [
+        ("a", 3, {"train.lr": 0.005, "method.alpha": 0.5, "method.beta_max": 4.0}),
+        ("b", 3, {"train.lr": 0.004, "method.alpha": 0.25, "method.beta_max": 2.0}),
+    ]
+    varies = {"train.lr", "method.alpha", "method.beta_max"}
+    assert sweep.resolve_program("vmap", varies=varies) == "vmap"
+    results = {
+        program: sweep.train_members(config, tmp_path / program, members, program)
+        for program in ("unrolled", "vmap")
+    }
+    for i, (name, seed, _) in enumerate(members):
+        assert_member_equals_single(
+            tmp_path / "vmap" / name,
+            results["vmap"][i],
+            tmp_path / "unrolled" / name,
+            results["unrolled"][i],
+            seed,
+        )
+    # Same seed and data: only the settings tell the members apart.
+    k = [read_history(tmp_path / "vmap" / n)["steps"][1]["train/k/video"] for n, _, _ in members]
+    assert k[0] != pytest.approx(k[1], rel=1e-3)
 
 
 def test_set_values_are_checked_before_anything_trains(tmp_path):
@@ -126,9 +148,9 @@ def test_set_values_are_checked_before_anything_trains(tmp_path):
         sweep.check_sets(config, {"train.batch_size": [8.0, 16.0]})
     with pytest.raises(ValueError, match=r"the config has no field config.train.lrr"):
         sweep.check_sets(config, {"train.lrr": [0.1]})
-    message = r"members may differ by seed and train.lr only, not method.alpha: use --program"
+    message = r"members may differ by seed and .*method.beta_max only, not train.momentum: use"
     with pytest.raises(ValueError, match=message):
-        sweep.resolve_program("vmap", varies={"train.lr", "method.alpha"})
+        sweep.resolve_program("vmap", varies={"train.lr", "train.momentum"})
     assert sweep.resolve_program("vmap", varies={"train.lr"}) == "vmap"
     assert sweep.resolve_program("auto", varies={"method.alpha"}) == "unrolled"
     assert [m[0] for m in sweep.plan_members([0, 1], {"train.lr": [0.1, 0.2]})] == [

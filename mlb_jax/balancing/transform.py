@@ -50,7 +50,9 @@ def mlb_rule(
         step's scores, as the paper). The first update has no history and uses its scores.
 
     Returns:
-      A `Rule` reading the extra argument `modality_scores` (modality -> scalar score).
+      A `Rule` reading the extra argument `modality_scores` (modality -> scalar score), and
+      the optional `mlb_alpha` / `mlb_beta_max` (scalars, possibly traced), which replace
+      alpha / beta_max for that update: `mlb_jax.sweep` vmaps members with their own values.
 
     Raises:
       ValueError: alpha < 0 or beta_max < 0 given as numbers, score_ema outside [0, 1).
@@ -72,8 +74,8 @@ def mlb_rule(
         }
         coefficients = mlb_coefficients(
             smoothed,
-            alpha=value_at(alpha, state.count),
-            beta_max=value_at(beta_max, state.count),
+            alpha=inputs.get("mlb_alpha", value_at(alpha, state.count)),
+            beta_max=inputs.get("mlb_beta_max", value_at(beta_max, state.count)),
         )
         return state._replace(scores=scores, smoothed_scores=smoothed, coefficients=coefficients)
 
@@ -104,7 +106,8 @@ def mlb_gradient_transform(
     Returns:
       An `optax.GradientTransformationExtraArgs` whose `update(updates, state, params=None, *,
       modality_scores, **extra_args)` takes modality name -> scalar score and ignores unknown
-      extra arguments. The state is a `BalancingState`.
+      extra arguments but `mlb_alpha` / `mlb_beta_max`, which replace alpha / beta_max for
+      that update (see `mlb_rule`). The state is a `BalancingState`.
 
     Raises:
       ValueError: fewer than two modalities, alpha < 0, beta_max < 0, score_ema outside
