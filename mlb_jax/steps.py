@@ -152,7 +152,7 @@ def make_train_step(
     *,
     diagnostics: bool = False,
 ) -> Callable[..., tuple[TrainState, dict]]:
-    """Builds `train_step(state, batch, update_scale=None) -> (state, metrics)` (not jitted).
+    """Builds `train_step(state, batch, update_scale=None, update_args=None)` (not jitted).
 
     Args:
       graphdef: the model's graph definition.
