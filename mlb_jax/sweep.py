@@ -162,7 +162,7 @@ def unstack(stacked: TrainState, n: int) -> list[TrainState]:
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
 
 
-def resolve_program(program: str, varies: Collection[str] = ()) -> str:
+def resolve_program(program: str, varies: Collection[str] = (), run_shards: int = 1) -> str:
     """'auto' -> 'unrolled' on a CPU backend or when members' settings differ, else 'vmap'.
 
     On the CPU, XLA runs a vmapped convolution (a kernel per member: a grouped convolution)
@@ -173,9 +173,11 @@ def resolve_program(program: str, varies: Collection[str] = ()) -> str:
     Args:
       program: 'auto' or one of `PROGRAMS`.
       varies: the config paths whose values differ between members.
+      run_shards: --run_shards; more than 1 needs the 'vmap' program (`run_mesh`).
 
     Raises:
-      ValueError: an unknown program, or 'vmap' for members that differ outside `TRACED`.
+      ValueError: an unknown program, 'vmap' for members that differ outside `TRACED`, or
+        run_shards > 1 with a program that resolves to 'unrolled'.
     """
     if program not in ("auto", *PROGRAMS):
         raise ValueError(f"unknown sweep program {program!r}: choose auto, {', '.join(PROGRAMS)}")
@@ -186,7 +188,12 @@ def resolve_program(program: str, varies: Collection[str] = ()) -> str:
             f"{', '.join(TRACED)} only, not {', '.join(own_steps)}: use --program=unrolled"
         )
     if program == "auto":
-        return "unrolled" if own_steps or jax.default_backend() == "cpu" else "vmap"
+        program = "unrolled" if own_steps or jax.default_backend() == "cpu" else "vmap"
+    if run_shards != 1 and program != "vmap":
+        raise ValueError(
+            f"--run_shards={run_shards} splits the run axis of the vmapped program: use "
+            f"--program=vmap (members that differ only by seed and {', '.join(TRACED)})"
+        )
     return program
 
 
@@ -430,12 +437,7 @@ def train_members(
     """
     started = time.time()
     varies = {path for _, _, setting in members for path in setting}
-    program = resolve_program(program, varies=varies)
-    if run_shards != 1 and program != "vmap":
-        raise ValueError(
-            f"--run_shards={run_shards} splits the run axis of the vmapped program: use "
-            "--program=vmap (members that differ only by seed and train.lr)"
-        )
+    program = resolve_program(program, varies=varies, run_shards=run_shards)
     workdir = paths.as_path(workdir)
     done = {
         name: json.loads((workdir / name / trainer.RESULTS_FILE).read_text())
@@ -590,12 +592,7 @@ def main(argv: list[str]) -> None:
         )
     try:
         sets = parse_set(_SET.value)
-        program = resolve_program(_PROGRAM.value, varies=set(sets))
-        if _RUN_SHARDS.value != 1 and program != "vmap":
-            raise ValueError(
-                f"--run_shards={_RUN_SHARDS.value} splits the run axis of the vmapped program: "
-                "use --program=vmap (members that differ only by seed and train.lr)"
-            )
+        program = resolve_program(_PROGRAM.value, varies=set(sets), run_shards=_RUN_SHARDS.value)
     except ValueError as err:
         fail(str(err))
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
