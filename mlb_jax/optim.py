@@ -1,6 +1,6 @@
 """Optimiser construction from the config: schedule, base optimiser, weight decay, balancing.
 
-The chain is   [balancing] -> add_decayed_weights(wd) -> base -> [balancing]
+The chain is   [balancing] -> coupled_weight_decay(wd) -> base -> [balancing]
 with the method's transform at the position its `placement` names. Weight decay is coupled
 (added to the gradient, as PyTorch SGD/Adam with `weight_decay` do; docs/METHODS.md
 (placement)) and is added after gradient-placed balancing, as the reference code does.
@@ -8,6 +8,7 @@ with the method's transform at the position its `placement` names. Weight decay 
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -77,6 +78,32 @@ def make_base_optimizer(
     )
 
 
+def coupled_weight_decay(weight_decay: float) -> optax.GradientTransformationExtraArgs:
+    """Coupled weight decay g + wd * params (PyTorch SGD/Adam `weight_decay`), wd traceable.
+
+    `optax.add_decayed_weights` with the same (empty) state, whose update also takes an optional
+    scalar `weight_decay` replacing the built-in value for that update: `mlb_jax.sweep` passes
+    each vmapped member's own. Other extra arguments are ignored.
+
+    Args:
+      weight_decay: wd > 0, the coefficient of the parameters added to the gradient.
+    """
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(
+        updates: Any, state: optax.EmptyState, params: Any = None, **extra: Any
+    ) -> tuple[Any, optax.EmptyState]:
+        if params is None:
+            raise ValueError("coupled weight decay needs the params in the optimiser's update")
+        wd = extra.get("weight_decay", weight_decay)
+        return jax.tree.map(lambda g, p: g + jnp.asarray(wd, g.dtype) * p, updates, params), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def make_optimizer(
     train_config: Any,
     steps_per_epoch: int,
@@ -104,7 +131,7 @@ def make_optimizer(
     if balancing is not None and placement == "gradients":
         parts.append(balancing)
     if float(train_config.weight_decay) > 0:
-        parts.append(optax.add_decayed_weights(float(train_config.weight_decay)))
+        parts.append(coupled_weight_decay(float(train_config.weight_decay)))
     parts.append(make_base_optimizer(train_config, schedule))
     if balancing is not None and placement == "updates":
         parts.append(balancing)

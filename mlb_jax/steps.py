@@ -152,7 +152,7 @@ def make_train_step(
     *,
     diagnostics: bool = False,
 ) -> Callable[..., tuple[TrainState, dict]]:
-    """Builds `train_step(state, batch, update_scale=None, update_args=None)` (not jitted).
+    """Builds `train_step(state, batch, update_scale=None, update_args=None, settings=None)`.
 
     Args:
       graphdef: the model's graph definition.
@@ -170,8 +170,10 @@ def make_train_step(
       Adam apply the learning rate as the last factor of the update (balancing placed after
       them multiplies per leaf), so a scale lr' / lr trains with learning rate lr' up to
       float32 rounding. `update_args` are extra arguments of the optimiser's update (e.g.
-      MLB's `mlb_alpha`, `mlb_beta_max`, see `mlb_jax.balancing.mlb_rule`). `mlb_jax.sweep`
-      uses both to vmap members with their own learning rates and MLB settings.
+      `weight_decay`, see `mlb_jax.optim.coupled_weight_decay`). `settings` (field ->
+      scalar, possibly traced) replace the method's `traced_fields` for this step
+      (`Method.with_settings`). `mlb_jax.sweep` uses all three to vmap members with their own
+      learning rates, weight decays and method settings. The step is not jitted.
     """
 
     def train_step(
@@ -179,24 +181,28 @@ def make_train_step(
         batch: dict,
         update_scale: jax.Array | None = None,
         update_args: dict[str, jax.Array] | None = None,
+        settings: Mapping[str, jax.Array] | None = None,
     ) -> tuple[TrainState, dict]:
         labels = batch["label"]
+        step_method = method.with_settings(settings) if settings else method
 
         def losses_fn(params):
             # Fresh Variable objects at this trace level: NNX refuses to update BatchNorm
             # statistics held by Variables created in the enclosing jit trace.
             rest = jax.tree.map(lambda x: x, state.rest)
             model = nnx.merge(graphdef, params, rest)
-            outputs = method.forward(
+            outputs = step_method.forward(
                 model, batch["inputs"], train=True, method_state=state.method_state
             )
-            losses = method.losses(outputs, labels, state.method_state)
+            losses = step_method.losses(outputs, labels, state.method_state)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
             return losses, (outputs, new_rest)
 
-        (loss, losses, (outputs, new_rest)), grads = method.value_and_grad(losses_fn, state.params)
+        (loss, losses, (outputs, new_rest)), grads = step_method.value_and_grad(
+            losses_fn, state.params
+        )
         update_kwargs = {
-            **method.update_kwargs(outputs, labels, state.method_state),
+            **step_method.update_kwargs(outputs, labels, state.method_state),
             **(update_args or {}),
         }
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **update_kwargs)
@@ -215,7 +221,7 @@ def make_train_step(
             metrics |= diagnostics_lib.encoder_grad_norms(grads, names)
             metrics |= diagnostics_lib.loss_gradient_cosines(
                 graphdef,
-                method,
+                step_method,
                 state.params,
                 state.rest,
                 state.method_state,

@@ -29,12 +29,14 @@ What differs between members: the seed (initialisation, dropout, data order) and
 ``--set=CONFIG.PATH=V1,V2,...``, float hyper-parameters (learning rate, weight decay, MLB's
 alpha and beta_max, a baseline's strength): the members are the cross product of the values
 times the seeds, in `<workdir>/<m>/<setting>/seed_<s>` (e.g. `alpha=2_lr=0.01/seed_0`), one
-table row per setting. Members differing only in the learning rate and MLB's alpha and
-beta_max share one step under 'vmap' (each scales its update by its rate over the first
-member's, exact up to rounding for every schedule and optimiser here, and hands its alpha and
-beta_max to MLB's update); members differing in other fields keep their own step functions
-(their values are constants of their optimiser and method), so they run in the 'unrolled'
-program only.
+table row per setting. Members differing only in the learning rate, the weight decay and the
+method's traced settings (`traced_paths`: MLB's alpha, beta_max and unimodal_weight, OGM's and
+AGM's alpha, PMR's alpha, MMPareto's alpha, MMCosine's scaling, ReconBoost's alpha, w1 and
+w2, ...) share one step under 'vmap': each member scales its update by its rate over the first
+member's (exact up to rounding for every schedule and optimiser here), hands its weight decay
+to the coupled decay's update and its method settings to the step (`Method.with_settings`).
+Members differing in other fields keep their own step functions (their values are constants
+of their optimiser and method), so they run in the 'unrolled' program only.
 Everything else (model, batch size, method, schedule kind) is shared: a --set field that is
 not a float is refused, naming it.
 """
@@ -62,18 +64,30 @@ from tqdm import tqdm
 from mlb_jax import compare, paths, recipes, trainer
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline
-from mlb_jax.methods import make_method
+from mlb_jax.methods import Method, make_method
 from mlb_jax.steps import TrainState
 from mlb_jax.writers import MetricWriter
 
 # How the members' train steps form one program (see `member_step`).
 PROGRAMS = ("vmap", "unrolled")
-# Settings that members may hold under 'vmap': each is a traced input of the one shared step
-# (a learning rate is a scale of the update, `mlb_jax.steps.make_train_step`; MLB's alpha and
-# beta_max, the top-level method fields only MLB reads, are extra arguments of its update).
-TRACED = ("train.lr", "method.alpha", "method.beta_max")
-# The update's extra argument carrying each traced MLB field (`mlb_jax.balancing.mlb_rule`).
-_UPDATE_ARGS = {"alpha": "mlb_alpha", "beta_max": "mlb_beta_max"}
+# Optimiser settings that members of every method may hold under 'vmap': traced inputs of the
+# one shared step (a learning rate is a scale of the update, `mlb_jax.steps.make_train_step`;
+# a weight decay an argument of `mlb_jax.optim.coupled_weight_decay`). A method adds its own
+# `traced_fields` (`traced_paths`).
+TRACED = ("train.lr", "train.weight_decay")
+
+
+def traced_paths(method: Method) -> tuple[str, ...]:
+    """The config paths whose values the members of a 'vmap' sweep of `method` may differ in.
+
+    Returns:
+      `TRACED` and the config paths of `method.traced_fields`, e.g. ('train.lr',
+      'train.weight_decay', 'method.unimodal_weight', 'method.alpha', 'method.beta_max') for
+      MLB, ('train.lr', 'train.weight_decay', 'method.ogm.alpha') for OGM.
+    """
+    fields = (method.setting_path(f).removeprefix("config.") for f in method.traced_fields)
+    return (*TRACED, *fields)
+
 
 # --config, --workdir, --methods and --seeds are the compare runner's flags (mlb_jax/compare.py).
 _SET = flags.DEFINE_multi_string(
@@ -162,37 +176,44 @@ def unstack(stacked: TrainState, n: int) -> list[TrainState]:
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
 
 
-def resolve_program(program: str, varies: Collection[str] = (), run_shards: int = 1) -> str:
+def resolve_program(
+    program: str,
+    varies: Collection[str] = (),
+    run_shards: int = 1,
+    traced: Collection[str] = TRACED,
+) -> str:
     """'auto' -> 'unrolled' on a CPU backend or when members' settings differ, else 'vmap'.
 
     On the CPU, XLA runs a vmapped convolution (a kernel per member: a grouped convolution)
     2-5x slower per member than the member's own step, while N unrolled steps cost about N
     steps (benchmarks/sweep_speed.py), at N times the compile time. Members whose settings
-    differ in fields other than `TRACED` need their own steps, which only 'unrolled' has.
+    differ in fields other than `traced` need their own steps, which only 'unrolled' has.
 
     Args:
       program: 'auto' or one of `PROGRAMS`.
       varies: the config paths whose values differ between members.
       run_shards: --run_shards; more than 1 needs the 'vmap' program (`run_mesh`).
+      traced: the config paths the shared step takes per member (`traced_paths` of the
+        method; default: the optimiser's, `TRACED`).
 
     Raises:
-      ValueError: an unknown program, 'vmap' for members that differ outside `TRACED`, or
+      ValueError: an unknown program, 'vmap' for members that differ outside `traced`, or
         run_shards > 1 with a program that resolves to 'unrolled'.
     """
     if program not in ("auto", *PROGRAMS):
         raise ValueError(f"unknown sweep program {program!r}: choose auto, {', '.join(PROGRAMS)}")
-    own_steps = sorted(set(varies) - set(TRACED))
+    own_steps = sorted(set(varies) - set(traced))
     if program == "vmap" and own_steps:
         raise ValueError(
             "--program=vmap runs one step for every member, so members may differ by seed and "
-            f"{', '.join(TRACED)} only, not {', '.join(own_steps)}: use --program=unrolled"
+            f"{', '.join(traced)} only, not {', '.join(own_steps)}: use --program=unrolled"
         )
     if program == "auto":
         program = "unrolled" if own_steps or jax.default_backend() == "cpu" else "vmap"
     if run_shards != 1 and program != "vmap":
         raise ValueError(
             f"--run_shards={run_shards} splits the run axis of the vmapped program: use "
-            f"--program=vmap (members that differ only by seed and {', '.join(TRACED)})"
+            f"--program=vmap (members that differ only by seed and {', '.join(traced)})"
         )
     return program
 
@@ -203,6 +224,7 @@ def member_step(
     update_scales: Sequence[float] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     update_args: dict[str, Sequence[float]] | None = None,
+    settings: dict[str, Sequence[float]] | None = None,
 ) -> Any:
     """The train steps of the members as one function on their stacked states and batches.
 
@@ -216,7 +238,9 @@ def member_step(
       mesh: 'vmap' only: a mesh with a 'runs' axis (`run_mesh`) splits the members over its
         device groups (each group's batch partitioned over its 'data' devices).
       update_args: 'vmap' only: extra argument of the optimiser's update -> member i's value
-        (`update_args` of `mlb_jax.steps.make_train_step`, e.g. {'mlb_alpha': [0.5, 2]}).
+        (`update_args` of `mlb_jax.steps.make_train_step`, e.g. {'weight_decay': [0, 1e-4]}).
+      settings: 'vmap' only: a traced method field -> member i's value (`settings` of the
+        step, e.g. {'alpha': [0.5, 2]}).
 
     Returns:
       `(stacked state, stacked batch) -> (stacked state, stacked metrics)`, not jitted.
@@ -225,10 +249,11 @@ def member_step(
     if program == "vmap":
         step = jax.vmap(train_steps[0])
         split_runs = mesh is not None and "runs" in mesh.axis_names
-        if update_scales is None and update_args is None and not split_runs:
+        if update_scales is None and not update_args and not settings and not split_runs:
             return step
         scales = np.asarray([1.0] * n if update_scales is None else update_scales, np.float32)
         args = {k: np.asarray(v, np.float32) for k, v in (update_args or {}).items()}
+        fields = {k: np.asarray(v, np.float32) for k, v in (settings or {}).items()}
         if split_runs:
             # Each device group runs its own members' vmapped steps (jax.shard_map, manual
             # over 'runs' only). Left to XLA's partitioner, vmapped 1x1 convolutions with the
@@ -241,7 +266,7 @@ def member_step(
                 out_specs=jax.P("runs"),
                 axis_names={"runs"},
             )
-        return lambda stacked, batch: step(stacked, batch, scales, args)
+        return lambda stacked, batch: step(stacked, batch, scales, args, fields)
 
     def unrolled(stacked: TrainState, batch: dict) -> tuple[TrainState, dict]:
         members = unstack((stacked, batch), n)
@@ -399,8 +424,8 @@ def sweep_and_evaluate(
 
     Raises:
       ValueError: repeated seeds, a --set field that is not a float hyper-parameter, 'vmap'
-        with a --set field other than `TRACED`, or a method that trains nothing (compare it
-        instead).
+        with a --set field other than `traced_paths` of the method, or a method that trains
+        nothing (compare it instead).
       RunError, DataError: as `trainer.train_and_evaluate`.
     """
     if not seeds or len(set(seeds)) != len(seeds):
@@ -423,7 +448,7 @@ def train_members(
       members: (run directory name, seed, setting: config path -> float) per member, as
         `plan_members` makes them (or any list: `mlb_jax.tune` names its trials).
       program: 'vmap', 'unrolled' or 'auto' (`resolve_program`; members with settings other
-        than `TRACED` run unrolled).
+        than `traced_paths` of the method run unrolled).
       run_shards: see `sweep_and_evaluate`.
 
     Returns:
@@ -432,12 +457,11 @@ def train_members(
 
     Raises:
       ValueError: a setting field that is not a float hyper-parameter, 'vmap' with settings
-        other than `TRACED`,
-        or a method that trains nothing.
+        other than `traced_paths` of the method (or weight decays 0 and > 0), or a method that
+        trains nothing.
     """
     started = time.time()
     varies = {path for _, _, setting in members for path in setting}
-    program = resolve_program(program, varies=varies, run_shards=run_shards)
     workdir = paths.as_path(workdir)
     done = {
         name: json.loads((workdir / name / trainer.RESULTS_FILE).read_text())
@@ -449,12 +473,20 @@ def train_members(
         config, recipe = recipes.resolve(config)
         check_sets(config, {path: [] for _, _, setting in todo for path in setting})
         trainer.validate_config(config)
-        meta = trainer.load_dataset(config)
-        config = trainer.modalities_from_dataset(config, meta)
-        if not make_method(config.method).trains:
+        method = make_method(config.method)
+        if not method.trains:
             raise ValueError(
                 f"method {config.method.name!r} trains nothing: compare it with mlb_jax.compare"
             )
+        program = resolve_program(program, varies, run_shards, traced_paths(method))
+        decays = {float(s.get("train.weight_decay", config.train.weight_decay)) for *_, s in todo}
+        if program == "vmap" and len(decays) > 1 and min(decays) == 0:
+            raise ValueError(
+                "train.weight_decay: members with 0 (no decay term in their optimiser) and > 0 "
+                "cannot share the vmapped step: sweep values > 0 or use --program=unrolled"
+            )
+        meta = trainer.load_dataset(config)
+        config = trainer.modalities_from_dataset(config, meta)
         configs = []
         for name, seed, setting in todo:
             cfg = config.copy_and_resolve_references()
@@ -495,18 +527,21 @@ def _train_members(
     replicated = jax.NamedSharding(first.mesh, jax.P())
     cfg = first.config
     n = len(members)
-    lrs = [m.run.config.train.lr for m in members]
-    scales = [lr / lrs[0] for lr in lrs] if program == "vmap" and len(set(lrs)) > 1 else None
-    update_args = {}
-    for field, arg in _UPDATE_ARGS.items():
-        values = [getattr(m.run.method, field, None) for m in members]
-        if program == "vmap" and len(set(values)) > 1:
-            if first.method.name != "mlb":  # only MLB reads config.method.alpha / beta_max
-                raise ValueError(f"method.{field} differs between {first.method.name} members")
-            update_args[arg] = values
+    scales, update_args, settings = None, {}, {}
+    if program == "vmap":
+        lrs = [m.run.config.train.lr for m in members]
+        if len(set(lrs)) > 1:
+            scales = [lr / lrs[0] for lr in lrs]
+        decays = [float(m.run.config.train.weight_decay) for m in members]
+        if len(set(decays)) > 1:
+            update_args["weight_decay"] = decays
+        for field in first.method.traced_fields:
+            values = [getattr(m.run.method, field) for m in members]
+            if len(set(values)) > 1:
+                settings[field] = values
     train_step = jax.jit(
         member_step(
-            [m.run.train_step for m in members], program, scales, mesh, update_args or None
+            [m.run.train_step for m in members], program, scales, mesh, update_args, settings
         ),
         donate_argnums=0,
     )
@@ -592,7 +627,13 @@ def main(argv: list[str]) -> None:
         )
     try:
         sets = parse_set(_SET.value)
-        program = resolve_program(_PROGRAM.value, varies=set(sets), run_shards=_RUN_SHARDS.value)
+        programs = {}
+        for method in methods:  # every method's members checked before anything trains
+            cfg = args.config.copy_and_resolve_references()
+            with cfg.unlocked():
+                cfg.method.name = method
+            traced = traced_paths(make_method(cfg.method))
+            programs[method] = resolve_program(_PROGRAM.value, set(sets), _RUN_SHARDS.value, traced)
     except ValueError as err:
         fail(str(err))
     setup_process(distributed=False, compilation_cache=DEFAULT_COMPILATION_CACHE)
@@ -606,12 +647,12 @@ def main(argv: list[str]) -> None:
                 cfg.method.name = method
             plan = plan_members(seeds, sets)
             print(
-                f"=== {method}: {len(plan)} members in one program ({program}) -> "
+                f"=== {method}: {len(plan)} members in one program ({programs[method]}) -> "
                 f"{workdir / method}",
                 flush=True,
             )
             runs = sweep_and_evaluate(
-                cfg, workdir / method, seeds, program, sets, _RUN_SHARDS.value
+                cfg, workdir / method, seeds, programs[method], sets, _RUN_SHARDS.value
             )
             for (_, _, setting), res in zip(plan, runs, strict=True):
                 row = f"{method} {setting_name(setting)}" if setting else method

@@ -10,6 +10,7 @@ from test_train import assert_same_results_and_final_params, load_tiny, read_his
 
 from mlb_jax import sweep, trainer
 from mlb_jax.checkpointing import RunCheckpoints
+from mlb_jax.methods import make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Joint training's members are compared in the --set test below (unrolled, own lr each).
@@ -107,18 +108,22 @@ def test_members_with_their_own_hyper_parameters_equal_single_runs(tmp_path, dat
     assert second_losses[0] != second_losses[1]
 
 
-def test_members_with_their_own_lr_alpha_and_beta_share_the_vmapped_step(tmp_path, data_cache):
-    # The learning rate (a scale of the update) and MLB's alpha and beta_max (arguments of its
-    # update) reach the one vmapped step per member: its members equal the unrolled program's,
-    # where each member's optimiser and method hold their own values (and which the test above
-    # checks against single runs).
+def test_members_with_their_own_floats_share_the_vmapped_step(tmp_path, data_cache):
+    # The learning rate (a scale of the update), the weight decay (an argument of the coupled
+    # decay) and MLB's alpha and beta_max (traced settings of the step) reach the one vmapped
+    # step per member: its members equal the unrolled program's, where each member's optimiser
+    # and method hold their own values (and which the test above checks against single runs).
+    # tests/test_traced_settings.py checks every method's traced fields step by step.
     config = load_tiny(data_cache)
     members = [
-        ("a", 3, {"train.lr": 0.005, "method.alpha": 0.5, "method.beta_max": 4.0}),
-        ("b", 3, {"train.lr": 0.004, "method.alpha": 0.25, "method.beta_max": 2.0}),
+        ("a", 3, {"train.lr": 0.005, "train.weight_decay": 1e-4, "method.alpha": 0.5}),
+        ("b", 3, {"train.lr": 0.004, "train.weight_decay": 5e-3, "method.alpha": 0.25}),
     ]
-    varies = {"train.lr", "method.alpha", "method.beta_max"}
-    assert sweep.resolve_program("vmap", varies=varies) == "vmap"
+    for (_, _, setting), beta_max in zip(members, (4.0, 2.0), strict=True):
+        setting["method.beta_max"] = beta_max
+    varies = {"train.lr", "train.weight_decay", "method.alpha", "method.beta_max"}
+    mlb = make_method(config.method)
+    assert sweep.resolve_program("vmap", varies, traced=sweep.traced_paths(mlb)) == "vmap"
     results = {
         program: sweep.train_members(config, tmp_path / program, members, program)
         for program in ("unrolled", "vmap")
@@ -148,10 +153,16 @@ def test_set_values_are_checked_before_anything_trains(tmp_path):
         sweep.check_sets(config, {"train.batch_size": [8.0, 16.0]})
     with pytest.raises(ValueError, match=r"the config has no field config.train.lrr"):
         sweep.check_sets(config, {"train.lrr": [0.1]})
-    message = r"members may differ by seed and .*method.beta_max only, not train.momentum: use"
+    message = r"members may differ by seed and .*train.weight_decay only, not train.momentum: use"
     with pytest.raises(ValueError, match=message):
         sweep.resolve_program("vmap", varies={"train.lr", "train.momentum"})
     assert sweep.resolve_program("vmap", varies={"train.lr"}) == "vmap"
+    with pytest.raises(ValueError, match="not method.alpha: use --program=unrolled"):
+        sweep.resolve_program("vmap", varies={"method.alpha"})  # no method's traced fields
+    with pytest.raises(ValueError, match="weight decay|weight_decay: members with 0"):
+        members = [("a", 0, {"train.weight_decay": 0.0}), ("b", 0, {"train.weight_decay": 1e-4})]
+        sweep.train_members(config, tmp_path / "wd", members, "vmap")
+    assert not (tmp_path / "wd").exists()
     assert sweep.resolve_program("auto", varies={"method.alpha"}) == "unrolled"
     assert [m[0] for m in sweep.plan_members([0, 1], {"train.lr": [0.1, 0.2]})] == [
         "lr=0.1/seed_0",

@@ -213,7 +213,9 @@ def agm_gradient_transform(
     `agm_scores` maps modality -> s_m of this step, `path_gradients` modality -> G_m (pytrees
     like `updates`, with sum_m G_m = `updates`). It returns updates + sum_m (k_m - 1) G_m,
     i.e. sum_m k_m G_m, and then adds s_m to the running means. Chain it first (it expects raw
-    gradients). Unknown extra arguments are ignored.
+    gradients). Optional scalars `agm_alpha` / `agm_max_exponent` replace alpha / max_exponent
+    for that update (possibly traced: the members of a vmapped sweep). Unknown extra arguments
+    are ignored.
 
     The state is a `BalancingState`: `count` = steps t so far, `scores` = this step's s_m,
     `smoothed_scores` = running means S^_m after this step, `coefficients` = this step's k_m.
@@ -241,7 +243,12 @@ def agm_gradient_transform(
         names: Sequence[str], state: BalancingState, inputs: Mapping[str, Any]
     ) -> BalancingState:
         scores = modality_values(inputs, "agm_scores", names)
-        k = agm_coefficients(scores, state.smoothed_scores, alpha=alpha, max_exponent=max_exponent)
+        k = agm_coefficients(
+            scores,
+            state.smoothed_scores,
+            alpha=inputs.get("agm_alpha", alpha),
+            max_exponent=inputs.get("agm_max_exponent", max_exponent),
+        )
         means = {
             n: cumulative_mean(state.smoothed_scores[n], scores[n], state.count) for n in names
         }
@@ -372,6 +379,8 @@ class AGM(Method):
         **Method.search_space,
         "alpha": LogUniform(0.1, 4.0),
     }
+    # The update arguments agm_alpha / agm_max_exponent of `agm_gradient_transform`.
+    traced_fields: ClassVar[tuple[str, ...]] = ("alpha", "max_exponent")
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "placement": "it needs raw gradients: its transform always runs before the optimiser",
@@ -471,11 +480,17 @@ class AGM(Method):
     def update_kwargs(
         self, outputs: AGMOutput, labels: jax.Array, method_state: PyTree
     ) -> dict[str, Any]:
-        """The step's Shapley scores s_m and path gradients G_m."""
+        """The step's Shapley scores s_m and path gradients G_m, alpha and max_exponent.
+
+        alpha and max_exponent travel as update arguments (`agm_gradient_transform`), so a copy
+        of the method with traced values (`with_settings`) reaches the rule.
+        """
         del method_state
         return {
             "agm_scores": shapley_scores(outputs.unimodal_logits, labels),
             "path_gradients": outputs.path_gradients,
+            "agm_alpha": self.alpha,
+            "agm_max_exponent": self.max_exponent,
         }
 
     def gradient_transform(

@@ -18,6 +18,7 @@ fields it reads), checked by `validate()` at construction, and `dataclasses.asdi
 is the JSON-serialisable record of every setting it uses.
 """
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -108,9 +109,37 @@ class Method:
     # path with a dot (e.g. 'train.lr') -> its dimension (mlb_jax/methods/space.py). Every
     # method tunes the learning rate around the config's; subclasses add their own settings.
     search_space: ClassVar[Mapping[str, Dimension]] = {"train.lr": Scaled(1 / 3, 3.0)}
+    # Float settings the train step may receive as traced scalars (`with_settings`): the
+    # method only computes with them inside the step (no Python branch, no shape, nothing
+    # built once from them), so the members of a vmapped sweep each hold their own.
+    traced_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def with_settings(self, values: Mapping[str, jax.Array]) -> "Method":
+        """A copy of the method whose `traced_fields` in `values` are the given (traced) scalars.
+
+        The copy is not validated (a tracer has no value to check): the caller holds a
+        validated method with every value (`mlb_jax.sweep` builds one per member).
+
+        Args:
+          values: field -> float32 [] scalar, each a member of `traced_fields`.
+
+        Raises:
+          ValueError: naming the config field, for a field the step cannot take traced.
+        """
+        unknown = sorted(set(values) - set(self.traced_fields))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(self.setting_path(f) for f in unknown)} of method {self.name!r} "
+                "shapes the train step and cannot be traced; traced settings: "
+                f"{', '.join(self.setting_path(f) for f in self.traced_fields) or 'none'}"
+            )
+        out = copy.copy(self)
+        for field, value in values.items():
+            object.__setattr__(out, field, value)  # frozen: bypass __setattr__, not validate
+        return out
 
     def setting_path(self, field: str) -> str:
         """Where `field` is set in the config, e.g. 'config.method.ogm.alpha'."""

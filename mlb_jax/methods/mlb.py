@@ -58,6 +58,8 @@ class MLB(MultiLoss):
         "beta_max": Choice((1.0, 2.0, 4.0, 8.0, 20.0)),
         "placement": Choice(("gradients", "updates")),
     }
+    # alpha and beta_max reach the rule as the update arguments mlb_alpha / mlb_beta_max.
+    traced_fields: ClassVar[tuple[str, ...]] = ("unimodal_weight", "alpha", "beta_max")
 
     def validate(self) -> None:
         """Multi-loss checks plus the ranges of MLB's hyper-parameters."""
@@ -68,10 +70,16 @@ class MLB(MultiLoss):
         self.require("score_ema", 0 <= self.score_ema < 1, "in [0, 1)")
 
     def update_kwargs(self, outputs: Any, labels: jax.Array, method_state: Any) -> dict[str, Any]:
-        """The step's modality scores from the unimodal heads."""
+        """The step's modality scores from the unimodal heads, and alpha and beta_max.
+
+        alpha and beta_max travel as update arguments (`mlb_rule`'s mlb_alpha, mlb_beta_max),
+        so a copy of the method with traced values (`with_settings`) reaches the rule.
+        """
         del method_state
         return {
-            "modality_scores": modality_scores(outputs.unimodal_logits, labels, kind=self.score)
+            "modality_scores": modality_scores(outputs.unimodal_logits, labels, kind=self.score),
+            "mlb_alpha": self.alpha,
+            "mlb_beta_max": self.beta_max,
         }
 
     def gradient_transform(

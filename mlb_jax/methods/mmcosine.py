@@ -78,6 +78,7 @@ class MMCosine(Method):
         **Method.search_space,
         "scaling": LogUniform(2.0, 40.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("scaling",)
 
     def validate(self) -> None:
         """Method's checks plus scaling > 0."""

@@ -154,6 +154,7 @@ class MMPareto(MultiLoss):
         **Method.search_space,
         "alpha": LogUniform(0.5, 4.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("alpha",)
     top_level_fields: ClassVar[tuple[str, ...]] = ()
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,

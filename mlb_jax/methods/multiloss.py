@@ -30,6 +30,7 @@ class MultiLoss(Method):
         **Method.search_space,
         "unimodal_weight": LogUniform(0.25, 4.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("unimodal_weight",)
 
     def validate(self) -> None:
         """Method's checks and unimodal_weight >= 0."""

@@ -158,9 +158,11 @@ def ogm_gradient_transform(
       An `optax.GradientTransformationExtraArgs` whose
       `update(updates, state, params=None, *, modality_scores, modulate=True, **extra_args)`
       takes modality -> scalar S_m and a boolean scalar `modulate` (False: the gradients
-      pass unchanged and no noise is drawn, e.g. outside the modulation epochs); unknown extra
-      arguments are ignored. The state is a `BalancingState` (scores = smoothed_scores = S_m,
-      coefficients = the k_m applied, extra = the uint32 key data of the noise).
+      pass unchanged and no noise is drawn, e.g. outside the modulation epochs), and an
+      optional scalar `ogm_alpha` that replaces alpha for that update (possibly traced: the
+      members of a vmapped sweep); unknown extra arguments are ignored. The state is a
+      `BalancingState` (scores = smoothed_scores = S_m, coefficients = the k_m applied,
+      extra = the uint32 key data of the noise).
 
     Raises:
       ValueError: fewer than two modalities or alpha < 0; at init, labels that do not match
@@ -174,7 +176,7 @@ def ogm_gradient_transform(
     ) -> BalancingState:
         scores = modality_values(inputs, "modality_scores", names)
         on = jnp.asarray(inputs.get("modulate", True), bool)
-        k = ogm_coefficients(scores, alpha=value_at(alpha, state.count))
+        k = ogm_coefficients(scores, alpha=inputs.get("ogm_alpha", value_at(alpha, state.count)))
         k = {n: jnp.where(on, v, 1.0) for n, v in k.items()}
         return state._replace(scores=scores, smoothed_scores=dict(scores), coefficients=k)
 
@@ -258,6 +260,7 @@ class OGM(Method):
         **Method.search_space,
         "alpha": LogUniform(0.1, 1.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("alpha",)  # the update argument ogm_alpha
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "unimodal_weight": "its loss is the fused cross-entropy alone",
@@ -290,11 +293,16 @@ class OGM(Method):
     def update_kwargs(
         self, outputs: SplitOutput, labels: jax.Array, method_state: PyTree
     ) -> dict[str, Any]:
-        """The batch's scores S_m and whether this epoch is inside the modulation window."""
+        """The batch's scores S_m, whether this epoch is inside the modulation window, alpha.
+
+        alpha travels as the update argument `ogm_alpha`, so a copy of the method with a traced
+        value (`with_settings`) reaches the rule.
+        """
         epoch = method_state["epoch"]
         return {
             "modality_scores": ogm_scores(outputs.split_logits, labels),
             "modulate": (epoch >= self.start_epoch) & (epoch <= self.end_epoch),
+            "ogm_alpha": self.alpha,
         }
 
     def gradient_transform(

@@ -218,6 +218,7 @@ class PMR(Method):
         **Method.search_space,
         "alpha": LogUniform(0.1, 4.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("alpha",)
 
     def validate(self) -> None:
         """Method's checks plus the ranges of PMR's settings."""

@@ -183,6 +183,7 @@ class ReconBoost(Method):
         **Method.search_space,
         "alpha": LogUniform(0.1, 2.0),
     }
+    traced_fields: ClassVar[tuple[str, ...]] = ("alpha", "w1", "w2")
     unread_because: ClassVar[Mapping[str, str]] = {
         **Method.unread_because,
         "placement": "its freezing always acts on the optimiser's updates",
