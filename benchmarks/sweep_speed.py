@@ -16,6 +16,10 @@ gain over running the N runs one after another.
     python benchmarks/sweep_speed.py                        # demo and 112 shapes, N = 1, 4, 8
     python benchmarks/sweep_speed.py --shapes=demo --members=1,2,4,8
     python benchmarks/sweep_speed.py --device=gpu --shapes=112,224
+    python benchmarks/sweep_speed.py --shapes=112 --members=8 --programs=vmap --reps=2
+
+`--programs` times one form alone (each process holds one compiled sweep, its states and its
+temporaries): N = 8 at the 112 shapes needs this on a 24 GiB machine.
 """
 
 import argparse
@@ -45,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="timed steps of each program")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--threads", type=int, default=0, help="0 = every CPU")
+    parser.add_argument(
+        "--programs", default="vmap,unrolled", help="the sweep forms to time, comma list"
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +61,7 @@ def measure(args: argparse.Namespace, shape: str, members: int) -> dict[str, flo
     import jax.numpy as jnp
 
     from mlb_jax.steps import create_train_state, make_train_step
-    from mlb_jax.sweep import PROGRAMS, member_step
+    from mlb_jax.sweep import member_step
 
     width, spectrogram, frames, batch_size = SHAPES[shape]
     single, _ = step_speed.build_jax_step(
@@ -80,15 +87,18 @@ def measure(args: argparse.Namespace, shape: str, members: int) -> dict[str, flo
         )
         states.append(state)
     stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), jax.devices()[0])
+    del states
     step = make_train_step(graphdef, method, tx)
-    programs = {name: member_step([step] * members, name) for name in PROGRAMS}
+    programs = {name: member_step([step] * members, name) for name in args.programs.split(",")}
     runners = {"single": lambda: single.run(single_batch)}
     compile_seconds = {}
     for name, program in programs.items():
         start = time.perf_counter()
         compiled = jax.jit(program, donate_argnums=0).lower(stacked, stacked_batch).compile()
         compile_seconds[name] = time.perf_counter() - start
-        holder = {"state": jax.tree.map(jnp.copy, stacked)}
+        # The last program takes `stacked` itself: one copy of the N states fewer in memory.
+        last = name == list(programs)[-1]
+        holder = {"state": stacked if last else jax.tree.map(jnp.copy, stacked)}
 
         def run(compiled=compiled, holder=holder):
             holder["state"], metrics = compiled(holder["state"], stacked_batch)
@@ -117,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     from mlb_jax.machine import cpu_description
+    from mlb_jax.sweep import PROGRAMS
+
+    unknown = sorted(set(args.programs.split(",")) - set(PROGRAMS))
+    if unknown:
+        sys.exit(f"sweep_speed.py: --programs: unknown {unknown}; choose among {list(PROGRAMS)}")
 
     device = jax.devices()[0]
     print(
