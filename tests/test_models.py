@@ -30,9 +30,10 @@ from mlb_jax.models import (
     build_fusion,
     build_model,
     conv_tune,
+    pooling,
 )
 from mlb_jax.models import conv as conv_module
-from mlb_jax.models.resnet import max_pool_3x3_s2
+from mlb_jax.models.pooling import max_pool_3x3_s2
 
 K = 3  # classes
 WIDTH = 4  # ResNet base width of the tiny models; D = 8 * WIDTH
@@ -151,6 +152,22 @@ def test_max_pool_pads_with_minus_infinity():
     out = max_pool_3x3_s2(x)[0, :, :, 0]
     # Windows centred on (0,0), (0,2), (2,0), (2,2) with one row/column of padding before.
     np.testing.assert_array_equal(out, [[-1.0, -2.0], [-5.0, -6.0]])
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (2, 8, 6, 2), (1, 5, 5, 1), (1, 4, 11, 2)])
+def test_max_pool_gradient_equals_select_and_scatter(shape):
+    # Odd and even sides; rounded, rectified inputs tie often (ReLU zeros): the winner of a
+    # tie must be select-and-scatter's (and PyTorch's) first maximum in window order.
+    rng = np.random.default_rng(sum(shape))
+    for x in (rng.standard_normal(shape), np.maximum(np.round(rng.standard_normal(shape)), 0)):
+        x = jnp.asarray(x, jnp.float32)
+        y, pool_vjp = jax.vjp(max_pool_3x3_s2, x)
+        want, want_vjp = jax.vjp(pooling._reduce_window_pool, x)
+        np.testing.assert_array_equal(y, want)
+        dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        # Up to the order of the <= 4 additions overlapping windows make into one element.
+        np.testing.assert_allclose(pool_vjp(dy)[0], want_vjp(dy)[0], rtol=1e-6, atol=1e-6)
+    assert y.shape == (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3])
 
 
 def test_video_encoder_folds_frames_and_averages_them():

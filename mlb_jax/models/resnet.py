@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mlb_jax.models.conv import conv_function, resolve
+from mlb_jax.models.pooling import max_pool_3x3_s2
 
 # PyTorch BatchNorm momentum 0.1 weights the new batch; Flax's momentum weights the running value.
 BN_MOMENTUM = 0.9
@@ -155,25 +156,6 @@ class BasicBlock(nnx.Module):
         y = self.conv2(y, train=train)
         shortcut = x if self.downsample is None else self.downsample(x, train=train)
         return jax.nn.relu(y + shortcut)
-
-
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """PyTorch ``MaxPool2d(3, stride=2, padding=1)``: the padding is -inf, so it never wins.
-
-    Args:
-        x: [N, H, W, C].
-
-    Returns:
-        [N, ceil(H / 2), ceil(W / 2), C].
-    """
-    return jax.lax.reduce_window(
-        x,
-        -jnp.inf,
-        jax.lax.max,
-        window_dimensions=(1, 3, 3, 1),
-        window_strides=(1, 2, 2, 1),
-        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
-    )
 
 
 class ResNet18(nnx.Module):
