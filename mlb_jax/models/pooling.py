@@ -7,8 +7,9 @@ Differentiating `lax.reduce_window(max)` gives XLA's select-and-scatter, which o
 the 9 window positions won (an int8 per output: the first maximum in row-major window order,
 the element select-and-scatter with `>=` picks, and PyTorch's `MaxPool2d` too), and the
 backward pass routes each output's gradient to that position with elementwise selects, pads
-and one interleaving reshape, all of which XLA fuses. Values and gradients equal `reduce_window`'s (gradients up to the order of the
-at most 4 additions into one input element, which overlapping windows share).
+and one interleaving reshape, all of which XLA fuses. Values and gradients equal
+`reduce_window`'s (gradients up to the order of the at most 4 additions into one input
+element, which overlapping windows share).
 """
 
 import functools
