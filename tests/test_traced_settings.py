@@ -18,7 +18,7 @@ from test_train import load_tiny
 
 from mlb_jax import recipes, sweep
 from mlb_jax.batch_format import length_key
-from mlb_jax.methods import make_method
+from mlb_jax.methods import BUILT_ON_UNIMODAL, METHODS, make_method
 from mlb_jax.steps import create_train_state, make_train_step
 
 # Small sequence modalities: temporal convolutions compile in about a second.
@@ -30,7 +30,11 @@ SHAPES = {"imu": (6, 3), "mfcc": (5, 2)}
 B, K = 8, 3
 # Member a's and b's values of every traced method field (config paths), per method.
 SETTINGS = {
-    "mlb": {"method.alpha": (0.5, 2.0), "method.beta_max": (4.0, 1.5)},
+    "mlb": {
+        "method.alpha": (0.5, 2.0),
+        "method.beta_max": (4.0, 1.5),
+        "method.unimodal_weight": (1.0, 0.5),
+    },
     "multiloss": {"method.unimodal_weight": (1.0, 0.25)},
     "ogm_ge": {"method.ogm.alpha": (0.3, 0.9)},
     "agm": {"method.agm.alpha": (1.0, 3.0), "method.agm.max_exponent": (10.0, 1e-5)},
@@ -99,7 +103,8 @@ def train_two_steps(step, states, scales, args, fields):
 def test_members_settings_reach_the_one_vmapped_step(method):
     setups = [create_train_state(member_config(method, i), K, SHAPES) for i in range(2)]
     methods = [s[1] for s in setups]
-    assert set(SETTINGS[method]) | set(OPTIMISER) <= set(sweep.traced_paths(methods[0]))
+    # Every field the method declares traced is exercised here.
+    assert set(sweep.traced_paths(methods[0])) == set(SETTINGS[method]) | set(OPTIMISER)
     states = [with_prototypes(s[3]) for s in setups]
     steps = [make_train_step(g, m, tx) for g, m, tx, _ in setups]
     fields = [
@@ -134,6 +139,18 @@ def test_members_settings_reach_the_one_vmapped_step(method):
             for a, b in zip(jax.tree.leaves(moved.params), jax.tree.leaves(swept.params))
         )
         assert gap > 1e-6, (method, field)
+
+
+def test_every_method_with_traced_fields_is_tested_above():
+    config = load_tiny(pathlib.Path("unused"))
+    traced = set()
+    for name in set(METHODS) - set(BUILT_ON_UNIMODAL):  # those train nothing or one modality
+        config.method.name = name
+        config.method.modality = "imu" if name == "unimodal" else ""  # read by it alone
+        if make_method(config.method).traced_fields:
+            traced.add(name)
+    assert traced - set(SETTINGS) == {"ogm"}  # the same class as ogm_ge, tested with noise
+    assert set(SETTINGS) <= traced
 
 
 def test_fields_that_shape_the_step_are_refused_with_their_config_path():

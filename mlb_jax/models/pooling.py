@@ -9,7 +9,9 @@ the element select-and-scatter with `>=` picks, and PyTorch's `MaxPool2d` too), 
 backward pass routes each output's gradient to that position with elementwise selects, pads
 and one interleaving reshape, all of which XLA fuses. Values and gradients equal
 `reduce_window`'s (gradients up to the order of the at most 4 additions into one input
-element, which overlapping windows share).
+element, which overlapping windows share). A custom VJP has no forward mode (`jax.jvp`):
+`max_pool_3x3_s2_xla` is the same pooling with XLA's derivatives, used with
+`config.model.conv='xla'`.
 """
 
 import functools
@@ -44,7 +46,12 @@ def _views(x: jax.Array) -> list[jax.Array]:
     ]
 
 
-def _reduce_window_pool(x: jax.Array) -> jax.Array:
+def max_pool_3x3_s2_xla(x: jax.Array) -> jax.Array:
+    """`max_pool_3x3_s2` as XLA's reduce_window, with its own derivatives (forward mode too).
+
+    `config.model.conv='xla'` uses it: XLA's operations only, so `jax.jvp` works (a
+    custom-VJP function has no forward mode), at the cost of select-and-scatter's gradient.
+    """
     return jax.lax.reduce_window(
         x,
         -jnp.inf,
@@ -65,7 +72,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     Returns:
         [N, ceil(H / 2), ceil(W / 2), C].
     """
-    return _reduce_window_pool(x)
+    return max_pool_3x3_s2_xla(x)
 
 
 def _pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:

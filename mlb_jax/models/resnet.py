@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlb_jax.models.conv import conv_function, resolve
-from mlb_jax.models.pooling import max_pool_3x3_s2
+from mlb_jax.models.conv import XLA, conv_function, resolve
+from mlb_jax.models.pooling import max_pool_3x3_s2, max_pool_3x3_s2_xla
 
 # PyTorch BatchNorm momentum 0.1 weights the new batch; Flax's momentum weights the running value.
 BN_MOMENTUM = 0.9
@@ -222,7 +222,9 @@ class ResNet18(nnx.Module):
         Returns:
             [N, H / 32, W / 32, 8 * base_width] (each halving rounds up).
         """
-        x = max_pool_3x3_s2(jax.nn.relu(self.stem(x, train=train)))
+        # XLA's choice stays XLA's operations throughout (forward-mode autodiff works).
+        pool = max_pool_3x3_s2_xla if self.conv_algorithm == XLA else max_pool_3x3_s2
+        x = pool(jax.nn.relu(self.stem(x, train=train)))
         for stage in self.stages:
             for block in stage:
                 x = block(x, train=train)
