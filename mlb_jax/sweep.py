@@ -355,8 +355,9 @@ def _open_members(
 ) -> tuple[list[Member], list[TrainState]]:
     """Sets up every member, writes (or checks) its config.json, restores a common epoch.
 
-    With `share_eval` (members differ by seed only) they share the first member's compiled
-    eval step; otherwise each keeps its own (e.g. MMCosine's scaling changes the logits).
+    With `share_eval` (members differ by seed and optimiser settings only) they share the first
+    member's compiled eval step; otherwise each keeps its own (MMCosine's scaling changes the
+    logits).
     """
     members, states = [], []
     shared = None
@@ -495,8 +496,8 @@ def train_members(
                 for path, value in setting.items():
                     recipes.set_field(cfg, path, value)
             configs.append((name, cfg))
-        # A learning rate does not change the eval step; any other setting may (MMCosine).
-        share_eval = not varies - {"train.lr"}
+        # The optimiser's settings do not change the eval step; a method's may (MMCosine).
+        share_eval = not varies - set(TRACED)
         mesh = run_mesh(
             trainer.make_mesh(config.train.get("num_devices", 0)), run_shards, len(todo)
         )
