@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The other end of pyproject.toml's ranges: a fresh venv with '.[train,test]' and no lock, so pip
 # picks the newest versions the ranges allow (a new release that breaks us fails here first).

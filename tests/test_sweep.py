@@ -10,11 +10,10 @@ from test_train import assert_same_results_and_final_params, load_tiny, read_his
 
 from mlb_jax import sweep, trainer
 from mlb_jax.checkpointing import RunCheckpoints
-from mlb_jax.methods import make_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Joint training's members are compared in the --set test below (unrolled, own lr each).
-SEEDS = {"mlb": [0, 1, 2], "mslr": [0, 1]}  # mslr: per-epoch method state
+# Members with their own settings (--set) are compared in test_sweep_settings.py.
+SEEDS = {"mlb": [0, 1], "mslr": [0, 1]}  # mslr: per-epoch method state
 PROGRAM = {"mlb": "vmap", "mslr": "unrolled"}  # both forms tested
 
 
@@ -84,94 +83,6 @@ def test_each_member_equals_its_single_run(swept):
     assert len(set(losses.values())) == len(losses)  # every member has its own seed
 
 
-def test_members_with_their_own_hyper_parameters_equal_single_runs(tmp_path, data_cache):
-    # Joint training: no discontinuity (MLB's beta switches at r = 1, where a rounding
-    # difference can flip it), so the members follow their single runs closely. The loss of
-    # step 2 already depends on the learning rate: a member running another member's rate
-    # fails the 1e-5 check of the first logged steps.
-    config = load_tiny(data_cache)
-    config.method.name = "joint"
-    sets = {"train.lr": [0.002, 0.005]}
-    results = sweep.sweep_and_evaluate(config, tmp_path / "sweep", [1], "unrolled", sets)
-    second_losses = []
-    for (name, seed, setting), res in zip(sweep.plan_members([1], sets), results, strict=True):
-        assert name == f"lr={setting['train.lr']:g}/seed_1"
-        cfg = config.copy_and_resolve_references()
-        cfg.seed = seed
-        cfg.train.lr = setting["train.lr"]
-        single_dir = tmp_path / name.replace("/", "_")
-        single = trainer.train_and_evaluate(cfg, single_dir)
-        assert_member_equals_single(tmp_path / "sweep" / name, res, single_dir, single, seed)
-        stored = json.loads((tmp_path / "sweep" / name / trainer.CONFIG_FILE).read_text())
-        assert stored["train"]["lr"] == setting["train.lr"]
-        second_losses.append(read_history(tmp_path / "sweep" / name)["steps"][1]["train/loss"])
-    assert second_losses[0] != second_losses[1]
-
-
-def test_members_with_their_own_floats_share_the_vmapped_step(tmp_path, data_cache):
-    # The learning rate (a scale of the update), the weight decay (an argument of the coupled
-    # decay) and MLB's alpha and beta_max (traced settings of the step) reach the one vmapped
-    # step per member: its members equal the unrolled program's, where each member's optimiser
-    # and method hold their own values (and which the test above checks against single runs).
-    # tests/test_traced_settings.py checks every method's traced fields step by step.
-    config = load_tiny(data_cache)
-    members = [
-        ("a", 3, {"train.lr": 0.005, "train.weight_decay": 1e-4, "method.alpha": 0.5}),
-        ("b", 3, {"train.lr": 0.004, "train.weight_decay": 5e-3, "method.alpha": 0.25}),
-    ]
-    for (_, _, setting), beta_max in zip(members, (4.0, 2.0), strict=True):
-        setting["method.beta_max"] = beta_max
-    varies = {"train.lr", "train.weight_decay", "method.alpha", "method.beta_max"}
-    mlb = make_method(config.method)
-    assert sweep.resolve_program("vmap", varies, traced=sweep.traced_paths(mlb)) == "vmap"
-    results = {
-        program: sweep.train_members(config, tmp_path / program, members, program)
-        for program in ("unrolled", "vmap")
-    }
-    for i, (name, seed, _) in enumerate(members):
-        assert_member_equals_single(
-            tmp_path / "vmap" / name,
-            results["vmap"][i],
-            tmp_path / "unrolled" / name,
-            results["unrolled"][i],
-            seed,
-        )
-    # Same seed and data: only the settings tell the members apart.
-    k = [read_history(tmp_path / "vmap" / n)["steps"][1]["train/k/video"] for n, _, _ in members]
-    assert k[0] != pytest.approx(k[1], rel=1e-3)
-
-
-def test_set_values_are_checked_before_anything_trains(tmp_path):
-    config = load_tiny(tmp_path)
-    assert sweep.parse_set(["method.alpha=0.5,2", "train.lr=1e-3"]) == {
-        "method.alpha": [0.5, 2.0],
-        "train.lr": [0.001],
-    }
-    with pytest.raises(ValueError, match=r"--set='train.lr=a,b': write CONFIG.PATH=V1,V2"):
-        sweep.parse_set(["train.lr=a,b"])
-    with pytest.raises(ValueError, match=r"config.train.batch_size is 16, not a float"):
-        sweep.check_sets(config, {"train.batch_size": [8.0, 16.0]})
-    with pytest.raises(ValueError, match=r"the config has no field config.train.lrr"):
-        sweep.check_sets(config, {"train.lrr": [0.1]})
-    message = r"members may differ by seed and .*train.weight_decay only, not train.momentum: use"
-    with pytest.raises(ValueError, match=message):
-        sweep.resolve_program("vmap", varies={"train.lr", "train.momentum"})
-    assert sweep.resolve_program("vmap", varies={"train.lr"}) == "vmap"
-    with pytest.raises(ValueError, match="not method.alpha: use --program=unrolled"):
-        sweep.resolve_program("vmap", varies={"method.alpha"})  # no method's traced fields
-    with pytest.raises(ValueError, match="weight decay|weight_decay: members with 0"):
-        members = [("a", 0, {"train.weight_decay": 0.0}), ("b", 0, {"train.weight_decay": 1e-4})]
-        sweep.train_members(config, tmp_path / "wd", members, "vmap")
-    assert not (tmp_path / "wd").exists()
-    assert sweep.resolve_program("auto", varies={"method.alpha"}) == "unrolled"
-    assert [m[0] for m in sweep.plan_members([0, 1], {"train.lr": [0.1, 0.2]})] == [
-        "lr=0.1/seed_0",
-        "lr=0.1/seed_1",
-        "lr=0.2/seed_0",
-        "lr=0.2/seed_1",
-    ]
-
-
 @pytest.mark.parametrize("swept", ["mlb"], indirect=True)  # one method is enough for resume
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, monkeypatch):
     config, sweep_dir, results, _ = swept
@@ -194,7 +105,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(swept, tmp_path, mon
         ckpts = RunCheckpoints(tmp_path / f"seed_{seed}")
         latest.append(ckpts.latest_step())
         ckpts.close()
-    assert latest == [16, 8, 8]  # one member an epoch ahead of the others
+    assert latest == [16, 8]  # one member an epoch ahead of the other
     resumed = sweep.sweep_and_evaluate(config, tmp_path, seeds, "vmap")
     for seed, res, ref in zip(seeds, resumed, results, strict=True):
         assert_same_results_and_final_params(
@@ -219,10 +130,10 @@ def test_members_split_over_device_groups_equal_the_replicated_sweep(swept, tmp_
         return stacked
 
     monkeypatch.setattr(sweep, "stack", spy)
-    seeds = SEEDS["mlb"][:2]
+    seeds = SEEDS["mlb"]
     split = sweep.sweep_and_evaluate(config, tmp_path, seeds, "vmap", run_shards=2)
     assert specs[0] == ({"runs": 2, "data": 4}, jax.P("runs"), 8)
-    for seed, res, ref in zip(seeds, split, results[:2], strict=True):
+    for seed, res, ref in zip(seeds, split, results, strict=True):
         assert_member_equals_single(
             tmp_path / f"seed_{seed}", res, sweep_dir / f"seed_{seed}", ref, seed
         )
