@@ -20,8 +20,9 @@ def test_members_with_their_own_floats_equal_single_runs_in_both_programs(tmp_pa
     # running another member's rate fails the 1e-5 check of the first logged steps.
     config = load_tiny(data_cache)
     members = [
-        ("a", 3, {"train.lr": 0.005, "train.weight_decay": 1e-4, "method.alpha": 0.5}),
-        ("b", 3, {"train.lr": 0.004, "train.weight_decay": 5e-3, "method.alpha": 0.25}),
+        # Nested names, as `sweep.plan_members` makes for --set values ("lr=0.005/seed_3").
+        ("a/seed_3", 3, {"train.lr": 0.005, "train.weight_decay": 1e-4, "method.alpha": 0.5}),
+        ("b/seed_3", 3, {"train.lr": 0.004, "train.weight_decay": 5e-3, "method.alpha": 0.25}),
     ]
     for (_, _, setting), beta_max in zip(members, (4.0, 2.0), strict=True):
         setting["method.beta_max"] = beta_max
@@ -40,7 +41,7 @@ def test_members_with_their_own_floats_equal_single_runs_in_both_programs(tmp_pa
         cfg.train.weight_decay = setting["train.weight_decay"]
         cfg.method.alpha = setting["method.alpha"]
         cfg.method.beta_max = setting["method.beta_max"]
-        single_dir = tmp_path / f"single_{name}"
+        single_dir = tmp_path / name.replace("/", "_")
         single = trainer.train_and_evaluate(cfg, single_dir)
         unrolled_dir = tmp_path / "unrolled" / name
         assert_member_equals_single(unrolled_dir, results["unrolled"][i], single_dir, single, seed)
