@@ -78,13 +78,17 @@ def test_equal_scores_give_unit_coefficients():
 def test_beta_max_one_disables_acceleration():
     k = mlb_coefficients({"strong": 0.9, "weak": 0.1}, alpha=2.0, beta_max=1.0)
     assert float(k["weak"]) == 1.0
-    # k = 1 + tanh(2 (1/9 - 1)) = 1 - 0.944 = 0.0555 cancels: float32 carries it to a few
-    # ulps of 1 (eps 1.2e-7), 2e-6 relative; compiled without FMAs (the suite's LLVM -O0,
-    # conftest.py) it was 1.5e-7 off.
-    assert float(k["strong"]) == pytest.approx(
-        k_by_hand(0.1 / 0.9, 2.0, 1.0), abs=4 * float(np.finfo(np.float32).eps)
-    )
+    assert float(k["strong"]) == pytest.approx(k_by_hand(0.1 / 0.9, 2.0, 1.0), rel=1e-6)
     assert float(k["strong"]) < 1.0
+
+
+def test_deep_deceleration_keeps_float32_relative_precision():
+    # z = alpha (r - 1) = -6: k = 1 + tanh(-6) = 1.2e-5. Computed as 1 + tanh(z), float32
+    # loses it to cancellation (1.5% off); as 2 sigmoid(2 z) it keeps ~1e-7 relative.
+    alpha = 6.0 / (1 - 0.1 / 0.9)
+    k = mlb_coefficients({"strong": 0.9, "weak": 0.1}, alpha=alpha, beta_max=2.0)
+    assert float(k["strong"]) == pytest.approx(k_by_hand(0.1 / 0.9, alpha, 2.0), rel=1e-6)
+    assert float(k["strong"]) == pytest.approx(1 + math.tanh(-6.0), rel=1e-6)  # 1.2288e-5
 
 
 def test_beta_max_below_one_slows_weak_modality_too():
