@@ -53,8 +53,8 @@ def data_cache() -> pathlib.Path:
 
 # The longest test files (`--durations=0`, summed per file; test_sweep.py ~150 s of a 460 s
 # warm-cache suite on 2 cores), first. `make test` distributes whole files (`--dist loadfile
-# --no-loadscope-reorder`) in collection order: started last, the longest file ran alone for
-# minutes after the other worker had finished everything else.
+# --no-loadscope-reorder`) in collection order; xdist's default order, by number of tests,
+# started test_sweep.py (8 tests, the longest file) among the last.
 _LONGEST_FIRST = (
     "test_sweep.py",
     "test_train.py",
