@@ -383,6 +383,7 @@ def plot_comparison_figures(
 
 
 if __name__ == "__main__":
-    from mlb_jax.runtime import parse_flags
+    from mlb_jax.runtime import parse_flags, relaunch
 
+    relaunch()  # huge pages for XLA's buffers (mlb_jax.allocator), before anything else
     app.run(main, flags_parser=parse_flags)

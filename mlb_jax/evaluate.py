@@ -686,7 +686,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, parse_flags
+    from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, parse_flags, relaunch
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by mlb_jax.train")
     _SPLIT = flags.DEFINE_string("split", "", "split to evaluate ('' = the run's test split)")
@@ -699,4 +699,5 @@ if __name__ == "__main__":
         "persistent XLA compilation cache directory ('' disables it)",
     )
     flags.mark_flags_as_required(["workdir"])
+    relaunch()  # huge pages for XLA's buffers (mlb_jax.allocator), before anything else
     app.run(main, flags_parser=parse_flags)

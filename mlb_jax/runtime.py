@@ -2,7 +2,9 @@
 
 `parse_flags` turns every command-line mistake (unknown flag or config field, bad value,
 unloadable config file) into one `error:` line naming the flag and the fix, exit status 2;
-`setup_process` quiets logs, joins a multi-host job and points JAX at the compilation cache.
+`relaunch` restarts the process with huge pages for XLA's buffers (`mlb_jax.allocator`) before
+anything else; `setup_process` quiets logs, joins a multi-host job and points JAX at the
+compilation cache.
 """
 
 import difflib
@@ -15,6 +17,20 @@ from typing import Any, NoReturn
 from absl import flags, logging
 
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "mlb_jax", "jax")
+
+
+def relaunch() -> None:
+    """Re-executes the entry point with huge pages for XLA's CPU buffers, if they can help.
+
+    `mlb_jax.allocator.relaunch_with_hugepages`; call it first in ``__main__``. A bad
+    ``$MLB_JAX_MALLOC`` ends the process with one `error:` line.
+    """
+    from mlb_jax.allocator import relaunch_with_hugepages
+
+    try:
+        relaunch_with_hugepages()
+    except ValueError as err:
+        fail(str(err))
 
 
 def setup_process(

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags
 from ml_collections import config_flags
 
-from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, fail, parse_flags, setup_process
+from mlb_jax.runtime import DEFAULT_COMPILATION_CACHE, fail, parse_flags, relaunch, setup_process
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -66,4 +66,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    relaunch()  # huge pages for XLA's buffers (mlb_jax.allocator), before anything else
     app.run(main, flags_parser=parse_flags)

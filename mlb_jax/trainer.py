@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mlb_jax import paths, recipes
+from mlb_jax.allocator import allocator_mode
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.config_base import per_modality
 from mlb_jax.data import augment, pipeline, schema, synthetic
@@ -178,6 +179,8 @@ def _environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
+        # 'hugepages': XLA's buffers on huge pages (mlb_jax.allocator); speed only, same numbers.
+        "malloc": allocator_mode(),
     }
 
 

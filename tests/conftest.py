@@ -28,6 +28,10 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
+# The CLI tests' subprocesses start as they are: the entry points' relaunch with huge pages
+# (mlb_jax.allocator) would import everything twice for buffers too small to gain from it.
+# tests/test_allocator.py sets it per child.
+os.environ["MLB_JAX_MALLOC"] = "system"
 # The measured convolution plans of the tests' tiny layers, beside the compilation cache
 # rather than in the user's ~/.cache (mlb_jax.models.conv_tune).
 os.environ.setdefault("MLB_JAX_CONV_PLANS", str(_ROOT / ".jax_cache" / "conv_plans"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlb_jax import evaluate, trainer
+from mlb_jax.allocator import allocator_mode
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import make_method
@@ -144,6 +145,8 @@ def test_config_json_records_what_the_run_uses(reference_run, data_cache):
     assert resolved["data"]["split_sizes"] == {"train": 128, "validation": 32, "test": 40}
     assert resolved["data"]["modalities"]["video"] == {"kind": "frames", "shape": [2, 16, 16, 3]}
     assert written["environment"]["device_count"] == 8
+    # The heap setting the process started with (mlb_jax.allocator).
+    assert written["environment"]["malloc"] == allocator_mode()
 
 
 def test_test_split_is_evaluated_once_for_the_selected_epoch(reference_run):

@@ -74,10 +74,16 @@ _PASS_FUNCTIONS = {
 
 
 def machine_key() -> dict[str, Any]:
-    """What a measurement depends on besides the layer: CPU, threads, versions, XLA flags."""
+    """What a measurement depends on besides the layer: CPU, threads, versions, XLA flags, heap.
+
+    The heap setting (`mlb_jax.allocator`) is part of it: without huge pages every pass also
+    pays a page fault per 4 KiB of the buffers it allocates, which weighs most on the
+    algorithms that build large ones (patches, Winograd tiles).
+    """
     import jaxlib
 
     from mlb_jax import __version__
+    from mlb_jax.allocator import allocator_mode
 
     return {
         "cpu": machine.cpu_model(),
@@ -88,6 +94,7 @@ def machine_key() -> dict[str, Any]:
         "jaxlib": jaxlib.__version__,
         "mlb_jax": __version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc": allocator_mode(),
     }
 
 
