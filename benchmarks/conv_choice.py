@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # child mode: 'shape,conv'
     args = parser.parse_args(argv)
+    from mlb_jax.allocator import allocator_mode
+
+    malloc = allocator_mode()  # the heap setting it started with (mlb_jax.allocator)
     if args.probe:
         shape_name, conv = args.probe.split(",")
         probe(shape_name, conv, args.method)
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = len(os.sched_getaffinity(0))
     print(
         f"{cpu_description()}; jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{threads} CPU thread(s)"
+        f"{threads} CPU thread(s), malloc {malloc}"
     )
     for shape_name in args.shapes.split(","):
         measure(shape_name, args)

@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="112")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    from mlb_jax.allocator import allocator_mode
+
+    malloc = allocator_mode()  # the heap setting it started with (mlb_jax.allocator)
     try:
         import torch
     except ImportError:
@@ -130,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     from mlb_jax.machine import cpu_description
 
-    print(f"{cpu_description()}, {threads} thread(s); torch {torch.__version__}")
+    print(f"{cpu_description()}, {threads} thread(s); torch {torch.__version__}; malloc {malloc}")
     print("ms per layer group (count x one call), input gradient of the stems not needed (0);")
     print("columns: xla / plan / tuned / torch for fwd, dx, dw; tuned's choice (fwd dx dw)")
     totals: dict[str, float] = {}

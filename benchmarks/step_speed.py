@@ -24,6 +24,13 @@ plan's fixed thresholds. ``tuned`` measures each layer's algorithms on this mach
 first time a machine sees a layer shape (``--cold-conv-cache`` forces that, to show the cost),
 and lists each layer's choice.
 
+Heap (``--malloc``): by default the process runs as started, where every step of either
+framework faults in its large buffers 4 KiB at a time; ``--malloc=hugepages`` relaunches it
+with glibc's huge pages for large blocks, as mlb_jax's entry points do (`mlb_jax.allocator`).
+In one process with huge pages the two frameworks' steps disturb each other (JAX steps of
+2.0-2.4 s every few repetitions against 1.1 s alone), so `heap_speed.py` compares the heap
+settings with each framework alone in its own process. The header line says which ran.
+
 Peak memory: on the CPU each framework is run again alone in a child process and its peak
 resident set size is read from Linux's ``VmHWM`` (``/proc/self/status``; ``ru_maxrss`` would
 carry the parent's peak into the child); on a GPU the
@@ -62,7 +69,9 @@ SHAPES: dict[str, tuple[tuple[int, int], tuple[int, int, int, int]]] = {
 # ----------------------------------------------------------------------------- set-up
 
 
-def configure(*, device: str = "cpu", threads: int = 0, xla_flags: str = "") -> int:
+def configure(
+    *, device: str = "cpu", threads: int = 0, xla_flags: str = "", malloc: str = "system"
+) -> int:
     """Sets the process up for a fair comparison; call before JAX or PyTorch is imported.
 
     Args:
@@ -71,6 +80,8 @@ def configure(*, device: str = "cpu", threads: int = 0, xla_flags: str = "") -> 
             than that pins the process to the first ``threads`` CPUs, which sizes XLA's thread
             pool; PyTorch gets ``torch.set_num_threads(threads)`` in `import_torch`.
         xla_flags: extra ``XLA_FLAGS`` (appended to any already set).
+        malloc: 'system' (the process as started) or 'hugepages' (re-executed with huge pages
+            for large heap blocks, as mlb_jax's entry points do: `mlb_jax.allocator`).
 
     Returns:
         The thread count used.
@@ -90,6 +101,10 @@ def configure(*, device: str = "cpu", threads: int = 0, xla_flags: str = "") -> 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+    os.environ["MLB_JAX_MALLOC"] = malloc  # inherited by the child processes
+    from mlb_jax.allocator import relaunch_with_hugepages  # imports JAX, after its environment
+
+    relaunch_with_hugepages()
     return threads
 
 
@@ -395,6 +410,7 @@ def child_peak_rss(args: argparse.Namespace, framework: str, shape: str) -> dict
         f"--method={args.method}",
         f"--conv={args.conv}",
         f"--conv-max-scratch={args.conv_max_scratch}",
+        f"--malloc={args.malloc}",
     ]
     if args.xla_flags:
         cmd.append(f"--xla-flags={args.xla_flags}")
@@ -502,6 +518,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument(
+        "--malloc",
+        choices=("system", "hugepages"),
+        default="system",
+        help="the process as started, or relaunched with huge pages for large heap blocks "
+        "(mlb_jax.allocator, as mlb_jax's entry points); both frameworks alike",
+    )
     parser.add_argument(
         "--with-xla-conv",
         action="store_true",
@@ -633,9 +656,11 @@ def measure_shape(args: argparse.Namespace, torch: Any, shape: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.threads = configure(device=args.device, threads=args.threads, xla_flags=args.xla_flags)
+    args.threads = configure(
+        device=args.device, threads=args.threads, xla_flags=args.xla_flags, malloc=args.malloc
+    )
     if args.probe:
-        if args.probe == "jax":  # the PyTorch probe never imports JAX
+        if args.probe == "jax":  # the PyTorch probe computes nothing with JAX
             import jax
 
             # Load the parent's compilation from the persistent cache instead of compiling.
@@ -647,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     torch = import_torch(args.threads, args.device)
     import jax
 
+    from mlb_jax.allocator import allocator_mode
     from mlb_jax.machine import cpu_description
 
     if args.device == "gpu":
@@ -664,7 +690,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{cpu_description()}; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__}; "
         f"{args.threads} thread(s) each (os.cpu_count() = {os.cpu_count()}); float32; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; malloc {allocator_mode()}",
         flush=True,
     )
     if args.check:
