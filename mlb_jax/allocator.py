@@ -6,8 +6,9 @@ them afterwards (1.4 GiB of temporaries for the benchmarked MLB step at 112x112,
 every step faults in and zeroes every 4 KiB page of its buffers again: 370 000 minor page
 faults per step at 112x112 on a 2-core CPU. With glibc's tunable ``glibc.malloc.hugetlb=1``
 (glibc 2.35 or later) those mappings ask for transparent huge pages (``madvise``): 2 MiB pages,
-512x fewer faults and TLB misses, the same memory (measured: the step 1.04-1.08 s instead of
-1.38-1.40 s, peak resident memory 3.6-3.7 GiB both ways; `benchmarks/README.md`, "Heap").
+512x fewer faults (measured on a 2-core CPU, `benchmarks/heap_speed.py`: the step at 112x112
+took 1043 ms instead of 1390 ms, 2561 ms instead of 3127 ms at 224x224, and the process's peak
+resident memory fell from 3.7 to 3.1 GiB and from 5.6 to 5.0 GiB).
 Numbers computed are unchanged; PyTorch's CPU tensors come from the same ``malloc``.
 
 A tunable is read once, when the process starts, so `relaunch_with_hugepages` re-executes the
