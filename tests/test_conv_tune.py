@@ -170,6 +170,14 @@ def _bad_caches(key: dict, name: str) -> dict[str, str]:
         "another machine": json.dumps(
             {"format": 1, "key": {**key, "cpu": "Intel Xeon"}, "layers": {name: layer}}
         ),
+        # Timings of the algorithms' previous code (the key names their revision).
+        "older algorithms": json.dumps(
+            {
+                "format": 1,
+                "key": {**key, "algorithms": conv.ALGORITHMS_REVISION - 1},
+                "layers": {name: layer},
+            }
+        ),
         "another format": json.dumps({"format": 0, "key": key, "layers": {name: layer}}),
         "entry without times": json.dumps(
             {"format": 1, "key": key, "layers": {name: {**layer, "forward": {X: {}}}}}
@@ -178,7 +186,8 @@ def _bad_caches(key: dict, name: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "case", ["not JSON", "another machine", "another format", "entry without times"]
+    "case",
+    ["not JSON", "another machine", "older algorithms", "another format", "entry without times"],
 )
 def test_corrupt_or_foreign_cache_is_ignored_with_a_warning(tmp_path, case):
     args = _args(LAYERS[2])

@@ -104,6 +104,10 @@ WIDE_OUTPUT = 32
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIDE = 7
 WINOGRAD_MAX_CHANNELS = 256
+# Revision of the algorithms' implementations, part of the tuner's cache key
+# (`mlb_jax.models.conv_tune.machine_key`): bump it when one changes speed, so that timings
+# measured with the old code are not reused. 2: Winograd's kernel transforms as one product.
+ALGORITHMS_REVISION = 2
 
 
 def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:

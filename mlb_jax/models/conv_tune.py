@@ -76,6 +76,9 @@ _PASS_FUNCTIONS = {
 def machine_key() -> dict[str, Any]:
     """What a measurement depends on besides the layer: CPU, threads, versions, XLA flags, heap.
 
+    ``algorithms`` is `mlb_jax.models.conv.ALGORITHMS_REVISION`, so that a change to an
+    algorithm's code within one release does not reuse the old code's timings.
+
     The heap setting (`mlb_jax.allocator`) is part of it: without huge pages every pass also
     pays a page fault per 4 KiB of the buffers it allocates, which weighs most on the
     algorithms that build large ones (patches, Winograd tiles).
@@ -95,6 +98,7 @@ def machine_key() -> dict[str, Any]:
         "mlb_jax": __version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc": allocator_mode(),
+        "algorithms": conv.ALGORITHMS_REVISION,
     }
 
 

@@ -61,6 +61,11 @@ _AT = np.array(
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
     np.float32,
 )
+# G g G^T of every channel pair as one product: _GG[(a, b), (i, j)] = G[a, i] G[b, j], so
+# U[36, C_in * C_out] = _GG @ g[9, C_in * C_out]. A two-sided einsum lets XLA contract the
+# 3-long axes one at a time in a [C_in * C_out * 3, 3] layout, which measured 20-30x slower
+# (2 GB/s; 5.7 ms vs 0.2 ms for a 256x256 kernel, 220 ms of a 112 train step's thread time).
+_GG = np.kron(_G, _G)
 
 
 def _combine(matrix: np.ndarray, parts: list[jax.Array]) -> list[jax.Array]:
@@ -121,9 +126,19 @@ def input_transform(x: jax.Array) -> jax.Array:
     return v.reshape(SPAN * SPAN, n * th * tw, c)
 
 
-def kernel_transform(kernel: jax.Array) -> jax.Array:
-    """``G g G^T`` of a [3, 3, C_in, C_out] kernel, as [36, C_in, C_out]."""
-    u = jnp.einsum("ai,ijco,bj->abco", _G, kernel, _G)
+def kernel_transform(kernel: jax.Array, rotate: bool = False) -> jax.Array:
+    """``G g G^T`` of a [3, 3, C_in, C_out] kernel, as [36, C_in, C_out].
+
+    Args:
+        kernel: [3, 3, C_in, C_out].
+        rotate: transform the kernel rotated by 180 degrees (``kernel[::-1, ::-1]``, the
+            input gradient's), by reversing the taps in the transform matrix instead.
+
+    Returns:
+        [36, C_in, C_out].
+    """
+    matrix = _GG[:, ::-1] if rotate else _GG
+    u = jnp.asarray(matrix) @ kernel.reshape(9, -1)
     return u.reshape(SPAN * SPAN, *kernel.shape[2:])
 
 
@@ -196,7 +211,12 @@ def conv3x3_input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
     Returns:
         [N, H, W, C_in].
     """
-    return conv3x3(dy, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    n, h, w, _ = dy.shape
+    # V(dy) [36, tiles, C_out] times the rotated transform's transpose, contracting C_out:
+    # the kernel's channel axes are swapped by the product, not by a copy.
+    u = kernel_transform(kernel, rotate=True)
+    m = lax.dot_general(input_transform(dy), u, (((2,), (2,)), ((0,), (0,))))
+    return output_transform(m, n, h, w)
 
 
 def conv3x3_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
@@ -212,5 +232,6 @@ def conv3x3_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
     v = input_transform(x)
     dm = output_transform_transpose(dy)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # [36, C_in, C_out]
-    du = du.reshape(SPAN, SPAN, *du.shape[1:])
-    return jnp.einsum("ai,abco,bj->ijco", _G, du, _G)
+    # G^T du G per channel pair, as one product with _GG's transpose (see _GG).
+    dk = jnp.asarray(_GG.T) @ du.reshape(SPAN * SPAN, -1)
+    return dk.reshape(3, 3, *du.shape[1:])
