@@ -75,6 +75,21 @@ def test_plan_and_values_and_gradients_equal_lax(case, expected):
     np.testing.assert_allclose(got[1][1], want[1][1], rtol=1e-4, atol=1e-4)
 
 
+def test_transposed_patches_are_the_patches_transposed():
+    # Stride 2, uneven padding, 2 channels: rows (i, j, c), columns (n, y, x) in order.
+    x = _normal(5, (2, 7, 6, 2))
+    padding = ((3, 2), (1, 3))
+    patches = conv.im2col(x, (3, 4), (2, 2), padding)
+    got = conv.im2col_transposed(x, (3, 4), (2, 2), padding)
+    assert got.shape == (3 * 4 * 2, 2 * 5 * 4) and patches.shape == (2, 5, 4, 24)
+    np.testing.assert_array_equal(got, patches.reshape(-1, 24).T)
+    # Row (i=1, j=2, c=1) at column (n=1, y=0, x=3) is xpad[1, 1, 8, 1] = x[1, -2, 7, 1], in
+    # the padding, so zero; at (n=0, y=2, x=1) it is xpad[0, 5, 4, 1] = x[0, 2, 3, 1].
+    row = (1 * 4 + 2) * 2 + 1
+    assert got[row, 1 * 20 + 0 * 4 + 3] == 0
+    assert got[row, 0 * 20 + 2 * 4 + 1] == x[0, 2, 3, 1]
+
+
 def test_plan_on_resnet18_layers():
     def plan(x_shape, kernel_shape, stride, pad):
         return conv.plan(x_shape, kernel_shape, (stride,) * 2, ((pad, pad),) * 2)

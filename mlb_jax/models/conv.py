@@ -104,9 +104,13 @@ WIDE_OUTPUT = 32
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIDE = 7
 WINOGRAD_MAX_CHANNELS = 256
+# Inputs with at most this many channels (the stems') build the patches kernel gradient's
+# patches transposed (`im2col_transposed`).
+FEW_CHANNELS = 4
 # Revision of the algorithms' implementations, part of the tuner's cache key
 # (`mlb_jax.models.conv_tune.machine_key`): bump it when one changes speed, so that timings
-# measured with the old code are not reused. 2: Winograd's kernel transforms as one product.
+# measured with the old code are not reused. 2: Winograd's kernel transforms as one product,
+# and the stems' patches kernel gradient from transposed patches.
 ALGORITHMS_REVISION = 2
 
 
@@ -286,6 +290,39 @@ def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Ar
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
+def im2col_transposed(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Array:
+    """`im2col`'s patches with positions minor: one row per kernel tap and input channel.
+
+    For inputs with few channels (image and spectrogram stems): `im2col` concatenates
+    pieces of C floats along its last axis and the kernel gradient's product then needs the
+    patches transposed; here each row is one strided slice of a channel-major copy of the
+    input, written whole, and ``patches_t @ dy`` is the product as the matrix library takes
+    it. Measured on the stems' kernel gradients (benchmarks/README.md): 37 against 45 ms
+    (video, 3 channels) and 12 against 25 ms (audio, 1 channel).
+
+    Args:
+        x: [N, H, W, C] input.
+        kernel_hw: (kh, kw).
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)) zero padding.
+
+    Returns:
+        [kh * kw * C, N * H' * W'], rows ordered (i, j, c) like an HWIO kernel's leading axes.
+    """
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0))).transpose(3, 0, 1, 2)
+    c, n, h, w = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    rows = [
+        lax.slice(
+            x, (0, 0, i, j), (c, n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1), (1, 1, sh, sw)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(rows).reshape(kh * kw * c, n * oh * ow)
+
+
 def _xla_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
@@ -415,6 +452,9 @@ def kernel_grad(
         return winograd.conv3x3_kernel_grad(x, dy)
     if algorithm == SHIFTED:
         return _shifted_kernel_grad(x, dy, kernel.shape, padding)
+    if algorithm == PATCHES and x.shape[3] <= FEW_CHANNELS:
+        patches_t = im2col_transposed(x, kernel.shape[:2], strides, padding)
+        return (patches_t @ dy.reshape(-1, dy.shape[3])).reshape(kernel.shape)
     if algorithm == PATCHES:
         patches = im2col(x, kernel.shape[:2], strides, padding)
         return jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
