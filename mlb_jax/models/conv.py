@@ -22,7 +22,8 @@ convolution and three other formulations of the same sums (together, "the plan")
     patches[n, y, x, (i, j, c)] = xpad[n, s*y + i, s*x + j, c]
     forward:          y  = patches @ W.reshape(k*k*C_in, C_out)
     input gradient:   dx = im2col^T(dy @ W.reshape(k*k*C_in, C_out)^T)  (slices transposed)
-    kernel gradient:  dW = patches^T @ dy
+    kernel gradient:  dW = patches^T @ dy   (inputs of <= 4 channels, the stems: the
+                                             patches built transposed, `im2col_transposed`)
 
 * for stride-1 kernel gradients, no patches at all: each of the k*k taps is one product of
   contiguous row ranges of the flattened padded input and output gradient
