@@ -264,6 +264,30 @@ def conv_function(
     return conv_general_dilated if resolved == PLANNED else lax.conv_general_dilated
 
 
+def _tap_views(xp: jax.Array, axes: tuple[int, int], kernel_hw, strides) -> list[jax.Array]:
+    """The kh * kw strided views ``xp[.., s*y + i, .., s*x + j, ..]`` of a padded input.
+
+    Args:
+        xp: the zero-padded input; its spatial axes are ``axes`` (row, column).
+        axes: the positions of the row and column axes in ``xp``.
+        kernel_hw: (kh, kw).
+        strides: (sh, sw).
+
+    Returns:
+        kh * kw arrays shaped like ``xp`` with the spatial axes cut to (H', W'), taps (i, j)
+        in row-major order.
+    """
+    views = []
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            start, limit, step = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+            for axis, tap, size, stride in zip(axes, (i, j), kernel_hw, strides, strict=True):
+                out = (xp.shape[axis] - size) // stride + 1
+                start[axis], limit[axis], step[axis] = tap, tap + stride * (out - 1) + 1, stride
+            views.append(lax.slice(xp, start, limit, step))
+    return views
+
+
 def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Array:
     """Patches of a convolution's input, one row per output position.
 
@@ -277,17 +301,8 @@ def im2col(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> jax.Ar
         [N, H', W', kh * kw * C], the last axis ordered (i, j, c) like an HWIO kernel's
         leading axes, so that ``patches @ kernel.reshape(-1, C_out)`` is the convolution.
     """
-    (kh, kw), (sh, sw) = kernel_hw, strides
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    cols = [
-        lax.slice(
-            x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    cols = _tap_views(x, (1, 2), kernel_hw, strides)
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
@@ -299,29 +314,14 @@ def im2col_transposed(x: jax.Array, kernel_hw: tuple[int, int], strides, padding
     patches transposed; here each row is one strided slice of a channel-major copy of the
     input, written whole, and ``patches_t @ dy`` is the product as the matrix library takes
     it. Measured on the stems' kernel gradients (benchmarks/README.md): 37 against 45 ms
-    (video, 3 channels) and 12 against 25 ms (audio, 1 channel).
-
-    Args:
-        x: [N, H, W, C] input.
-        kernel_hw: (kh, kw).
-        strides: (sh, sw).
-        padding: ((top, bottom), (left, right)) zero padding.
+    (video, 3 channels) and 12 against 25 ms (audio, 1 channel). Arguments as `im2col`.
 
     Returns:
         [kh * kw * C, N * H' * W'], rows ordered (i, j, c) like an HWIO kernel's leading axes.
     """
-    (kh, kw), (sh, sw) = kernel_hw, strides
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0))).transpose(3, 0, 1, 2)
-    c, n, h, w = x.shape
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    rows = [
-        lax.slice(
-            x, (0, 0, i, j), (c, n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1), (1, 1, sh, sw)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return jnp.stack(rows).reshape(kh * kw * c, n * oh * ow)
+    rows = _tap_views(x, (2, 3), kernel_hw, strides)  # each [C, N, H', W']
+    return jnp.stack(rows).reshape(len(rows) * x.shape[0], -1)
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
