@@ -7,6 +7,12 @@ checkpoint of the state with the best validation accuracy. Orbax writes each che
 a temporary directory and renames it when complete, so a killed save never looks valid; on
 Cloud Storage (where a directory rename is not atomic) it writes in place and marks the
 checkpoint complete with a final commit file instead.
+
+A process that holds the whole state (one process, any number of local devices) saves a host
+copy of it: Orbax handles a `jax.Array` shard by shard, which measured about twice a NumPy
+array's cost (0.31-0.51 s against 0.15-0.27 s per save of a 400-array tree; the test suite's
+longest training test 83 s against 59 s, 8 local devices). The values written are the same,
+and `restore` lays them out on the devices as the abstract state says.
 """
 
 from typing import Any
@@ -51,7 +57,7 @@ class RunCheckpoints:
         self._latest.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                state=ocp.args.StandardSave(_on_host(state)), meta=ocp.args.JsonSave(meta)
             ),
         )
         self._latest.wait_until_finished()
@@ -97,7 +103,7 @@ class RunCheckpoints:
         """
         if step in self._best.all_steps():
             self._best.delete(step)
-        self._best.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._best.save(step, args=ocp.args.StandardSave(_on_host(state)), force=True)
         self._best.wait_until_finished()
 
     def restore_best(self, abstract_state: PyTree) -> PyTree:
@@ -111,6 +117,14 @@ class RunCheckpoints:
         """Waits for pending writes and releases resources."""
         self._latest.close()
         self._best.close()
+
+
+def _on_host(state: PyTree) -> PyTree:
+    """`state` with its arrays copied to host memory when this process holds all of them.
+
+    With several processes each holds only its shards, and Orbax saves the `jax.Array`s.
+    """
+    return state if jax.process_count() > 1 else jax.device_get(state)
 
 
 def _abstract(tree: PyTree) -> PyTree:
