@@ -10,8 +10,9 @@ checkpoint complete with a final commit file instead.
 
 A process that holds the whole state (one process, any number of local devices) saves a host
 copy of it: Orbax handles a `jax.Array` shard by shard, which measured about twice a NumPy
-array's cost (0.31-0.51 s against 0.15-0.27 s per save of a 400-array tree; the test suite's
-longest training test 83 s against 59 s, 8 local devices). The values written are the same,
+array's cost (0.31-0.51 s against 0.15-0.27 s per save of a 400-array tree on one device;
+the test suite's longest training test, run alone on 8 devices, 82-88 s against 59 s). The
+values written are the same,
 and `restore` lays them out on the devices as the abstract state says.
 """
 
