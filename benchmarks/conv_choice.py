@@ -122,7 +122,7 @@ def build_step(shape: Shape, variant: str, method: str, batch: dict[str, Any]) -
     import jax
 
     from mlb_jax.models.conv import resolve
-    from mlb_jax.steps import create_train_state, make_train_step
+    from mlb_jax.steps import compiler_options, create_train_state, make_train_step
 
     config = load_config(shape, variant, method)
     conv = config.model.conv
@@ -130,7 +130,11 @@ def build_step(shape: Shape, variant: str, method: str, batch: dict[str, Any]) -
         raise SystemExit(f"conv={conv!r} resolves to {resolve(conv)!r} on this backend")
     input_shapes = {"audio": shape.audio, "video": shape.video}
     graphdef, method_obj, tx, state = create_train_state(config, shape.num_classes, input_shapes)
-    jitted = jax.jit(make_train_step(graphdef, method_obj, tx), donate_argnums=0)
+    jitted = jax.jit(
+        make_train_step(graphdef, method_obj, tx),
+        donate_argnums=0,
+        compiler_options=compiler_options(config),
+    )
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     seconds = time.perf_counter() - start

@@ -133,12 +133,17 @@ def check_gpu(torch: Any) -> str | None:
 
 
 def load_config(
-    method: str, base_width: int, conv: str = "auto", conv_max_scratch: float = float("inf")
+    method: str,
+    base_width: int,
+    conv: str = "auto",
+    conv_max_scratch: float = float("inf"),
+    cpu_scheduler: str = "memory",
 ) -> Any:
     """configs/synthetic_av.py with the benchmark's width, method and convolutions, constant LR.
 
     ``conv`` defaults to ``auto`` (the CPU plan on the CPU), the full-width
-    configs' choice, not the demo config's ``xla``; ``conv_max_scratch`` is its memory bound.
+    configs' choice, not the demo config's ``xla``; ``conv_max_scratch`` is its memory bound;
+    ``cpu_scheduler`` is ``config.train.cpu_scheduler`` (XLA CPU's order of operations).
     """
     spec = importlib.util.spec_from_file_location("synthetic_av", ROOT / "configs/synthetic_av.py")
     module = importlib.util.module_from_spec(spec)
@@ -147,6 +152,7 @@ def load_config(
     config.model.base_width = base_width
     config.model.conv = conv
     config.model.conv_max_scratch = conv_max_scratch
+    config.train.cpu_scheduler = cpu_scheduler
     config.method.name = method
     config.train.schedule = "constant"
     config.train.num_devices = 1
@@ -187,6 +193,7 @@ def build_jax_step(
     num_classes: int = NUM_CLASSES,
     conv: str = "auto",
     conv_max_scratch: float = float("inf"),
+    cpu_scheduler: str = "memory",
 ) -> tuple[JaxStep, Any]:
     """The project's train step as ``mlb_jax.trainer.setup`` builds it, compiled for ``batch``.
 
@@ -201,20 +208,26 @@ def build_jax_step(
         num_classes: K.
         conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan, tuned or xla.
         conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of tuned.
+        cpu_scheduler: ``config.train.cpu_scheduler``: 'memory' (the default) or
+            'concurrency' (XLA's default order of operations).
 
     Returns:
         (the compiled step with a fresh state, the model's graphdef).
     """
     import jax
 
-    from mlb_jax.steps import create_train_state, make_train_step
+    from mlb_jax.steps import compiler_options, create_train_state, make_train_step
 
-    config = load_config(method, base_width, conv, conv_max_scratch)
+    config = load_config(method, base_width, conv, conv_max_scratch, cpu_scheduler)
     config.seed = seed
     input_shapes = {m: x.shape[1:] for m, x in batch["inputs"].items()}
     graphdef, method_obj, tx, state = create_train_state(config, num_classes, input_shapes)
     state = jax.device_put(state, jax.devices()[0])
-    jitted = jax.jit(make_train_step(graphdef, method_obj, tx), donate_argnums=0)
+    jitted = jax.jit(
+        make_train_step(graphdef, method_obj, tx),
+        donate_argnums=0,
+        compiler_options=compiler_options(config),
+    )
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     seconds = time.perf_counter() - start
@@ -383,6 +396,7 @@ def memory_probe(args: argparse.Namespace) -> None:
             device_batch,
             conv=args.conv,
             conv_max_scratch=args.conv_max_scratch,
+            cpu_scheduler=args.cpu_scheduler,
         )
         for _ in range(2):
             step.run(device_batch)
@@ -411,6 +425,7 @@ def child_peak_rss(args: argparse.Namespace, framework: str, shape: str) -> dict
         f"--conv={args.conv}",
         f"--conv-max-scratch={args.conv_max_scratch}",
         f"--malloc={args.malloc}",
+        f"--cpu-scheduler={args.cpu_scheduler}",
     ]
     if args.xla_flags:
         cmd.append(f"--xla-flags={args.xla_flags}")
@@ -551,6 +566,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "layer may use over XLA's convolution, in multiples of its input (inf = no bound)",
     )
     parser.add_argument(
+        "--cpu-scheduler",
+        choices=("memory", "concurrency"),
+        default="memory",
+        help="config.train.cpu_scheduler of the JAX steps: XLA CPU's order of operations, "
+        "for fewer live buffers (the default) or for overlap (XLA's default)",
+    )
+    parser.add_argument(
         "--cold-conv-cache",
         action="store_true",
         help="measure every convolution layer afresh (an empty cache), to show its cost",
@@ -583,6 +605,7 @@ def build_and_describe(
         device_batch,
         conv=conv,
         conv_max_scratch=args.conv_max_scratch,
+        cpu_scheduler=args.cpu_scheduler,
     )
     decisions = conv_tune.decisions()[planned:]
     print(f"  {name} compile (trace + lower + compile): {step.compile_seconds:.1f} s", flush=True)

@@ -60,7 +60,7 @@ def measure(args: argparse.Namespace, shape: str, members: int) -> dict[str, flo
     import jax
     import jax.numpy as jnp
 
-    from mlb_jax.steps import create_train_state, make_train_step
+    from mlb_jax.steps import compiler_options, create_train_state, make_train_step
     from mlb_jax.sweep import member_step
 
     width, spectrogram, frames, batch_size = SHAPES[shape]
@@ -94,7 +94,8 @@ def measure(args: argparse.Namespace, shape: str, members: int) -> dict[str, flo
     compile_seconds = {}
     for name, program in programs.items():
         start = time.perf_counter()
-        compiled = jax.jit(program, donate_argnums=0).lower(stacked, stacked_batch).compile()
+        jitted = jax.jit(program, donate_argnums=0, compiler_options=compiler_options(config))
+        compiled = jitted.lower(stacked, stacked_batch).compile()
         compile_seconds[name] = time.perf_counter() - start
         # The last program takes `stacked` itself: one copy of the N states fewer in memory.
         last = name == list(programs)[-1]

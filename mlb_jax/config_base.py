@@ -138,6 +138,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
     # Per-encoder gradient norms and fused-vs-unimodal gradient cosines (mlb_jax/diagnostics.py):
     # 1 more forward and M + 1 more backward passes per step.
     c.train.diagnostics = False
+    # XLA CPU's order of the step's operations: memory (fewer live buffers: 22% less temporary
+    # memory for the full-width step at 112x112, same bits) | concurrency (XLA's default).
+    c.train.cpu_scheduler = "memory"
 
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes

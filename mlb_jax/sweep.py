@@ -65,7 +65,7 @@ from mlb_jax import compare, paths, recipes, trainer
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline
 from mlb_jax.methods import Method, make_method
-from mlb_jax.steps import TrainState
+from mlb_jax.steps import TrainState, compiler_options
 from mlb_jax.writers import MetricWriter
 
 # How the members' train steps form one program (see `member_step`).
@@ -540,11 +540,19 @@ def _train_members(
             values = [getattr(m.run.method, field) for m in members]
             if len(set(values)) > 1:
                 settings[field] = values
+    # The members' steps unjitted (jit's `__wrapped__`): JAX takes compiler options only from
+    # the outermost jit, this one.
     train_step = jax.jit(
         member_step(
-            [m.run.train_step for m in members], program, scales, mesh, update_args, settings
+            [m.run.train_step.__wrapped__ for m in members],
+            program,
+            scales,
+            mesh,
+            update_args,
+            settings,
         ),
         donate_argnums=0,
+        compiler_options=compiler_options(cfg),
     )
     timing: dict[str, float] = {}
     show = cfg.get("progress", True) and jax.process_index() == 0

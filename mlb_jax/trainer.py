@@ -39,6 +39,7 @@ from mlb_jax.probe import linear_probe_accuracy
 from mlb_jax.steps import (
     TrainState,
     abstract_batch,
+    compiler_options,
     create_train_state,
     make_eval_step,
     make_train_step,
@@ -51,6 +52,7 @@ CONFIG_FILE = "config.json"
 RESUME_MAY_DIFFER = (
     "train.log_every",
     "train.eval_test_every_epoch",
+    "train.cpu_scheduler",  # the order of operations: same bits, other memory and speed
     "progress",
     "data.cache_dir",
     "environment.",
@@ -280,6 +282,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if not isinstance(train.get(field, False), bool):
             raise ValueError(f"config.train.{field} must be True or False, got {train[field]!r}")
     make_optimizer(train, 1, None)
+    compiler_options(config)
     from mlb_jax.evaluate import EvalSettings  # evaluate imports this module
 
     EvalSettings.from_config(config)
@@ -509,10 +512,13 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
             f"which {meta.name} lacks: choose one of {sorted(meta.split_sizes)}"
         )
     diagnostics = config.train.get("diagnostics", False)
+    options = compiler_options(config)
     train_step = jax.jit(
-        make_train_step(graphdef, method, tx, diagnostics=diagnostics), donate_argnums=0
+        make_train_step(graphdef, method, tx, diagnostics=diagnostics),
+        donate_argnums=0,
+        compiler_options=options,
     )
-    eval_step = jax.jit(make_eval_step(graphdef, method))
+    eval_step = jax.jit(make_eval_step(graphdef, method), compiler_options=options)
     # Trace-time checks (e.g. a method that needs another fusion) fail here, not mid-run.
     lengths = pipeline.length_keys(meta)
     train_step.trace(state, abstract_batch(input_shapes, batch, mesh=mesh, lengths=lengths))

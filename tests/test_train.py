@@ -14,8 +14,10 @@ import pytest
 from mlb_jax import checkpointing, evaluate, trainer
 from mlb_jax.allocator import allocator_mode
 from mlb_jax.checkpointing import RunCheckpoints
+from mlb_jax.data import pipeline
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import make_method
+from mlb_jax.steps import abstract_batch, compiler_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -600,3 +602,40 @@ def test_checkpoint_round_trip_keeps_values_dtypes_and_device_layout(tmp_path, d
             assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(state.step.sharding.device_set) == 8
+
+
+def test_cpu_scheduler_orders_for_memory_and_computes_the_same_bits(data_cache):
+    # config.train.cpu_scheduler reaches the trainer's compiled step: ordered for memory
+    # (the default) it needs fewer temporaries than XLA's concurrency order, and one step
+    # from the same state and batch gives the same bits under both.
+    config = load_tiny(data_cache)
+    meta = trainer.load_dataset(config)
+    shapes = {m: spec.shape for m, spec in meta.modalities.items()}
+    rng = np.random.default_rng(0)
+    temps, outputs, batch = {}, {}, None
+    for scheduler in ("memory", "concurrency"):
+        config.train.cpu_scheduler = scheduler
+        run, state = trainer.setup(config, meta)
+        abstract = abstract_batch(
+            shapes, config.train.batch_size, mesh=run.mesh, lengths=pipeline.length_keys(meta)
+        )
+        if batch is None:  # one batch for both: inputs random, every label 1, mask all True
+            batch = jax.tree.map(
+                lambda s: jax.device_put(
+                    rng.standard_normal(s.shape, np.float32)
+                    if s.dtype == np.float32
+                    else np.ones(s.shape, s.dtype),
+                    s.sharding,
+                ),
+                abstract,
+            )
+        compiled = run.train_step.lower(state, abstract).compile()
+        temps[scheduler] = compiled.memory_analysis().temp_size_in_bytes
+        outputs[scheduler] = jax.tree.leaves(compiled(state, batch))
+    assert temps["memory"] < temps["concurrency"]
+    for a, b in zip(outputs["memory"], outputs["concurrency"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert compiler_options(config, backend="gpu") == {}  # XLA CPU's setting alone
+    config.train.cpu_scheduler = "fast"
+    with pytest.raises(ValueError, match=r"config.train.cpu_scheduler='fast' is not a sched"):
+        trainer.validate_config(config)
