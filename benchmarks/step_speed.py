@@ -137,7 +137,7 @@ def load_config(
     base_width: int,
     conv: str = "auto",
     conv_max_scratch: float = float("inf"),
-    cpu_scheduler: str = "memory",
+    cpu_scheduler: str = "auto",
 ) -> Any:
     """configs/synthetic_av.py with the benchmark's width, method and convolutions, constant LR.
 
@@ -193,7 +193,7 @@ def build_jax_step(
     num_classes: int = NUM_CLASSES,
     conv: str = "auto",
     conv_max_scratch: float = float("inf"),
-    cpu_scheduler: str = "memory",
+    cpu_scheduler: str = "auto",
 ) -> tuple[JaxStep, Any]:
     """The project's train step as ``mlb_jax.trainer.setup`` builds it, compiled for ``batch``.
 
@@ -208,8 +208,8 @@ def build_jax_step(
         num_classes: K.
         conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan, tuned or xla.
         conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of tuned.
-        cpu_scheduler: ``config.train.cpu_scheduler``: 'memory' (the default) or
-            'concurrency' (XLA's default order of operations).
+        cpu_scheduler: ``config.train.cpu_scheduler``: 'auto' (the default: 'memory' with
+            the CPU plan, else 'concurrency'), 'memory' or 'concurrency' (XLA's own order).
 
     Returns:
         (the compiled step with a fresh state, the model's graphdef).
@@ -567,10 +567,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cpu-scheduler",
-        choices=("memory", "concurrency"),
-        default="memory",
+        choices=("auto", "memory", "concurrency"),
+        default="auto",
         help="config.train.cpu_scheduler of the JAX steps: XLA CPU's order of operations, "
-        "for fewer live buffers (the default) or for overlap (XLA's default)",
+        "for fewer live buffers or for overlap (XLA's own); auto: memory with the CPU "
+        "convolution plan, concurrency with XLA's convolutions",
     )
     parser.add_argument(
         "--cold-conv-cache",

@@ -138,9 +138,10 @@ def synthetic_av() -> ml_collections.ConfigDict:
     # Per-encoder gradient norms and fused-vs-unimodal gradient cosines (mlb_jax/diagnostics.py):
     # 1 more forward and M + 1 more backward passes per step.
     c.train.diagnostics = False
-    # XLA CPU's order of the step's operations: memory (fewer live buffers: 22% less temporary
-    # memory for the full-width step at 112x112, same bits) | concurrency (XLA's default).
-    c.train.cpu_scheduler = "memory"
+    # XLA CPU's order of the step's operations (same bits): auto (memory with the CPU
+    # convolution plan, else concurrency) | memory (fewer live buffers: 22% less temporary
+    # memory for the full-width planned step at 112x112) | concurrency (XLA's own order).
+    c.train.cpu_scheduler = "auto"
 
     c.probe = ml_collections.ConfigDict()
     c.probe.steps = 500  # full-batch Adam steps of the linear probes

@@ -24,6 +24,7 @@ from mlb_jax import diagnostics as diagnostics_lib
 from mlb_jax.balancing import balancing_metrics, top1_accuracy
 from mlb_jax.methods import Method, make_method
 from mlb_jax.models import build_model
+from mlb_jax.models.conv import resolve as resolve_conv
 from mlb_jax.optim import make_optimizer
 
 PyTree = Any
@@ -149,13 +150,44 @@ def abstract_batch(
 # XLA's default orders for concurrency: it starts work whose inputs are ready early, so that
 # independent operations can overlap, and their results stay alive until used: e.g. the
 # stems' kernel-gradient patches, built from the input during the forward pass and used at
-# the end of the backward. Ordered for memory, the same full-width MLB step at 112x112 needs
-# 1100 MiB of temporaries instead of 1405 (with XLA's own convolutions 717 instead of 1015)
-# and computes the same bits; on 2 cores its speed was the same within noise (README, "Speed").
+# the end of the backward. Ordered for memory, the full-width MLB step at 112x112 with the
+# CPU convolution plan needs 1100 MiB of temporaries instead of 1405 (224x224: 2664 instead of
+# 3031) and computes the same bits, as fast or faster on 2 cores; with XLA's own convolutions
+# the memory order saved little or nothing (224x224: 2247 against 2198 MiB) and cost 3-8% of
+# the step (README, "Speed"). 'auto' therefore orders for memory where the plan runs.
 CPU_SCHEDULERS = {
     "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
     "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
 }
+
+
+def cpu_scheduler(config: ml_collections.ConfigDict, backend: str | None = None) -> str:
+    """What ``config.train.cpu_scheduler`` orders the step's operations for on a backend.
+
+    Args:
+      config: the experiment config: ``config.train.cpu_scheduler`` ('auto' when missing, as
+        in configs saved by earlier versions) and, for 'auto', ``config.model.conv``.
+      backend: a JAX backend name; None means ``jax.default_backend()``.
+
+    Returns:
+      'memory' or 'concurrency'. 'auto' is 'memory' where the model's convolutions run the
+      CPU plan (``config.model.conv`` resolving to 'plan' or 'tuned',
+      `mlb_jax.models.conv.resolve`), else 'concurrency' (XLA's own order).
+
+    Raises:
+      ValueError: naming ``config.train.cpu_scheduler`` and its values, for any other value.
+    """
+    choice = config.train.get("cpu_scheduler", "auto")
+    if choice == "auto":
+        planned = resolve_conv(config.model.get("conv", "auto"), backend) != "xla"
+        return "memory" if planned else "concurrency"
+    if choice not in CPU_SCHEDULERS:
+        raise ValueError(
+            f"config.train.cpu_scheduler={choice!r} is not a scheduler: use 'auto' (memory with "
+            "the CPU convolution plan, else concurrency), 'memory' (fewer live buffers) or "
+            "'concurrency' (XLA's own order)"
+        )
+    return choice
 
 
 def compiler_options(
@@ -164,8 +196,7 @@ def compiler_options(
     """XLA options for compiling a run's steps: ``jax.jit(step, compiler_options=...)``.
 
     Args:
-      config: the experiment config; reads ``config.train.cpu_scheduler`` ('memory' when the
-        field is missing, as in configs saved by earlier versions).
+      config: the experiment config (`cpu_scheduler` reads it).
       backend: a JAX backend name; None means ``jax.default_backend()``.
 
     Returns:
@@ -173,14 +204,9 @@ def compiler_options(
       setting is XLA CPU's alone).
 
     Raises:
-      ValueError: naming ``config.train.cpu_scheduler`` and its values, for any other value.
+      ValueError: see `cpu_scheduler`.
     """
-    choice = config.train.get("cpu_scheduler", "memory")
-    if choice not in CPU_SCHEDULERS:
-        raise ValueError(
-            f"config.train.cpu_scheduler={choice!r} is not a scheduler: use 'memory' (fewer "
-            "live buffers, the default) or 'concurrency' (XLA's default order)"
-        )
+    choice = cpu_scheduler(config, backend)
     if (backend or jax.default_backend()) != "cpu":
         return {}
     return {"xla_cpu_scheduler_type": CPU_SCHEDULERS[choice]}

@@ -636,6 +636,12 @@ def test_cpu_scheduler_orders_for_memory_and_computes_the_same_bits(data_cache):
     for a, b in zip(outputs["memory"], outputs["concurrency"], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert compiler_options(config, backend="gpu") == {}  # XLA CPU's setting alone
+    # 'auto' (the default) orders for memory only where the CPU convolution plan runs.
+    config.train.cpu_scheduler = "auto"
+    for conv, order in (("xla", "CONCURRENCY"), ("auto", "MEMORY"), ("tuned", "MEMORY")):
+        config.model.conv = conv
+        expected = {"xla_cpu_scheduler_type": f"CPU_SCHEDULER_TYPE_{order}_OPTIMIZED"}
+        assert compiler_options(config, backend="cpu") == expected, conv
     config.train.cpu_scheduler = "fast"
     with pytest.raises(ValueError, match=r"config.train.cpu_scheduler='fast' is not a sched"):
         trainer.validate_config(config)
