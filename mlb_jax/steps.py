@@ -151,10 +151,12 @@ def abstract_batch(
 # independent operations can overlap, and their results stay alive until used: e.g. the
 # stems' kernel-gradient patches, built from the input during the forward pass and used at
 # the end of the backward. Ordered for memory, the full-width MLB step at 112x112 with the
-# CPU convolution plan needs 1100 MiB of temporaries instead of 1405 (224x224: 2664 instead of
-# 3031) and computes the same bits, as fast or faster on 2 cores; with XLA's own convolutions
-# the memory order saved little or nothing (224x224: 2247 against 2198 MiB) and cost 3-8% of
-# the step (README, "Speed"). 'auto' therefore orders for memory where the plan runs.
+# CPU convolution plan needs 775 MiB of temporaries instead of 1405 (224x224: 1970 instead of
+# 3031; with Winograd's kernel gradient rebuilding its input transform, which the concurrency
+# order computes early anyway) and computes the same bits, as fast or faster on 2 cores; with
+# XLA's own convolutions the memory order saved little or nothing (224x224: 2247 against 2198
+# MiB) and cost 3-8% of the step (README, "Speed"). 'auto' orders for memory where the plan
+# runs.
 CPU_SCHEDULERS = {
     "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
     "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",

@@ -54,3 +54,43 @@ def test_output_transform_transpose_is_the_adjoint():
     lhs = jnp.vdot(winograd.output_transform(m, n, h, w), y)
     rhs = jnp.vdot(m, winograd.output_transform_transpose(y))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+def test_rows_first_input_transform_equals_columns_first():
+    # The kernel gradient's V(x) combines rows first: the same transform, another rounding.
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 9, 6, 3)), jnp.float32)
+    cols_first = jax.jit(winograd.input_transform)(x)
+    rows_first = jax.jit(lambda x_: winograd.input_transform(x_, rows_first=True))(x)
+    assert rows_first.shape == cols_first.shape == (36, 2 * 3 * 2, 3)
+    np.testing.assert_allclose(rows_first, cols_first, rtol=1e-6, atol=1e-5)
+
+
+def test_kernel_gradient_does_not_keep_the_forward_input_transform(monkeypatch):
+    # Three planned Winograd layers, differentiated, ordered for memory: with the kernel
+    # gradient's V(x) built as the forward pass builds it, XLA computes it once and keeps it
+    # through the backward pass, so the program needs more temporaries.
+    from mlb_jax.models import conv
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 16, 16, 32)), jnp.float32)
+    kernels = jnp.asarray(rng.standard_normal((3, 3, 3, 32, 32)) * 0.1, jnp.float32)
+
+    def loss(x, kernels):
+        for kernel in kernels:
+            x = jax.nn.relu(
+                conv.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), None, None, NHWC)
+            )
+        return jnp.sum(x**2)
+
+    assert conv.plan(x.shape, kernels.shape[1:], (1, 1), ((1, 1), (1, 1))).kernel_grad == "winograd"
+    options = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+    def temporaries():
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=options)
+        return grad.lower(x, kernels).compile().memory_analysis().temp_size_in_bytes
+
+    rebuilt = temporaries()
+    original = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda x_, rows_first=False: original(x_))
+    shared = temporaries()
+    assert rebuilt < shared, (rebuilt, shared)

@@ -113,8 +113,9 @@ FEW_CHANNELS = 4
 # Revision of the algorithms' implementations, part of the tuner's cache key
 # (`mlb_jax.models.conv_tune.machine_key`): bump it when one changes speed, so that timings
 # measured with the old code are not reused. 2: Winograd's kernel transforms as one product,
-# and the stems' patches kernel gradient from transposed patches.
-ALGORITHMS_REVISION = 2
+# and the stems' patches kernel gradient from transposed patches. 3: Winograd's kernel
+# gradient rebuilds its input transform rows first (other scratch memory).
+ALGORITHMS_REVISION = 3
 
 
 def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:

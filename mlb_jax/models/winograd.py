@@ -109,11 +109,15 @@ def _tiles(h: int, w: int) -> tuple[int, int]:
     return -(-h // TILE), -(-w // TILE)
 
 
-def input_transform(x: jax.Array) -> jax.Array:
+def input_transform(x: jax.Array, rows_first: bool = False) -> jax.Array:
     """``B^T d B`` of every 6x6 input tile of a padding-1 convolution.
 
     Args:
         x: [N, H, W, C] (unpadded).
+        rows_first: combine along rows first, then columns (the default is columns first).
+            The same transform up to float32 rounding, and to XLA a different computation:
+            the kernel gradient's V(x) uses it so that XLA does not share it with the
+            forward pass's and keep it alive in between (see `conv3x3_kernel_grad`).
 
     Returns:
         [36, N * ceil(H/4) * ceil(W/4), C]; row-major over the 6x6 transformed positions.
@@ -121,8 +125,12 @@ def input_transform(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     th, tw = _tiles(h, w)
     xp = jnp.pad(x, ((0, 0), (1, TILE * (th + 1) - h - 1), (1, TILE * (tw + 1) - w - 1), (0, 0)))
-    cols = lax.optimization_barrier(jnp.stack(_combine(_BT, _windows(xp, 2, tw))))
-    v = jnp.stack(_combine(_BT, _windows(cols, 2, th)))  # [6 rows, 6 cols, N, th, tw, C]
+    if rows_first:
+        rows = lax.optimization_barrier(jnp.stack(_combine(_BT, _windows(xp, 1, th))))
+        v = jnp.stack(_combine(_BT, _windows(rows, 3, tw)), axis=1)  # [6, 6, N, th, tw, C]
+    else:
+        cols = lax.optimization_barrier(jnp.stack(_combine(_BT, _windows(xp, 2, tw))))
+        v = jnp.stack(_combine(_BT, _windows(cols, 2, th)))  # [6 rows, 6 cols, N, th, tw, C]
     return v.reshape(SPAN * SPAN, n * th * tw, c)
 
 
@@ -229,7 +237,10 @@ def conv3x3_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
     Returns:
         [3, 3, C_in, C_out].
     """
-    v = input_transform(x)
+    # Rebuilt rows first: XLA would otherwise compute the forward pass's V(x) once for both and
+    # keep it through the backward pass (2.25x each Winograd layer's input; at 112x112 the
+    # MLB step's temporaries 1100 MiB against 775 MiB, benchmarks/README.md).
+    v = input_transform(x, rows_first=True)
     dm = output_transform_transpose(dy)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # [36, C_in, C_out]
     # G^T du G per channel pair, as one product with _GG's transpose (see _GG).
