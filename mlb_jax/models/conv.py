@@ -30,9 +30,9 @@ convolution and three other formulations of the same sums (together, "the plan")
   (`_shifted_kernel_grad`).
 
 The choice is static, from the shapes and dtype (`plan`); the custom gradient saves only the
-input and kernel (patches and transforms are rebuilt in the backward pass, but XLA computes a
-Winograd layer's input transform once for the forward pass and the kernel gradient, the same
-computation on the same input, and keeps it in between). The mathematics is
+input and kernel (patches and transforms are rebuilt in the backward pass; Winograd's kernel
+gradient builds its input transform in another order, so that XLA does not share the forward
+pass's and keep it in between, `winograd.conv3x3_kernel_grad`). The mathematics is
 unchanged: same function, same gradients up to float32 rounding (~1e-5 relative for Winograd,
 whose transform coefficients reach 8; summation order for the others). Only float32 runs the
 plan's algorithms: their error analysis and measurements are float32's, so bfloat16, float16
