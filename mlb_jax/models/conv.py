@@ -22,17 +22,19 @@ convolution and three other formulations of the same sums (together, "the plan")
     patches[n, y, x, (i, j, c)] = xpad[n, s*y + i, s*x + j, c]
     forward:          y  = patches @ W.reshape(k*k*C_in, C_out)
     input gradient:   dx = im2col^T(dy @ W.reshape(k*k*C_in, C_out)^T)  (slices transposed)
-    kernel gradient:  dW = patches^T @ dy   (inputs of <= 4 channels, the stems: the
-                                             patches built transposed, `im2col_transposed`)
+    kernel gradient:  dW[i, j] = patches[.., (i, j, :)]^T @ dy, one product per tap
+                      (`_tap_kernel_grad`; inputs of <= 4 channels, the stems: one product
+                      over all the patches, built transposed, `im2col_transposed`)
 
 * for stride-1 kernel gradients, no patches at all: each of the k*k taps is one product of
   contiguous row ranges of the flattened padded input and output gradient
   (`_shifted_kernel_grad`).
 
 The choice is static, from the shapes and dtype (`plan`); the custom gradient saves only the
-input and kernel (patches and transforms are rebuilt in the backward pass; Winograd's kernel
-gradient builds its input transform in another order, so that XLA does not share the forward
-pass's and keep it in between, `winograd.conv3x3_kernel_grad`). The mathematics is
+input and kernel (patches and transforms are rebuilt in the backward pass, in another form
+than the forward pass's, so that XLA does not compute them once and keep them in between:
+the patches kernel gradient takes one tap's slice at a time, and Winograd's kernel gradient
+builds its input transform rows first, `winograd.conv3x3_kernel_grad`). The mathematics is
 unchanged: same function, same gradients up to float32 rounding (~1e-5 relative for Winograd,
 whose transform coefficients reach 8; summation order for the others). Only float32 runs the
 plan's algorithms: their error analysis and measurements are float32's, so bfloat16, float16
@@ -114,8 +116,9 @@ FEW_CHANNELS = 4
 # (`mlb_jax.models.conv_tune.machine_key`): bump it when one changes speed, so that timings
 # measured with the old code are not reused. 2: Winograd's kernel transforms as one product,
 # and the stems' patches kernel gradient from transposed patches. 3: Winograd's kernel
-# gradient rebuilds its input transform rows first (other scratch memory).
-ALGORITHMS_REVISION = 3
+# gradient rebuilds its input transform rows first (other scratch memory). 4: the patches
+# kernel gradient of inputs with more than FEW_CHANNELS channels as one product per tap.
+ALGORITHMS_REVISION = 4
 
 
 def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:
@@ -360,6 +363,36 @@ def _shifted_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, padding) -> 
     return jnp.stack(taps).reshape(kh, kw, co, c).transpose(0, 1, 3, 2)
 
 
+def _tap_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides, padding) -> jax.Array:
+    """The patches kernel gradient one kernel tap at a time: dW[i, j] = view_ij(x)^T @ dy.
+
+    The same sums as ``im2col(x)^T @ dy``, split by the patches' tap (i, j): each tap's
+    [N * H' * W', C_in] strided view is one product with the flattened output gradient, and
+    the patches are never concatenated. A different computation from the forward pass's
+    `im2col`, so XLA does not keep that one through the backward pass for this product
+    (small-map layers run both passes on patches): in the MLB step at 112 the temporaries
+    fall from 775 to 678 MiB and the step took 0.987x the time (same-process A/B, 16
+    repetitions; 0.973x at 224, benchmarks/README.md).
+
+    Args:
+        x: [N, H, W, C_in], the forward input.
+        dy: [N, H', W', C_out], the output's gradient.
+        kernel_shape: (kh, kw, C_in, C_out).
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
+
+    Returns:
+        dkernel, ``kernel_shape``.
+    """
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    dy_rows = dy.reshape(-1, dy.shape[3])
+    taps = [
+        view.reshape(-1, view.shape[3]).T @ dy_rows
+        for view in _tap_views(xp, (1, 2), kernel_shape[:2], strides)
+    ]
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
 def candidates(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
@@ -460,8 +493,7 @@ def kernel_grad(
         patches_t = im2col_transposed(x, kernel.shape[:2], strides, padding)
         return (patches_t @ dy.reshape(-1, dy.shape[3])).reshape(kernel.shape)
     if algorithm == PATCHES:
-        patches = im2col(x, kernel.shape[:2], strides, padding)
-        return jnp.einsum("nyxk,nyxo->ko", patches, dy).reshape(kernel.shape)
+        return _tap_kernel_grad(x, dy, kernel.shape, strides, padding)
     _, kernel_vjp = jax.vjp(lambda k_: _xla_conv(x, k_, strides, padding), kernel)
     return kernel_vjp(dy)[0]
 
