@@ -29,6 +29,10 @@ CASES = [
     ((3, 1, 1, 8, 8, (10, 9)), conv.Plan(X, X, X)),
     # 1x1 stride-2 downsample on a mid-sized map: patches kernel grad only
     ((1, 2, 0, 8, 16, (20, 18)), conv.Plan(X, X, P)),
+    # strided 3x3 on a mid-sized map (10x9 out), wide output: patches kernel grad only
+    ((3, 2, 1, 8, 32, (20, 18)), conv.Plan(X, X, P)),
+    # the same with a narrow output: XLA everywhere
+    ((3, 2, 1, 8, 8, (20, 18)), conv.Plan(X, X, X)),
     # 2x2 map under a padded 3x3 kernel: matrix products in every pass
     ((3, 1, 1, 16, 16, (2, 2)), conv.Plan(P, P, P)),
     # strided 3x3 on a small map (odd sizes)
@@ -127,7 +131,8 @@ def test_plan_on_resnet18_layers():
     # ResNet-18 on 112x112 frames: stem 56x56 out, stage 1 at 28x28, last stage at 4x4.
     assert plan((48, 112, 112, 3), (7, 7, 3, 64), 2, 3) == conv.Plan(X, X, P)
     assert plan((48, 28, 28, 64), (3, 3, 64, 64), 1, 1) == conv.Plan(W, W, W)
-    assert plan((48, 28, 28, 64), (3, 3, 64, 128), 2, 1) == conv.Plan(X, X, X)
+    # Strided, 14x14 out: the patches kernel gradient, not XLA's (transposes its input).
+    assert plan((48, 28, 28, 64), (3, 3, 64, 128), 2, 1) == conv.Plan(X, X, P)
     assert plan((48, 14, 14, 128), (3, 3, 128, 128), 1, 1) == conv.Plan(W, W, W)
     assert plan((48, 4, 4, 512), (3, 3, 512, 512), 1, 1) == conv.Plan(P, P, P)
     # 224x224 frames: the last stage at 7x7 keeps Winograd for the kernel gradient only.

@@ -99,8 +99,9 @@ SHIFTED = "shifted"  # kernel gradient only: products of row-shifted flat views 
 WINOGRAD = "winograd"  # F(4x4, 3x3), mlb_jax.models.winograd (3x3, stride 1, padding 1)
 # Output maps with at most this many positions (8x8) use matrix products in every pass.
 SMALL_MAP = 64
-# Kernel gradients of maps with at least this many positions (16x16) and this many output
-# channels use the patches product (and of 1x1 kernels always).
+# Kernel gradients with this many output channels use the patches product (stride 2) or the
+# shifted rows (stride 1, on maps of at least LARGE_MAP positions, 16x16); those of 1x1
+# kernels always do.
 LARGE_MAP = 256
 WIDE_OUTPUT = 32
 # Winograd needs enough channels for its 36 products to beat the transforms and enough map
@@ -148,13 +149,15 @@ def plan(
 ) -> Plan:
     """The per-pass algorithm choice for one convolution, from its static shapes and dtype.
 
-    The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer tables):
-    Winograd F(4x4, 3x3) in every pass of stride-1, padding-1 3x3 layers with >= 32 channels
-    on maps of >= 7x7 (forward and input gradient only up to 256 channels); otherwise small
-    output maps are faster as matrix products in every pass, and the kernel gradient is faster
-    as a patches (or, stride 1, shifted-rows) product for 1x1 kernels and for large maps with
-    enough output channels. Any dtype but float32 gets `ALL_XLA`: the algorithms' rounding
-    (Winograd's transforms reach 8) and their speed were established for float32 only.
+    The thresholds are measured on a 2-core AVX2 CPU (benchmarks/README.md, per-layer tables),
+    the strided kernel gradients' on a 2-core AVX-512 one: Winograd F(4x4, 3x3) in every pass
+    of stride-1, padding-1 3x3 layers with >= 32 channels on maps of >= 7x7 (forward and input
+    gradient only up to 256 channels); otherwise small output maps are faster as matrix
+    products in every pass, and the kernel gradient is faster as a patches product for 1x1
+    kernels and for strided layers with enough output channels, as a shifted-rows product for
+    stride-1 layers on large maps with enough output channels. Any dtype but float32 gets
+    `ALL_XLA`: the algorithms' rounding (Winograd's transforms reach 8) and their speed were
+    established for float32 only.
 
     Args:
         x_shape: [N, H, W, C_in].
@@ -183,13 +186,18 @@ def plan(
     else:
         forward = PATCHES if small else XLA
     one_by_one = tuple(kernel_shape[:2]) == (1, 1)
-    large = out_hw[0] * out_hw[1] >= LARGE_MAP and kernel_shape[3] >= WIDE_OUTPUT
+    stride_one = tuple(strides) == (1, 1)
+    wide = kernel_shape[3] >= WIDE_OUTPUT
     if fits_winograd:
         kernel_grad = WINOGRAD
-    elif small:
+    elif small or (not stride_one and (one_by_one or wide)):
+        # Strided mid-sized maps too (e.g. 28x28 -> 14x14, 64 -> 128 channels): XLA's kernel
+        # gradient transposes its input to channels-major first, a copy that inside the
+        # step also recomputes the batch norm before it, 67 of the 83 ms the layer's kernel
+        # gradient took in the MLB step at 112 (benchmarks/README.md).
         kernel_grad = PATCHES
-    elif one_by_one or large:
-        kernel_grad = SHIFTED if tuple(strides) == (1, 1) else PATCHES
+    elif one_by_one or (wide and out_hw[0] * out_hw[1] >= LARGE_MAP):
+        kernel_grad = SHIFTED
     else:
         kernel_grad = XLA
     return Plan(forward=forward, input_grad=forward, kernel_grad=kernel_grad)
