@@ -124,6 +124,27 @@ def test_patches_kernel_gradient_does_not_keep_the_forward_patches(monkeypatch):
     assert per_tap < temporaries() / 2
 
 
+def test_stem_kernel_gradient_builds_one_output_row_of_patches_at_a_time(monkeypatch):
+    # A 7x7 stride-2 stem on 3 channels: all its transposed patches at once are
+    # [147, 4 * 32 * 32] floats (2 408 448 bytes); one output row's are 32x fewer.
+    x, dy = _normal(6, (4, 64, 64, 3)), _normal(7, (4, 32, 32, 32))
+    args = ((7, 7, 3, 32), (2, 2), ((3, 3), (3, 3)))
+    assert conv.plan(x.shape, *args).kernel_grad == P
+
+    def temporaries():
+        grad = jax.jit(lambda x_, dy_: conv.kernel_grad(P, x_, jnp.zeros(args[0]), dy_, *args[1:]))
+        return grad.lower(x, dy).compile().memory_analysis().temp_size_in_bytes
+
+    row_by_row = temporaries()
+
+    def all_patches(x_, dy_, kernel_shape, strides, padding):
+        patches_t = conv.im2col_transposed(x_, kernel_shape[:2], strides, padding)
+        return (patches_t @ dy_.reshape(-1, dy_.shape[3])).reshape(kernel_shape)
+
+    monkeypatch.setattr(conv, "_stem_kernel_grad", all_patches)
+    assert temporaries() >= 2_408_448 > 2 * row_by_row, row_by_row
+
+
 def test_plan_on_resnet18_layers():
     def plan(x_shape, kernel_shape, stride, pad):
         return conv.plan(x_shape, kernel_shape, (stride,) * 2, ((pad, pad),) * 2)

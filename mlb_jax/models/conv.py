@@ -24,7 +24,8 @@ convolution and three other formulations of the same sums (together, "the plan")
     input gradient:   dx = im2col^T(dy @ W.reshape(k*k*C_in, C_out)^T)  (slices transposed)
     kernel gradient:  dW[i, j] = patches[.., (i, j, :)]^T @ dy, one product per tap
                       (`_tap_kernel_grad`; inputs of <= 4 channels, the stems: one product
-                      over all the patches, built transposed, `im2col_transposed`)
+                      per output row over that row's patches, built transposed,
+                      `_stem_kernel_grad`)
 
 * for stride-1 kernel gradients, no patches at all: each of the k*k taps is one product of
   contiguous row ranges of the flattened padded input and output gradient
@@ -99,7 +100,7 @@ SHIFTED = "shifted"  # kernel gradient only: products of row-shifted flat views 
 WINOGRAD = "winograd"  # F(4x4, 3x3), mlb_jax.models.winograd (3x3, stride 1, padding 1)
 # Output maps with at most this many positions (8x8) use matrix products in every pass.
 SMALL_MAP = 64
-# Kernel gradients with this many output channels use the patches product (stride 2) or the
+# Kernel gradients with this many output channels use the patches product (strided) or the
 # shifted rows (stride 1, on maps of at least LARGE_MAP positions, 16x16); those of 1x1
 # kernels always do.
 LARGE_MAP = 256
@@ -111,15 +112,20 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIDE = 7
 WINOGRAD_MAX_CHANNELS = 256
 # Inputs with at most this many channels (the stems') build the patches kernel gradient's
-# patches transposed (`im2col_transposed`).
+# patches transposed, one output row at a time (`_stem_kernel_grad`).
 FEW_CHANNELS = 4
 # Revision of the algorithms' implementations, part of the tuner's cache key
 # (`mlb_jax.models.conv_tune.machine_key`): bump it when one changes speed, so that timings
 # measured with the old code are not reused. 2: Winograd's kernel transforms as one product,
 # and the stems' patches kernel gradient from transposed patches. 3: Winograd's kernel
 # gradient rebuilds its input transform rows first (other scratch memory). 4: the patches
-# kernel gradient of inputs with more than FEW_CHANNELS channels as one product per tap.
-ALGORITHMS_REVISION = 4
+# kernel gradient of inputs with more than FEW_CHANNELS channels as one product per tap. 5: that
+# of inputs with at most FEW_CHANNELS channels one output row at a time.
+ALGORITHMS_REVISION = 5
+# Output rows per iteration of `_stem_kernel_grad`'s loop: alone, the video stem's kernel
+# gradient at 112x112 took 20.2, 18.8 and 16.3 ms unrolled 1, 2 and 4 times (78.7 against
+# 117.4 ms at 224; the audio stem's 9.5 against 11.4 ms), benchmarks/README.md.
+STEM_ROWS_UNROLL = 4
 
 
 def _out_hw(x_shape, kernel_shape, strides, padding) -> tuple[int, int]:
@@ -401,6 +407,45 @@ def _tap_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides, padding
     return jnp.stack(taps).reshape(kernel_shape)
 
 
+def _stem_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides, padding) -> jax.Array:
+    """The patches kernel gradient of a few-channel input, one output row at a time.
+
+    ``im2col_transposed(x) @ dy`` summed over output rows y: each row's patches are
+    [kh * kw * C_in, N * W'] (built from the kh input rows under it) and stay in cache for their
+    product with that row of dy, where all the patches at once are the largest buffer of the
+    step (88 MB for the video stem at 112x112 and 16 frames, 354 MB at 224x224). A loop over
+    rows, not over images, so that a batch sharded over devices stays sharded. In the MLB
+    step the temporaries fall from 678 to 566 MiB at 112 and from 1909 to 1436 MiB at 224,
+    and the step took 0.994x and 0.954x the time (same-process A/B, benchmarks/README.md).
+
+    Args:
+        x: [N, H, W, C_in], the forward input.
+        dy: [N, H', W', C_out], the output's gradient.
+        kernel_shape: (kh, kw, C_in, C_out).
+        strides: (sh, sw).
+        padding: ((top, bottom), (left, right)).
+
+    Returns:
+        dkernel, ``kernel_shape``.
+    """
+    kh, kw, c_in, c_out = kernel_shape
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+
+    def add_row(total: jax.Array, y: jax.Array) -> tuple[jax.Array, None]:
+        x_rows = lax.dynamic_slice_in_dim(xp, y * strides[0], kh, axis=1)
+        dy_row = lax.dynamic_slice_in_dim(dy, y, 1, axis=1)
+        patches_t = im2col_transposed(x_rows, (kh, kw), strides, ((0, 0), (0, 0)))
+        return total + patches_t @ dy_row.reshape(-1, c_out), None
+
+    total, _ = lax.scan(
+        add_row,
+        jnp.zeros((kh * kw * c_in, c_out), dy.dtype),
+        jnp.arange(dy.shape[1]),
+        unroll=STEM_ROWS_UNROLL,
+    )
+    return total.reshape(kernel_shape)
+
+
 def candidates(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
@@ -498,8 +543,7 @@ def kernel_grad(
     if algorithm == SHIFTED:
         return _shifted_kernel_grad(x, dy, kernel.shape, padding)
     if algorithm == PATCHES and x.shape[3] <= FEW_CHANNELS:
-        patches_t = im2col_transposed(x, kernel.shape[:2], strides, padding)
-        return (patches_t @ dy.reshape(-1, dy.shape[3])).reshape(kernel.shape)
+        return _stem_kernel_grad(x, dy, kernel.shape, strides, padding)
     if algorithm == PATCHES:
         return _tap_kernel_grad(x, dy, kernel.shape, strides, padding)
     _, kernel_vjp = jax.vjp(lambda k_: _xla_conv(x, k_, strides, padding), kernel)
