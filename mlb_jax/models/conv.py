@@ -413,20 +413,11 @@ def _stem_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides, paddin
     ``im2col_transposed(x) @ dy`` summed over output rows y: each row's patches are
     [kh * kw * C_in, N * W'] (built from the kh input rows under it) and stay in cache for their
     product with that row of dy, where all the patches at once are the largest buffer of the
-    step (88 MB for the video stem at 112x112 and 16 frames, 354 MB at 224x224). A loop over
-    rows, not over images, so that a batch sharded over devices stays sharded. In the MLB
-    step the temporaries fall from 678 to 566 MiB at 112 and from 1909 to 1436 MiB at 224,
-    and the step took 0.994x and 0.954x the time (same-process A/B, benchmarks/README.md).
-
-    Args:
-        x: [N, H, W, C_in], the forward input.
-        dy: [N, H', W', C_out], the output's gradient.
-        kernel_shape: (kh, kw, C_in, C_out).
-        strides: (sh, sw).
-        padding: ((top, bottom), (left, right)).
-
-    Returns:
-        dkernel, ``kernel_shape``.
+    step (88 MB for the video stem at 112x112 and 16 clips of 3 frames, 354 MB at 224x224). A
+    loop over rows, not over images, so that a batch sharded over devices stays sharded. In
+    the MLB step the temporaries fall from 678 to 566 MiB at 112 and from 1909 to 1436 MiB at
+    224, and the step took 0.994x and 0.954x the time (same-process A/B, benchmarks/README.md).
+    Arguments and result as `_tap_kernel_grad`'s.
     """
     kh, kw, c_in, c_out = kernel_shape
     xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
