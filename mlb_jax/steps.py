@@ -153,7 +153,8 @@ def abstract_batch(
 # the end of the backward. Ordered for memory, the full-width MLB step at 112x112 with the
 # CPU convolution plan needs 775 MiB of temporaries instead of 1405 (224x224: 1970 instead of
 # 3031; with Winograd's kernel gradient rebuilding its input transform, which the concurrency
-# order computes early anyway) and computes the same bits, as fast or faster on 2 cores; with
+# order computes early anyway; 566 and 1436 MiB since the patches kernel gradients no longer
+# build whole patch matrices) and computes the same bits, as fast or faster on 2 cores; with
 # XLA's own convolutions the memory order saved little or nothing (224x224: 2247 against 2198
 # MiB) and cost 3-8% of the step (README, "Speed"). 'auto' orders for memory where the plan
 # runs.
