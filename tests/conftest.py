@@ -75,3 +75,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Puts the files of `_LONGEST_FIRST` first, in that order; keeps every file's own order."""
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture
+def tracer_sharding_reads(monkeypatch) -> list[str]:
+    """The type names of the tracers whose ``sharding`` is read from now on (reads still raise).
+
+    Reading it raises AttributeError after building a message that walks every equation traced
+    so far; flax's ``Variable.__setitem__`` reads it on each whole-array update.
+    """
+    reads = []
+    original = jax.core.Tracer.sharding
+
+    def sharding(tracer):
+        reads.append(type(tracer).__name__)
+        return original.fget(tracer)
+
+    monkeypatch.setattr(jax.core.Tracer, "sharding", property(sharding))
+    return reads

@@ -31,6 +31,7 @@ from mlb_jax.models import (
     build_model,
     conv_tune,
     pooling,
+    resnet,
 )
 from mlb_jax.models import conv as conv_module
 from mlb_jax.models.pooling import max_pool_3x3_s2
@@ -246,6 +247,37 @@ def test_train_updates_batch_stats_with_momentum_and_uses_dropout(model):
         assert not np.allclose(first.features[name], eval_out.features[name])
     # Dropout is active in training and draws fresh masks each step.
     assert not np.allclose(first.logits, second.logits)
+
+
+def _traced_train(norm: nnx.Module, x: jax.Array):
+    """One jitted training call of a BatchNorm: its output and updated running statistics."""
+    graphdef, state = nnx.split(norm)
+
+    @jax.jit
+    def train(state, x):
+        module = nnx.merge(graphdef, state)
+        return module(x, use_running_average=False), nnx.state(module, nnx.BatchStat)
+
+    return train(state, x)
+
+
+def test_resnet_batch_norm_traced_update_equals_flax_without_reading_a_tracers_sharding(
+    tracer_sharding_reads,
+):
+    x = _normal(3, (4, 5, 6, 7))
+    options = {"momentum": resnet.BN_MOMENTUM, "epsilon": resnet.BN_EPSILON, "rngs": _rngs(0)}
+    flax_out, flax_stats = _traced_train(nnx.BatchNorm(7, **options), x)
+    assert tracer_sharding_reads  # flax's own update asks (two per statistic: old and new)
+    tracer_sharding_reads.clear()
+    options["rngs"] = _rngs(0)
+    out, stats = _traced_train(resnet._BatchNorm(7, **options), x)
+    assert tracer_sharding_reads == []
+    np.testing.assert_array_equal(out, flax_out)
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(stats[name][...], flax_stats[name][...])
+    # The update itself: from (0, 1) towards the batch's mean and (biased) variance.
+    np.testing.assert_allclose(stats["mean"][...], 0.1 * x.mean((0, 1, 2)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["var"][...], 0.9 + 0.1 * x.var((0, 1, 2)), rtol=1e-5)
 
 
 # --- shapes for every fusion, M = 2 and M = 3 -----------------------------------------------

@@ -165,7 +165,9 @@ def test_zero_valid_steps_give_a_finite_zero_feature(encoders, kind, train):
         np.testing.assert_array_equal(new, old)
 
 
-def test_masked_batch_norm_updates_running_statistics_from_valid_steps(encoders):
+def test_masked_batch_norm_updates_running_statistics_from_valid_steps(
+    encoders, tracer_sharding_reads
+):
     # The first block's convolution-module BatchNorm, fed its input directly.
     norm = encoders["conformer"].blocks[0].conv.batch_norm
     x, lengths = _padded_batch(steps=L, features=CONFORMER["dim"], seed=5)
@@ -186,6 +188,8 @@ def test_masked_batch_norm_updates_running_statistics_from_valid_steps(encoders)
     np.testing.assert_allclose(
         np.asarray(y)[mask], (valid - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5
     )
+    # set_value, not `[...] =`, which would read them (tests/test_models.py)
+    assert tracer_sharding_reads == []
 
 
 # --- positions ------------------------------------------------------------------------------

@@ -188,11 +188,18 @@ class MaskedBatchNorm(nnx.Module):
             var = jnp.sum(jnp.where(valid, jnp.square(x - mean), 0.0), axis=(0, 1)) / denominator
             seen = count > 0
             momentum = self.momentum
-            self.mean[...] = jax.lax.stop_gradient(
-                jnp.where(seen, momentum * self.mean[...] + (1 - momentum) * mean, self.mean[...])
+            # set_value, not `self.mean[...] = `: see mlb_jax.models.resnet._RunningStatistic.
+            self.mean.set_value(
+                jax.lax.stop_gradient(
+                    jnp.where(
+                        seen, momentum * self.mean[...] + (1 - momentum) * mean, self.mean[...]
+                    )
+                )
             )
-            self.var[...] = jax.lax.stop_gradient(
-                jnp.where(seen, momentum * self.var[...] + (1 - momentum) * var, self.var[...])
+            self.var.set_value(
+                jax.lax.stop_gradient(
+                    jnp.where(seen, momentum * self.var[...] + (1 - momentum) * var, self.var[...])
+                )
             )
         else:
             mean, var = self.mean[...], self.var[...]
