@@ -50,8 +50,9 @@ class _RunningStatistic(nnx.BatchStat):
     and new values' shardings with ``getattr(value, 'sharding', None)``. On a tracer that read
     raises, after building an error message that walks every equation traced so far to find
     the value's origin, so the cost grows with what was traced before it: tracing the
-    full-width 112x112 benchmark step took 1.65-1.81 s with those reads and 1.12-1.14 s
-    without, and they were 12% of the profile of the suite's longest test (tiny models).
+    full-width 112x112 benchmark step a second time in a process took 1.65-1.74 s with those
+    reads and 1.12-1.14 s without, and they were 12% of the profile of the suite's longest
+    test (tiny models).
     Both shardings read None there, and flax replaces the value whole; this does the same
     without asking. Anything else, concrete arrays included, goes to flax.
     """
