@@ -122,9 +122,10 @@ FEW_CHANNELS = 4
 # kernel gradient of inputs with more than FEW_CHANNELS channels as one product per tap. 5: that
 # of inputs with at most FEW_CHANNELS channels one output row at a time.
 ALGORITHMS_REVISION = 5
-# Output rows per iteration of `_stem_kernel_grad`'s loop: alone, the video stem's kernel
-# gradient at 112x112 took 20.2, 18.8 and 16.3 ms unrolled 1, 2 and 4 times (78.7 against
-# 117.4 ms at 224; the audio stem's 9.5 against 11.4 ms), benchmarks/README.md.
+# Iterations of `_stem_kernel_grad`'s loop (one output row each) unrolled into one loop body:
+# alone, the video stem's kernel gradient at 112x112 took 20.2, 18.8 and 16.3 ms unrolled 1, 2
+# and 4 times (78.7 against 117.4 ms at 224; the audio stem's 9.5 against 11.4 ms),
+# benchmarks/README.md.
 STEM_ROWS_UNROLL = 4
 
 
