@@ -18,11 +18,12 @@ step times, measured within one process run.
     python benchmarks/step_speed.py --with-xla-conv  # also JAX with XLA's convolution only
     python benchmarks/step_speed.py --with-tuned-conv --cold-conv-cache  # measured plan too
 
-The JAX step's convolutions are ``config.model.conv='auto'`` (``--conv``): on the CPU, the
-plan's fixed thresholds. ``tuned`` measures each layer's algorithms on this machine
-(`mlb_jax.models.conv_tune`, cached in ``~/.cache/mlb_jax/conv_plans``) while compiling, the
-first time a machine sees a layer shape (``--cold-conv-cache`` forces that, to show the cost),
-and lists each layer's choice.
+The JAX step's convolutions are ``config.model.conv='auto'`` (``--conv``) as built without
+timing: on the CPU, the plan's fixed thresholds (the trainer's ``'auto'`` times the plan's step
+against XLA's and takes the faster, `mlb_jax.conv_auto`; ``--with-xla-conv`` shows both).
+``tuned`` measures each layer's algorithms on this machine (`mlb_jax.models.conv_tune`, cached
+in ``~/.cache/mlb_jax/conv_plans``) while compiling, the first time a machine sees a layer
+shape (``--cold-conv-cache`` forces that, to show the cost), and lists each layer's choice.
 
 Heap (``--malloc``): by default the process runs as started, where every step of either
 framework faults in its large buffers 4 KiB at a time; ``--malloc=hugepages`` relaunches it

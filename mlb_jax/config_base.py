@@ -75,7 +75,9 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.model.base_width = 8  # ResNet-18 width (64 = standard); 8 keeps the demo CPU-sized
     # The CPU convolution plan buys nothing at width 8 and compiles 1.5-2.3x longer
     # (benchmarks/conv_choice.py); reference_resnet's full-width encoders use 'auto'.
-    c.model.conv = "xla"  # convolutions: auto (plan on CPU, XLA elsewhere) | plan | tuned | xla
+    # Convolutions: auto (CPU: the faster step of plan and xla, timed; XLA elsewhere) | plan |
+    # tuned | xla.
+    c.model.conv = "xla"
     # 'tuned' only: extra scratch memory a layer's algorithm may take over XLA's convolution,
     # in multiples of the layer's input (inf: fastest; 0: XLA's memory; mlb_jax.models.conv_tune).
     c.model.conv_max_scratch = float("inf")
@@ -180,7 +182,9 @@ def reference_resnet(dataset: str) -> ml_collections.ConfigDict:
     c.data.augment.size = (224, 224)  # crops of the stored (larger) frames, resized to 224
 
     c.model.base_width = 64  # full ResNet-18 (widths 64/128/256/512), as the reference
-    c.model.conv = "auto"  # the CPU plan on a CPU, XLA's convolution elsewhere (README, "Speed")
+    # CPU: the faster train step of the CPU plan and XLA's convolutions, timed once per machine
+    # and step (mlb_jax/conv_auto.py); XLA's convolution elsewhere (README, "Speed").
+    c.model.conv = "auto"
     c.model.fusion = "late_linear"  # MLB's default `cls_type: linear` (concat + one Linear)
 
     c.method.name = "mlb"  # override with --config.method.name=joint|multiloss|...

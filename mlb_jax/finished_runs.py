@@ -46,8 +46,17 @@ def run_config(workdir: paths.PathLike, where: str) -> tuple[ml_collections.Conf
 
 
 def config_from_doc(doc: dict) -> ml_collections.ConfigDict:
-    """The config of a run from its config.json document (without the records it adds)."""
-    return ml_collections.ConfigDict({k: v for k, v in doc.items() if k not in _RECORD_KEYS})
+    """The config of a run from its config.json document (without the records it adds).
+
+    A run that asked for ``model.conv='auto'`` gets the algorithm it ran (its
+    ``resolved.model.conv_resolved``: 'auto' is timed per machine, `mlb_jax.conv_auto`), so
+    that its checkpoints are evaluated and built on with the convolutions they trained with.
+    """
+    config = {k: v for k, v in doc.items() if k not in _RECORD_KEYS}
+    ran = doc.get("resolved", {}).get("model", {}).get("conv_resolved")
+    if ran and config.get("model", {}).get("conv", "auto") == "auto":
+        config["model"] = {**config["model"], "conv": ran}
+    return ml_collections.ConfigDict(config)
 
 
 def check_unimodal_run(

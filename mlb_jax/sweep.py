@@ -362,12 +362,15 @@ def _open_members(
     members, states = [], []
     shared = None
     for name, cfg in configs:
-        run, state = trainer.setup(cfg, meta)
+        conv, timing = trainer.stored_conv(workdir / name, cfg)  # a resumed 'auto' keeps it
+        run, state = trainer.setup(cfg, meta, conv=conv)
+        if timing:
+            run = dataclasses.replace(run, conv_auto=timing)
         if shared is None:
             shared = run
         elif share_eval:
             run = dataclasses.replace(run, eval_step=shared.eval_step)
-        resolved = trainer.resolved_settings(cfg, run.meta, run.method, state.params)
+        resolved = trainer.resolved_settings(cfg, run.meta, run.method, state.params, run.conv)
         if recipe:
             resolved["recipe"] = recipe
         members.append((name, run, resolved))
@@ -375,7 +378,7 @@ def _open_members(
     out = []
     for name, run, resolved in members:  # nothing written until every member set up
         run_dir = workdir / name
-        trainer.check_run_config(run_dir, run.config, resolved)
+        trainer.check_run_config(run_dir, run.config, resolved, run.conv_auto)
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpts = RunCheckpoints(run_dir, keep=run.config.train.get("keep_checkpoints", 2))
         writer = MetricWriter(run_dir / "tensorboard")

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from mlb_jax import paths, recipes
+from mlb_jax import conv_auto, paths, recipes
 from mlb_jax.allocator import allocator_mode
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.config_base import per_modality
@@ -88,6 +88,7 @@ __all__ = [
     "recorded_choices",
     "resolved_settings",
     "setup",
+    "stored_conv",
     "train_and_evaluate",
     "validate_config",
     "write_json_atomic",
@@ -134,7 +135,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def resolved_settings(
-    config: ml_collections.ConfigDict, meta: schema.DatasetMeta, method: Any, params: Any
+    config: ml_collections.ConfigDict,
+    meta: schema.DatasetMeta,
+    method: Any,
+    params: Any,
+    conv: str | None = None,
 ) -> dict[str, Any]:
     """What a built run actually uses, beyond the raw config: recorded and compared on resume.
 
@@ -143,6 +148,8 @@ def resolved_settings(
       meta: the dataset.
       method: the built method (a frozen dataclass, `create_train_state`'s second result).
       params: the model's parameters (any pytree of arrays).
+      conv: what the convolutions run (`Run.conv`); None: ``config.model.conv`` resolved
+        without timing (`mlb_jax.models.conv.resolve`).
 
     Returns:
       JSON data: {'method': every field of the method dataclass (e.g. OGM-GE's alpha, read
@@ -155,9 +162,9 @@ def resolved_settings(
             "method": dataclasses.asdict(method),
             "model": {
                 # The convolution algorithm changes the numbers: the choice and, for 'auto',
-                # what it resolves to on this backend (a resume on another backend differs).
+                # what it resolved to here (a resumed 'auto' run keeps it: `stored_conv`).
                 "conv": config.model.get("conv", "auto"),
-                "conv_resolved": resolve_conv(config.model.get("conv", "auto")),
+                "conv_resolved": conv or resolve_conv(config.model.get("conv", "auto")),
                 "param_dtypes": sorted({str(x.dtype) for x in leaves}),
                 "num_params": int(sum(x.size for x in leaves)),
             },
@@ -174,9 +181,13 @@ def resolved_settings(
     )
 
 
-def _environment() -> dict[str, Any]:
-    """Where this invocation runs (recorded for the reader, not compared on resume)."""
-    return {
+def _environment(conv_timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where this invocation runs (recorded for the reader, not compared on resume).
+
+    `conv_timing` (`Run.conv_auto`: the step times behind ``model.conv='auto'``) is added
+    under 'conv_auto' when given.
+    """
+    return ({"conv_auto": conv_timing} if conv_timing else {}) | {
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
@@ -190,12 +201,14 @@ def check_run_config(
     workdir: paths.PathLike,
     config: ml_collections.ConfigDict,
     resolved: dict[str, Any] | None = None,
+    conv_timing: dict[str, Any] | None = None,
 ) -> None:
     """Writes config.json, or checks that an existing run's config matches this one.
 
     config.json holds the config, `resolved` under 'resolved' (what the built run uses, see
     `resolved_settings`) and the environment under 'environment'. On resume everything but
-    `RESUME_MAY_DIFFER` must match. When both files have a 'resolved' block, the method is
+    `RESUME_MAY_DIFFER` must match (`conv_timing`, see `_environment`, is recorded only).
+    When both files have a 'resolved' block, the method is
     compared through it (every field of the built method, wherever in config.method it was
     read from) and the raw config.method block only by name; runs written before 'resolved'
     existed compare the raw block, skipping other methods' sub-blocks.
@@ -210,7 +223,7 @@ def check_run_config(
     new_doc = json.loads(config.to_json())
     if resolved is not None:
         new_doc[RESOLVED_KEY] = json.loads(json.dumps(resolved))
-    new_doc[ENVIRONMENT_KEY] = _environment()
+    new_doc[ENVIRONMENT_KEY] = _environment(conv_timing)
     path = workdir / CONFIG_FILE
     if path.exists():
         old_doc = json.loads(path.read_text())
@@ -249,6 +262,26 @@ def check_run_config(
     if jax.process_index() == 0:  # one writer: processes share the workdir
         workdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, new_doc)
+
+
+def stored_conv(
+    workdir: paths.PathLike, config: ml_collections.ConfigDict
+) -> tuple[str | None, dict[str, Any] | None]:
+    """What a stored run's ``model.conv='auto'`` ran, so that resuming it runs the same.
+
+    Returns:
+      (conv, timing): config.json's ``resolved.model.conv_resolved`` and
+      ``environment.conv_auto`` (None where missing) when `config` and the run in `workdir`
+      both ask for 'auto'; (None, None) otherwise.
+    """
+    path = paths.as_path(workdir) / CONFIG_FILE
+    if config.model.get("conv", "auto") != "auto" or not path.exists():
+        return None, None
+    doc = json.loads(path.read_text())
+    if doc.get("model", {}).get("conv", "auto") != "auto":
+        return None, None
+    conv = doc.get(RESOLVED_KEY, {}).get("model", {}).get("conv_resolved")
+    return conv, doc.get(ENVIRONMENT_KEY, {}).get("conv_auto")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -428,6 +461,10 @@ class Run:
       eval_step: jitted `(state, global batch) -> outputs`.
       steps_per_epoch: training batches per epoch.
       modalities: modality names, in config order.
+      conv: what the encoders' convolutions run ('plan', 'xla' or 'tuned'), which
+        ``config.model.conv`` resolved to.
+      conv_auto: for ``model.conv='auto'`` timed on the CPU, the step times and the choice
+        (`mlb_jax.conv_auto.record`); None otherwise.
     """
 
     config: ml_collections.ConfigDict
@@ -439,6 +476,8 @@ class Run:
     eval_step: Any
     steps_per_epoch: int
     modalities: list[str]
+    conv: str
+    conv_auto: dict[str, Any] | None = None
 
 
 def _check_batch_size(field: str, batch: int, devices: int) -> None:
@@ -451,14 +490,29 @@ def _check_batch_size(field: str, batch: int, devices: int) -> None:
         )
 
 
-def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[Run, TrainState]:
-    """Builds and checks everything a run needs from its config and dataset; writes nothing.
+def setup(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta, *, conv: str | None = None
+) -> tuple[Run, TrainState]:
+    """Builds and checks everything a run needs from its config and dataset; writes no run.
 
     The mesh, the batch sizes against it, the splits the run and its method read, the model,
     method and optimiser (`create_train_state`), then a trace of the train and eval steps on
     abstract batches: every check that can reject the config runs here, so a caller can write
     config.json afterwards knowing it records a config that starts. The traces are jit's own
     (`.trace`), reused by the first real call.
+
+    ``config.model.conv='auto'`` on one CPU process takes whichever train step, the
+    convolution plan's or XLA's, this machine ran faster (`mlb_jax.conv_auto`): read from the
+    cache of step times, or timed now (both steps set up and run ``1 + conv_auto.REPS`` times
+    on a batch of zeros; the winner's compiled step is the run's) and cached. Models without
+    a ResNet encoder (the only users of ``model.conv``) take the plan without timing.
+
+    Args:
+      config: the experiment config.
+      meta: the dataset.
+      conv: the convolution algorithm to build ('plan', 'xla' or 'tuned') instead of
+        resolving ``config.model.conv``: what a stored run's 'auto' ran (config.json's
+        ``resolved.model.conv_resolved``), so that a resumed run keeps it. None: resolve it.
 
     Returns:
       (run, state): the run and a fresh train state, replicated over the mesh.
@@ -467,6 +521,93 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
       RunError, DataError, ValueError: naming the config field or split and the fix.
     """
     config = modalities_from_dataset(config, meta)  # an empty model.modalities: from the data
+    choice = config.model.get("conv", "auto")
+    if conv is None and conv_auto.applies(choice):
+        return _setup_timed(config, meta)
+    return _setup(config, meta, conv or resolve_conv(choice))
+
+
+def _setup_timed(config: ml_collections.ConfigDict, meta: schema.DatasetMeta):
+    """`setup` for ``model.conv='auto'`` on the CPU: the cached or measured faster step."""
+    frame_size, _ = augment.from_config(config.data.get("augment"))
+    key = conv_auto.step_key(config, pipeline.input_shapes(meta, frame_size))
+    times = conv_auto.lookup(key)
+    if times is not None:
+        run, state = _setup(config, meta, conv_auto.choose(times))
+        entry = conv_auto.record(times, measured=False)
+    else:
+        first = conv_auto.CANDIDATES[0]
+        built = {first: _setup(config, meta, first)}
+        if not _has_resnet(built[first][1].params):
+            return built[first]  # no convolution to choose: the steps would be the same
+        print(
+            "model.conv=auto: timing the train step under the CPU plan and under XLA's "
+            f"convolutions, once for this machine and step (cache {conv_auto.cache_path()})",
+            flush=True,
+        )
+        for candidate in conv_auto.CANDIDATES[1:]:
+            built[candidate] = _setup(config, meta, candidate)
+        times = conv_auto.time_steps({c: _step_timer(*built[c]) for c in built})
+        conv_auto.store(key, times)
+        entry = conv_auto.record(times, measured=True)
+        run, state = built[entry["chosen"]]
+    print(conv_auto.summary(entry), flush=True)  # one process (`conv_auto.applies`)
+    return dataclasses.replace(run, conv_auto=entry), state
+
+
+def _has_resnet(params: Any) -> bool:
+    """Whether the model has a ResNet encoder (its layers sit under a 'resnet' node)."""
+    paths_ = jax.tree_util.tree_flatten_with_path(params)[0]
+    return any(getattr(k, "key", None) == "resnet" for path, _ in paths_ for k in path)
+
+
+def _step_timer(run: Run, state: TrainState):
+    """A call that runs one train step of `run` on a copy of `state` and returns its seconds.
+
+    The batch is zeros (every example kept): a step's time barely depends on the values.
+    """
+    batch = jax.tree.map(
+        lambda s: (jnp.ones if s.dtype == jnp.bool_ else jnp.zeros)(
+            s.shape, s.dtype, device=s.sharding
+        ),
+        _batch_spec(run.config, run.meta, run.mesh, run.config.train.batch_size),
+    )
+
+    def step() -> float:
+        fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))  # the step donates it
+        start = time.perf_counter()
+        jax.block_until_ready(run.train_step(fresh, batch))
+        return time.perf_counter() - start
+
+    return step
+
+
+def _batch_spec(
+    config: ml_collections.ConfigDict,
+    meta: schema.DatasetMeta,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    *,
+    with_index: bool = False,
+) -> dict[str, Any]:
+    """The abstract global batch of `meta`'s modalities (`abstract_batch`), sharded on `mesh`."""
+    frame_size, _ = augment.from_config(config.data.get("augment"))
+    return abstract_batch(
+        pipeline.input_shapes(meta, frame_size),
+        batch_size,
+        mesh=mesh,
+        with_index=with_index,
+        lengths=pipeline.length_keys(meta),
+    )
+
+
+def _setup(
+    config: ml_collections.ConfigDict, meta: schema.DatasetMeta, conv: str
+) -> tuple[Run, TrainState]:
+    """`setup` with the encoders' convolutions built as `conv` ('plan', 'xla' or 'tuned')."""
+    built = copy.deepcopy(config)  # what the model and the compiler options read
+    with built.unlocked():
+        built.model.conv = conv
     mesh = make_mesh(config.train.get("num_devices", 0))
     devices = mesh.shape["data"]
     batch = config.train.batch_size
@@ -490,12 +631,11 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     frame_size, _ = augment.from_config(config.data.get("augment"))
     input_shapes = pipeline.input_shapes(meta, frame_size)  # frames at the augment size
     graphdef, method, tx, state = create_train_state(
-        config, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
+        built, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
     )
     # The pipeline decodes only what the model reads (one modality for method 'unimodal').
     modalities = method.used_modalities(list(config.model.modalities))
     meta = dataclasses.replace(meta, modalities={m: meta.modalities[m] for m in modalities})
-    input_shapes = {m: input_shapes[m] for m in modalities}
     params, rest = method.warm_start(state.params, state.rest, meta.num_classes)
     if params is not state.params or rest is not state.rest:  # e.g. pretrained encoders
         replicated = jax.NamedSharding(mesh, jax.P())
@@ -512,7 +652,7 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
             f"which {meta.name} lacks: choose one of {sorted(meta.split_sizes)}"
         )
     diagnostics = config.train.get("diagnostics", False)
-    options = compiler_options(config)
+    options = compiler_options(built)
     train_step = jax.jit(
         make_train_step(graphdef, method, tx, diagnostics=diagnostics),
         donate_argnums=0,
@@ -520,17 +660,9 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
     )
     eval_step = jax.jit(make_eval_step(graphdef, method), compiler_options=options)
     # Trace-time checks (e.g. a method that needs another fusion) fail here, not mid-run.
-    lengths = pipeline.length_keys(meta)
-    train_step.trace(state, abstract_batch(input_shapes, batch, mesh=mesh, lengths=lengths))
+    train_step.trace(state, _batch_spec(config, meta, mesh, batch))
     eval_step.trace(
-        state,
-        abstract_batch(
-            input_shapes,
-            config.train.eval_batch_size,
-            mesh=mesh,
-            with_index=True,
-            lengths=lengths,
-        ),
+        state, _batch_spec(config, meta, mesh, config.train.eval_batch_size, with_index=True)
     )
     run = Run(
         config,
@@ -542,6 +674,7 @@ def setup(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> tuple[
         eval_step,
         steps_per_epoch,
         modalities,
+        conv,
     )
     return run, state
 
@@ -706,13 +839,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
         from mlb_jax.ensemble import evaluate_ensemble
 
         return evaluate_ensemble(config, meta, workdir, started)
-    run, state = setup(config, meta)
+    conv, timing = stored_conv(workdir, config)  # a resumed 'auto' run keeps its choice
+    run, state = setup(config, meta, conv=conv)
+    if timing:
+        run = dataclasses.replace(run, conv_auto=timing)
     if config.train.get("diagnostics", False) and jax.process_index() == 0:
         print(cost_line(len(run.modalities)), flush=True)
-    resolved = resolved_settings(config, run.meta, run.method, state.params)
+    resolved = resolved_settings(config, run.meta, run.method, state.params, run.conv)
     if recipe:  # each recipe field's value and source, in config.json
         resolved["recipe"] = recipe
-    check_run_config(workdir, config, resolved)
+    check_run_config(workdir, config, resolved, run.conv_auto)
     workdir.mkdir(parents=True, exist_ok=True)  # every process (process 0 made it above)
     ckpts = RunCheckpoints(workdir, keep=config.train.get("keep_checkpoints", 2))
     writer = MetricWriter(workdir / "tensorboard")
@@ -979,20 +1115,28 @@ def _check_finite(loss: float, step: int, epoch: int, history: dict) -> None:
 # ----------------------------------------------------------------------------- results
 
 
-def recorded_choices(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def recorded_choices(config: ml_collections.ConfigDict, run: Run | None = None) -> dict[str, Any]:
     """The config's choices that change the numbers, as results.json records them.
+
+    Args:
+      config: the experiment config.
+      run: the run that trained (`Run.conv`, `Run.conv_auto`); None: ``config.model.conv``
+        resolved without timing.
 
     Returns:
       {'conv': the convolution choice, 'conv_resolved': what ran (tuned | plan | xla),
+      'conv_auto': for 'auto' timed on the CPU, the step times and the choice
+      (`mlb_jax.conv_auto.record`), else None,
       'conv_plan': for 'tuned', [{'layer', 'forward', 'input_grad', 'kernel_grad',
       'max_scratch'}] of every layer this process planned (else []), 'augment':
       the training-frame augmentation block (None: off), 'recipe': the reference recipe's
       dataset ('' : none; its values and sources are in config.json's resolved.recipe)}.
     """
-    resolved = resolve_conv(config.model.get("conv", "auto"))
+    resolved = run.conv if run else resolve_conv(config.model.get("conv", "auto"))
     return {
         "conv": config.model.get("conv", "auto"),
         "conv_resolved": resolved,
+        "conv_auto": run.conv_auto if run else None,
         # 'tuned': each convolution layer's measured algorithms on this machine.
         "conv_plan": conv_tune.decisions() if resolved == "tuned" else [],
         "augment": _jsonable(config.data.get("augment")),
@@ -1053,7 +1197,7 @@ def finish(
         "train_seconds": float(sum(e["epoch_seconds"] for e in history["epochs"])),
         "wall_seconds": time.time() - started,  # this invocation only (a resume restarts it)
         "first_step_seconds": (timing or {}).get("first_step_seconds"),  # None: no step ran
-        **recorded_choices(cfg),
+        **recorded_choices(cfg, run),
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULTS_FILE, results)

@@ -255,8 +255,10 @@ def test_encoders_and_sequence_fits_from_the_dataset(meta):
         trainer.sequence_fits(data, meta)
 
 
-def test_a_sequence_unimodal_run_hands_its_weights_but_not_its_dropout_streams(meta, tmp_path):
-    from mlb_jax import trainer
+def test_a_sequence_unimodal_run_hands_its_weights_but_not_its_dropout_streams(
+    meta, tmp_path, monkeypatch
+):
+    from mlb_jax import conv_auto, trainer
     from mlb_jax.config_base import custom_dataset
     from mlb_jax.finished_runs import modality_weights
 
@@ -265,12 +267,15 @@ def test_a_sequence_unimodal_run_hands_its_weights_but_not_its_dropout_streams(m
     config.data.train_split = config.data.val_split = config.data.test_split = "test"
     config.method.name, config.method.modality = "unimodal", "imu"
     config.progress = False
-    config.model.base_width, config.model.conv = 2, "xla"
+    # 'auto' without a ResNet encoder: nothing to choose, so nothing is timed.
+    config.model.base_width, config.model.conv = 2, "auto"
+    monkeypatch.setattr(conv_auto, "time_steps", lambda *a, **k: pytest.fail("timed"))
     config.train.epochs, config.train.batch_size, config.train.eval_batch_size = 1, 2, 8
     config.train.num_devices, config.train.warmup_steps = 2, 0
     config.probe.steps = 5
     config.evaluate.enabled = False
-    trainer.train_and_evaluate(config, tmp_path)
+    results = trainer.train_and_evaluate(config, tmp_path)
+    assert (results["conv_resolved"], results["conv_auto"]) == ("plan", None)
     weights = modality_weights(tmp_path, "imu", 2, "test")
     # The TCN's convolutions, norms and head, for pre_frozen / pre_finetuned to graft; its
     # dropout stream (a typed PRNG key, not an array to copy) stays with each run.

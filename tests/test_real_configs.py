@@ -198,7 +198,9 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     assert config.data.augment.enabled
     assert tuple(config.data.augment.size) == (() if name == "custom" else (224, 224))
     config.data.augment.size = (16, 16)
-    assert config.model.conv == "auto"  # the CPU plan here, XLA's convolution on accelerators
+    # Here the faster step of the CPU plan and XLA's convolutions (timed in setup, either one
+    # passes below); XLA's convolution on accelerators.
+    assert config.model.conv == "auto"
     config, _ = recipes.resolve(config)  # what train_and_evaluate does first
     meta = trainer.load_dataset(config)
     config = trainer.modalities_from_dataset(config, meta)  # custom: the encoders by kind

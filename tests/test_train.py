@@ -11,12 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from mlb_jax import checkpointing, evaluate, trainer
+from mlb_jax import checkpointing, conv_auto, evaluate, trainer
 from mlb_jax.allocator import allocator_mode
 from mlb_jax.checkpointing import RunCheckpoints
 from mlb_jax.data import pipeline
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import make_method
+from mlb_jax.models import conv_tune
 from mlb_jax.steps import abstract_batch, compiler_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_results_contract_and_loss_decreases(reference_run, data_cache):
     assert set(on_disk["unimodal_accuracy"]) == {"audio", "video"}
     assert set(on_disk["probe_accuracy"]) == {"audio", "video"}
     assert on_disk["method"] == "mlb" and on_disk["seed"] == 0
-    assert (on_disk["conv"], on_disk["conv_resolved"]) == ("xla", "xla")
+    assert (on_disk["conv"], on_disk["conv_resolved"], on_disk["conv_auto"]) == ("xla", "xla", None)
     assert on_disk["recipe"] == "" and on_disk["augment"]["enabled"] is True  # configs/tiny.py
     assert on_disk["early_stopped"] is None  # patience 0: never stops early
     assert on_disk["steps"] == 2 * (128 // 16)  # 2 epochs of 8 steps
@@ -325,7 +326,13 @@ def test_eight_devices_equal_one_device(data_cache):
 
 def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_path, monkeypatch):
     ref_dir, ref_results, _ = reference_run
+    # model.conv='auto' with XLA's step cached as the faster: the reference's numbers ('xla').
+    monkeypatch.setenv(conv_tune.CACHE_ENV, str(tmp_path / "plans"))
+    workdir = tmp_path / "run"
     config = load_tiny(data_cache)
+    config.model.conv = "auto"
+    key = conv_auto.step_key(config, {"audio": (32, 24), "video": (2, 16, 16, 3)})
+    conv_auto.store(key, {"plan": 9.0, "xla": 4.0})
     saves = []
     original = RunCheckpoints.save
 
@@ -336,11 +343,22 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
 
     monkeypatch.setattr(RunCheckpoints, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train_and_evaluate(config, tmp_path)
-    assert saves == [8] and not (tmp_path / "results.json").exists()
+        trainer.train_and_evaluate(config, workdir)
+    assert saves == [8] and not (workdir / "results.json").exists()
     monkeypatch.setattr(RunCheckpoints, "save", original)
-    resumed = trainer.train_and_evaluate(load_tiny(data_cache), tmp_path)
-    assert_same_results_and_final_params(ref_dir, ref_results, tmp_path, resumed, config)
+    # The machine now times the plan faster: the resumed run keeps what it ran.
+    conv_auto.store(key, {"plan": 4.0, "xla": 9.0})
+    resumed = trainer.train_and_evaluate(config, workdir)
+    assert (resumed["conv"], resumed["conv_resolved"]) == ("auto", "xla")
+    assert resumed["conv_auto"]["step_ms"] == {"plan": 9.0, "xla": 4.0}
+    written = json.loads((workdir / "config.json").read_text())
+    assert (written["model"]["conv"], written["resolved"]["model"]["conv_resolved"]) == (
+        "auto",
+        "xla",
+    )
+    assert written["environment"]["conv_auto"] == resumed["conv_auto"]
+    config.model.conv = "xla"  # final_params builds the model without timing
+    assert_same_results_and_final_params(ref_dir, ref_results, workdir, resumed, config)
 
 
 def test_checkpoint_every_saves_less_and_changes_nothing(

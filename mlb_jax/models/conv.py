@@ -48,8 +48,10 @@ or read off `plan`'s fixed thresholds. Which one, or XLA's convolution alone, is
 choice, the model config field ``conv`` (``config.model.conv``, see :data:`CHOICES`), which
 the model passes to every convolution layer when it is built (`conv_function`):
 
-* ``auto`` (default): ``plan`` on the CPU backend; XLA's convolution on GPUs and TPUs, whose
-  convolution libraries are fast at every pass;
+* ``auto`` (default): on the CPU backend, ``plan`` or ``xla``, whichever made the faster
+  train step on this machine (the trainer times both steps once per machine and step and
+  caches the times, `mlb_jax.conv_auto`; `resolve`, which sees no step, answers ``plan``);
+  XLA's convolution on GPUs and TPUs, whose convolution libraries are fast at every pass;
 * ``tuned``: per layer and pass, the fastest of XLA's convolution and the algorithms above as
   measured on this machine, XLA's unless another is faster by more than the noise margin (so
   never slower than XLA's convolution beyond that noise); its extra memory is bounded by
@@ -213,12 +215,14 @@ def plan(
 def resolve(choice: str, backend: str | None = None) -> str:
     """What the convolution choice ``config.model.conv`` runs on a backend.
 
-    Example: ``resolve('auto', 'cpu') == 'plan'``, ``resolve('auto', 'gpu') == 'xla'``;
-    the trainer records ``{"conv": choice, "conv_resolved": resolve(choice)}``.
+    Example: ``resolve('auto', 'cpu') == 'plan'``, ``resolve('auto', 'gpu') == 'xla'``.
+    This is 'auto' without timing: the trainer (`mlb_jax.trainer.setup`) times the plan's
+    train step against XLA's on the CPU and builds the faster (`mlb_jax.conv_auto`), and
+    records ``{"conv": choice, "conv_resolved": what it built}``.
 
     Args:
-        choice: one of :data:`CHOICES`: ``'auto'`` (``'plan'`` on the CPU backend, XLA's
-            convolution elsewhere), ``'tuned'``, ``'plan'`` or ``'xla'`` on any backend.
+        choice: one of :data:`CHOICES`: ``'auto'`` (``'plan'`` on the CPU backend untimed,
+            XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or ``'xla'`` on any backend.
         backend: a JAX backend name (``'cpu'``, ``'gpu'``, ``'tpu'``, ...); None means
             ``jax.default_backend()``, the backend the model's arrays live on.
 

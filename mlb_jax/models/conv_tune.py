@@ -9,7 +9,8 @@ machine, and keeps per pass the fastest, or XLA's convolution unless another is 
 than `MARGIN` (measurement noise), so that a tuned layer is never slower than XLA's by more
 than that noise: ``config.model.conv='tuned'``. It is not what ``'auto'`` runs: on the CPUs
 measured, whole train steps under the fixed plan were faster than under the measured one
-(README, "Speed"), because a pass timed alone does not cost what it costs inside the step.
+(README, "Speed"), because a pass timed alone does not cost what it costs inside the step;
+``'auto'`` times whole steps instead, the plan's against XLA's (`mlb_jax.conv_auto`).
 
 Cache: one JSON file per machine key (`machine_key`: CPU model, SIMD flags, thread count,
 jax/jaxlib/mlb_jax versions and ``XLA_FLAGS``) in ``$XDG_CACHE_HOME/mlb_jax/conv_plans/``
