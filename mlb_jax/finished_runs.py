@@ -15,6 +15,7 @@ import numpy as np
 from mlb_jax import paths
 from mlb_jax.balancing.masks import path_string
 from mlb_jax.checkpointing import RunCheckpoints
+from mlb_jax.models.conv import resolve as resolve_conv
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -49,13 +50,15 @@ def config_from_doc(doc: dict) -> ml_collections.ConfigDict:
     """The config of a run from its config.json document (without the records it adds).
 
     A run that asked for ``model.conv='auto'`` gets the algorithm it ran (its
-    ``resolved.model.conv_resolved``: 'auto' is timed per machine, `mlb_jax.conv_auto`), so
-    that its checkpoints are evaluated and built on with the convolutions they trained with.
+    ``resolved.model.conv_resolved``: 'auto' is timed per machine, `mlb_jax.conv_auto`; runs
+    recorded before that field, when 'auto' was never timed, `mlb_jax.models.conv.resolve`'s
+    answer), so that its checkpoints are evaluated and built on with the convolutions they
+    trained with.
     """
     config = {k: v for k, v in doc.items() if k not in _RECORD_KEYS}
-    ran = doc.get("resolved", {}).get("model", {}).get("conv_resolved")
-    if ran and config.get("model", {}).get("conv", "auto") == "auto":
-        config["model"] = {**config["model"], "conv": ran}
+    if "model" in config and config["model"].get("conv", "auto") == "auto":
+        ran = doc.get("resolved", {}).get("model", {}).get("conv_resolved")
+        config["model"] = {**config["model"], "conv": ran or resolve_conv("auto")}
     return ml_collections.ConfigDict(config)
 
 
