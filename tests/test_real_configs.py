@@ -20,9 +20,11 @@ from fake_media import make_fake_ave, make_fake_cremad, make_fake_ucf
 from test_data_prep import SIZE, _manifest
 
 from data_prep import ave, cremad, ucf51
-from mlb_jax import recipes, trainer
+from mlb_jax import conv_auto, recipes, trainer
+from mlb_jax.data import augment, pipeline
 from mlb_jax.data.schema import DataError
 from mlb_jax.methods import BUILT_ON_UNIMODAL, METHODS, make_method
+from mlb_jax.models import conv_tune
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -181,7 +183,7 @@ def param_paths(params) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_one_train_step_on_converted_fake_data(name, tmp_path):
+def test_one_train_step_on_converted_fake_data(name, tmp_path, monkeypatch):
     make_raw, num_classes, audio_shape, video_shape = CASES[name]
     converter, argv = make_raw(tmp_path)
     out = tmp_path / "out"
@@ -198,9 +200,7 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     assert config.data.augment.enabled
     assert tuple(config.data.augment.size) == (() if name == "custom" else (224, 224))
     config.data.augment.size = (16, 16)
-    # Here the faster step of the CPU plan and XLA's convolutions (timed in setup, either one
-    # passes below); XLA's convolution on accelerators.
-    assert config.model.conv == "auto"
+    assert config.model.conv == "auto"  # the faster of plan and xla here, xla on accelerators
     config, _ = recipes.resolve(config)  # what train_and_evaluate does first
     meta = trainer.load_dataset(config)
     config = trainer.modalities_from_dataset(config, meta)  # custom: the encoders by kind
@@ -212,7 +212,15 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path):
     assert meta.modalities["audio"].shape == audio_shape
     assert meta.modalities["video"].shape == video_shape
 
+    # The plan's step cached as the faster: the real configs' plan, built without timing.
+    monkeypatch.setenv(conv_tune.CACHE_ENV, str(tmp_path / "plans"))
+    frame_size, _ = augment.from_config(config.data.augment)
+    conv_auto.store(
+        conv_auto.step_key(config, pipeline.input_shapes(meta, frame_size)),
+        {"plan": 1.0, "xla": 2.0},
+    )
     run, state = trainer.setup(config, meta)
+    assert (run.conv, run.conv_auto["measured"]) == ("plan", False)
     before = param_paths(state.params)
     batch = next(trainer.epoch_batches(run, 0))
     assert batch["inputs"]["audio"].shape == (BATCH, *audio_shape)
