@@ -362,10 +362,7 @@ def _open_members(
     members, states = [], []
     shared = None
     for name, cfg in configs:
-        conv, timing = trainer.stored_conv(workdir / name, cfg)  # a resumed 'auto' keeps it
-        run, state = trainer.setup(cfg, meta, conv=conv)
-        if timing:
-            run = dataclasses.replace(run, conv_auto=timing)
+        run, state = trainer.setup(cfg, meta, workdir=workdir / name)
         if shared is None:
             shared = run
         elif share_eval:

@@ -162,7 +162,7 @@ def resolved_settings(
             "method": dataclasses.asdict(method),
             "model": {
                 # The convolution algorithm changes the numbers: the choice and, for 'auto',
-                # what it resolved to here (a resumed 'auto' run keeps it: `stored_conv`).
+                # what it resolved to here (a resumed 'auto' run keeps it: `setup`).
                 "conv": config.model.get("conv", "auto"),
                 "conv_resolved": conv or resolve_conv(config.model.get("conv", "auto")),
                 "param_dtypes": sorted({str(x.dtype) for x in leaves}),
@@ -491,7 +491,10 @@ def _check_batch_size(field: str, batch: int, devices: int) -> None:
 
 
 def setup(
-    config: ml_collections.ConfigDict, meta: schema.DatasetMeta, *, conv: str | None = None
+    config: ml_collections.ConfigDict,
+    meta: schema.DatasetMeta,
+    *,
+    workdir: paths.PathLike | None = None,
 ) -> tuple[Run, TrainState]:
     """Builds and checks everything a run needs from its config and dataset; writes no run.
 
@@ -510,9 +513,9 @@ def setup(
     Args:
       config: the experiment config.
       meta: the dataset.
-      conv: the convolution algorithm to build ('plan', 'xla' or 'tuned') instead of
-        resolving ``config.model.conv``: what a stored run's 'auto' ran (config.json's
-        ``resolved.model.conv_resolved``), so that a resumed run keeps it. None: resolve it.
+      workdir: the run's directory. When it holds a run that asked for 'auto' too, that
+        run's choice and times are kept (`stored_conv`), so that resuming it computes the
+        same numbers whatever this machine's cache now says.
 
     Returns:
       (run, state): the run and a fresh train state, replicated over the mesh.
@@ -521,10 +524,14 @@ def setup(
       RunError, DataError, ValueError: naming the config field or split and the fix.
     """
     config = modalities_from_dataset(config, meta)  # an empty model.modalities: from the data
+    conv, timing = stored_conv(workdir, config) if workdir is not None else (None, None)
+    if conv is not None:
+        run, state = _setup(config, meta, conv)
+        return dataclasses.replace(run, conv_auto=timing), state
     choice = config.model.get("conv", "auto")
-    if conv is None and conv_auto.applies(choice):
+    if conv_auto.applies(choice):
         return _setup_timed(config, meta)
-    return _setup(config, meta, conv or resolve_conv(choice))
+    return _setup(config, meta, resolve_conv(choice))
 
 
 def _setup_timed(config: ml_collections.ConfigDict, meta: schema.DatasetMeta):
@@ -839,10 +846,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
         from mlb_jax.ensemble import evaluate_ensemble
 
         return evaluate_ensemble(config, meta, workdir, started)
-    conv, timing = stored_conv(workdir, config)  # a resumed 'auto' run keeps its choice
-    run, state = setup(config, meta, conv=conv)
-    if timing:
-        run = dataclasses.replace(run, conv_auto=timing)
+    run, state = setup(config, meta, workdir=workdir)  # a resumed 'auto' run keeps its choice
     if config.train.get("diagnostics", False) and jax.process_index() == 0:
         print(cost_line(len(run.modalities)), flush=True)
     resolved = resolved_settings(config, run.meta, run.method, state.params, run.conv)

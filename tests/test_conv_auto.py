@@ -127,9 +127,15 @@ def test_auto_setup_builds_the_cached_faster_step_without_timing(
         resolved = trainer.resolved_settings(config, run.meta, run.method, state.params, run.conv)
         assert resolved["model"]["conv"] == "auto"
         assert resolved["model"]["conv_resolved"] == chosen
-    # A stored run's choice is built as given, whatever the cache says.
-    run, state = trainer.setup(config, meta, conv="xla")
-    assert (run.conv, _built_conv(run, state), run.conv_auto) == ("xla", "xla", None)
+    # A stored 'auto' run's choice is built as it ran, whatever the cache says.
+    timing = {"chosen": "xla", "step_ms": {"plan": 9.0, "xla": 4.0}, "measured": True}
+    doc = json.loads(config.to_json()) | {
+        "resolved": {"model": {"conv": "auto", "conv_resolved": "xla"}},
+        "environment": {"conv_auto": timing},
+    }
+    (step_cache.parent / trainer.CONFIG_FILE).write_text(json.dumps(doc))
+    run, state = trainer.setup(config, meta, workdir=step_cache.parent)
+    assert (run.conv, _built_conv(run, state), run.conv_auto) == ("xla", "xla", timing)
 
 
 def test_auto_setup_times_both_steps_once_then_reads_the_cache(data_cache, step_cache, monkeypatch):
