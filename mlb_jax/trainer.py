@@ -226,7 +226,7 @@ def check_run_config(
     new_doc[ENVIRONMENT_KEY] = _environment(conv_timing)
     path = workdir / CONFIG_FILE
     if path.exists():
-        old_doc = json.loads(path.read_text())
+        old_doc = _read_config_json(path)
         old, new = _flatten(old_doc), _flatten(new_doc)
         if RESOLVED_KEY in old_doc and RESOLVED_KEY in new_doc:
             # The built method's fields say what the run uses; raw keys only add noise.
@@ -264,6 +264,17 @@ def check_run_config(
         write_json_atomic(path, new_doc)
 
 
+def _read_config_json(path: epath.Path) -> dict[str, Any]:
+    """A run's config.json; RunError naming the file and the fix when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RunError(
+            f"{path} is not a config.json ({error}): delete the run directory to start over, "
+            "or use a new --workdir"
+        ) from None
+
+
 def stored_conv(
     workdir: paths.PathLike, config: ml_collections.ConfigDict
 ) -> tuple[str | None, dict[str, Any] | None]:
@@ -277,7 +288,7 @@ def stored_conv(
     path = paths.as_path(workdir) / CONFIG_FILE
     if config.model.get("conv", "auto") != "auto" or not path.exists():
         return None, None
-    doc = json.loads(path.read_text())
+    doc = _read_config_json(path)
     if doc.get("model", {}).get("conv", "auto") != "auto":
         return None, None
     conv = doc.get(RESOLVED_KEY, {}).get("model", {}).get("conv_resolved")

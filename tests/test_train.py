@@ -476,6 +476,24 @@ def test_incompatible_workdir_is_refused(reference_run, data_cache):
         trainer.train_and_evaluate(config, workdir)
 
 
+def test_a_config_json_that_is_not_json_is_one_line_and_left_alone(data_cache, tmp_path):
+    (tmp_path / "config.json").write_text("{half a file")
+    config = load_tiny(data_cache)
+    auto = load_tiny(data_cache)
+    auto.model.conv = "auto"  # a resume under 'auto' reads the stored run's choice first
+    for read in (
+        lambda: trainer.check_run_config(tmp_path, config),
+        lambda: trainer.stored_conv(tmp_path, auto),
+    ):
+        with pytest.raises(trainer.RunError) as error:
+            read()
+        assert str(error.value).startswith(f"{tmp_path / 'config.json'} is not a config.json (")
+        assert str(error.value).endswith(
+            "delete the run directory to start over, or use a new --workdir"
+        )
+    assert (tmp_path / "config.json").read_text() == "{half a file"
+
+
 def test_run_written_before_a_field_existed_resumes_at_its_old_value(data_cache, tmp_path):
     # Runs written before config.model.conv_max_scratch existed ran as if it were inf.
     config = load_tiny(data_cache)
