@@ -281,9 +281,10 @@ def stored_conv(
     """What a stored run's ``model.conv='auto'`` ran, so that resuming it runs the same.
 
     Returns:
-      (conv, timing): config.json's ``resolved.model.conv_resolved`` and
-      ``environment.conv_auto`` (None where missing) when `config` and the run in `workdir`
-      both ask for 'auto'; (None, None) otherwise.
+      (conv, timing): config.json's ``resolved.model.conv_resolved`` (for runs recorded
+      before it, 'auto' untimed: `mlb_jax.models.conv.resolve`) and ``environment.conv_auto``
+      (None where missing) when `config` and the run in `workdir` both ask for 'auto';
+      (None, None) otherwise.
     """
     path = paths.as_path(workdir) / CONFIG_FILE
     if config.model.get("conv", "auto") != "auto" or not path.exists():
@@ -292,7 +293,7 @@ def stored_conv(
     if doc.get("model", {}).get("conv", "auto") != "auto":
         return None, None
     conv = doc.get(RESOLVED_KEY, {}).get("model", {}).get("conv_resolved")
-    return conv, doc.get(ENVIRONMENT_KEY, {}).get("conv_auto")
+    return conv or resolve_conv("auto"), doc.get(ENVIRONMENT_KEY, {}).get("conv_auto")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -547,8 +548,7 @@ def setup(
 
 def _setup_timed(config: ml_collections.ConfigDict, meta: schema.DatasetMeta):
     """`setup` for ``model.conv='auto'`` on the CPU: the cached or measured faster step."""
-    frame_size, _ = augment.from_config(config.data.get("augment"))
-    key = conv_auto.step_key(config, pipeline.input_shapes(meta, frame_size))
+    key = conv_auto.step_key(config, _input_shapes(config, meta))
     times = conv_auto.lookup(key)
     if times is not None:
         run, state = _setup(config, meta, conv_auto.choose(times))
@@ -609,14 +609,19 @@ def _batch_spec(
     with_index: bool = False,
 ) -> dict[str, Any]:
     """The abstract global batch of `meta`'s modalities (`abstract_batch`), sharded on `mesh`."""
-    frame_size, _ = augment.from_config(config.data.get("augment"))
     return abstract_batch(
-        pipeline.input_shapes(meta, frame_size),
+        _input_shapes(config, meta),
         batch_size,
         mesh=mesh,
         with_index=with_index,
         lengths=pipeline.length_keys(meta),
     )
+
+
+def _input_shapes(config: ml_collections.ConfigDict, meta: schema.DatasetMeta) -> dict:
+    """Modality -> one example's shape as the step sees it (frames at the augment size)."""
+    frame_size, _ = augment.from_config(config.data.get("augment"))
+    return pipeline.input_shapes(meta, frame_size)
 
 
 def _setup(
@@ -646,10 +651,12 @@ def _setup(
                 f"config.data.{field}={config.data[field]!r}: {meta.name} has no such split "
                 f"(it has {sorted(meta.split_sizes)})"
             )
-    frame_size, _ = augment.from_config(config.data.get("augment"))
-    input_shapes = pipeline.input_shapes(meta, frame_size)  # frames at the augment size
     graphdef, method, tx, state = create_train_state(
-        built, meta.num_classes, input_shapes, steps_per_epoch=steps_per_epoch, mesh=mesh
+        built,
+        meta.num_classes,
+        _input_shapes(config, meta),
+        steps_per_epoch=steps_per_epoch,
+        mesh=mesh,
     )
     # The pipeline decodes only what the model reads (one modality for method 'unimodal').
     modalities = method.used_modalities(list(config.model.modalities))

@@ -172,8 +172,11 @@ def test_a_stored_auto_run_keeps_what_it_ran(tmp_path, data_cache):
     (tmp_path / trainer.CONFIG_FILE).write_text(json.dumps(doc))
     assert trainer.stored_conv(tmp_path, config) == ("xla", timing)
     assert config_from_doc(doc).model.conv == "xla"  # evaluated and built on as it ran
-    older = {k: v for k, v in doc.items() if k != "resolved"}  # 'auto' was untimed then
-    assert config_from_doc(older).model.conv == "plan"
+    older = {k: v for k, v in doc.items() if k not in ("resolved", "environment")}
+    assert config_from_doc(older).model.conv == "plan"  # 'auto' was untimed then
+    (tmp_path / trainer.CONFIG_FILE).write_text(json.dumps(older))
+    assert trainer.stored_conv(tmp_path, config) == ("plan", None)
+    (tmp_path / trainer.CONFIG_FILE).write_text(json.dumps(doc))
     asked = load_tiny(data_cache)
     asked.model.conv = "plan"  # asks for another choice: the resume check names the change
     assert trainer.stored_conv(tmp_path, asked) == (None, None)
