@@ -156,8 +156,8 @@ def abstract_batch(
 # order computes early anyway; 566 and 1436 MiB since the patches kernel gradients no longer
 # build whole patch matrices) and computes the same bits, as fast or faster on 2 cores; with
 # XLA's own convolutions the memory order saved little or nothing (224x224: 2247 against 2198
-# MiB) and cost 3-8% of the step (README, "Speed"). 'auto' orders for memory where the plan
-# runs.
+# MiB) and cost 3-8% of the step (benchmarks/README.md, "XLA CPU's scheduler"). 'auto' orders
+# for memory where the plan runs.
 CPU_SCHEDULERS = {
     "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
     "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",

@@ -23,7 +23,8 @@ warning (and replaced on the next write); writes are atomic (temporary file and 
 Cost of a cold cache: per new layer shape, one compile and at most `REPS` timed calls (stopped
 after `BUDGET_S` seconds) of each candidate, at most 3 + 3 + 4 = 10 candidates. Measured on a
 2-core AMD EPYC: the full-width ResNet-18 pair at the 112 shapes has 22 distinct layer shapes,
-and measuring them lengthened the step's compile from 12 s to 61 s, once (README, "Speed").
+and measuring them lengthened the step's compile from 12 s to 61 s, once (benchmarks/README.md,
+"History of the CPU step against PyTorch").
 
 Memory knob: ``config.model.conv_max_scratch`` bounds the extra temporary memory of a chosen
 algorithm over XLA's for the same pass (``compiled.memory_analysis().temp_size_in_bytes`` of
