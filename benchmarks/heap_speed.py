@@ -3,13 +3,14 @@
 Each (framework, heap setting) runs in its own child process, as a user's training process
 would: ``system`` is the process as started (glibc maps every large block afresh, so each
 step faults in its buffers 4 KiB at a time), ``hugepages`` is the process relaunched with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, as mlb_jax's entry points do. The same model and
-step as `step_speed.py` (MLB, batch 16, two full-width ResNet-18s, 2 threads). Children run in
-rounds, the settings' order alternating between rounds, so that slow drift of the machine
-falls on both; each child prints every timed step, its minor page faults per step and its
-peak resident memory. Printed per shape: median and minimum step time over all rounds, faults,
-peak memory, and the ratios that answer "what does the setting buy" and "JAX against PyTorch,
-each alone".
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, as mlb_jax's entry points do, ``reuse`` the process
+set up in place to keep large blocks for the next step (`mlb_jax.allocator.reuse_heap`). The
+same model and step as `step_speed.py` (MLB, batch 16, two full-width ResNet-18s, 2 threads).
+Children run in rounds, the settings' order alternating between rounds, so that slow drift of
+the machine falls on both; each child prints every timed step, its minor page faults per step
+and its peak resident memory. Printed per shape: median and minimum step time over all rounds,
+faults, peak memory, and the ratios that answer "what does the setting buy" and "JAX against
+PyTorch, each alone".
 
     python benchmarks/heap_speed.py                   # shapes 112 and 224, 2 rounds, 8 steps
     python benchmarks/heap_speed.py --shapes quick --rounds 1 --steps 3
@@ -32,7 +33,7 @@ import time
 
 import step_speed
 
-MODES = ("system", "hugepages")
+MODES = ("system", "hugepages", "reuse")
 FRAMEWORKS = ("jax", "torch")
 
 
@@ -126,13 +127,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"per step; peak RSS {peak:.0f} MiB"
             )
         for framework in FRAMEWORKS:
-            ratio = median[framework, "hugepages"] / median[framework, "system"]
-            print(f"  {framework} hugepages/system step time = {ratio:.3f}")
+            for mode in MODES[1:]:
+                ratio = median[framework, mode] / median[framework, "system"]
+                print(f"  {framework} {mode}/system step time = {ratio:.3f}")
         for mode in MODES:
             ratio = median["jax", mode] / median["torch", mode]
             print(f"  jax/pytorch step time, both {mode} = {ratio:.3f}")
-        ratio = median["jax", "hugepages"] / median["torch", "system"]
-        print(f"  jax hugepages / pytorch system step time = {ratio:.3f}", flush=True)
+        for mode in MODES[1:]:
+            ratio = median["jax", mode] / median["torch", "system"]
+            print(f"  jax {mode} / pytorch system step time = {ratio:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ shape (``--cold-conv-cache`` forces that, to show the cost), and lists each laye
 
 Heap (``--malloc``): by default the process runs as started, where every step of either
 framework faults in its large buffers 4 KiB at a time; ``--malloc=hugepages`` relaunches it
-with glibc's huge pages for large blocks, as mlb_jax's entry points do (`mlb_jax.allocator`).
+with glibc's huge pages for large blocks, as mlb_jax's entry points do, and ``--malloc=reuse``
+keeps large blocks for reuse in-process (`mlb_jax.allocator`).
 In one process with huge pages the two frameworks' steps disturb each other (JAX steps of
 2.0-2.4 s every few repetitions against 1.1 s alone), so `heap_speed.py` compares the heap
 settings with each framework alone in its own process. The header line says which ran.
@@ -81,8 +82,9 @@ def configure(
             than that pins the process to the first ``threads`` CPUs, which sizes XLA's thread
             pool; PyTorch gets ``torch.set_num_threads(threads)`` in `import_torch`.
         xla_flags: extra ``XLA_FLAGS`` (appended to any already set).
-        malloc: 'system' (the process as started) or 'hugepages' (re-executed with huge pages
-            for large heap blocks, as mlb_jax's entry points do: `mlb_jax.allocator`).
+        malloc: 'system' (the process as started), 'hugepages' (re-executed with huge pages
+            for large heap blocks, as mlb_jax's entry points do) or 'reuse' (large blocks kept
+            for reuse, in-process): `mlb_jax.allocator`.
 
     Returns:
         The thread count used.
@@ -103,9 +105,9 @@ def configure(
     if xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     os.environ["MLB_JAX_MALLOC"] = malloc  # inherited by the child processes
-    from mlb_jax.allocator import relaunch_with_hugepages  # imports JAX, after its environment
+    from mlb_jax.allocator import setup_heap  # imports JAX, after its environment
 
-    relaunch_with_hugepages()
+    setup_heap()
     return threads
 
 
@@ -536,10 +538,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument(
         "--malloc",
-        choices=("system", "hugepages"),
+        choices=("system", "hugepages", "reuse"),
         default="system",
-        help="the process as started, or relaunched with huge pages for large heap blocks "
-        "(mlb_jax.allocator, as mlb_jax's entry points); both frameworks alike",
+        help="the process as started, relaunched with huge pages for large heap blocks (as "
+        "mlb_jax's entry points), or large blocks kept for reuse (mlb_jax.allocator); both "
+        "frameworks alike",
     )
     parser.add_argument(
         "--with-xla-conv",

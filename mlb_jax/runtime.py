@@ -2,9 +2,9 @@
 
 `parse_flags` turns every command-line mistake (unknown flag or config field, bad value,
 unloadable config file) into one `error:` line naming the flag and the fix, exit status 2;
-`relaunch` restarts the process with huge pages for XLA's buffers (`mlb_jax.allocator`) before
-anything else; `setup_process` quiets logs, joins a multi-host job and points JAX at the
-compilation cache.
+`relaunch` sets up the heap of XLA's buffers (`mlb_jax.allocator`: by default a restart with
+huge pages) before anything else; `setup_process` quiets logs, joins a multi-host job and points
+JAX at the compilation cache.
 """
 
 import difflib
@@ -20,15 +20,16 @@ DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "mlb_jax", "jax")
 
 
 def relaunch() -> None:
-    """Re-executes the entry point with huge pages for XLA's CPU buffers, if they can help.
+    """Sets up the heap of XLA's CPU buffers as ``$MLB_JAX_MALLOC`` asks (`mlb_jax.allocator`).
 
-    `mlb_jax.allocator.relaunch_with_hugepages`; call it first in ``__main__``. A bad
+    By default re-executes the entry point with huge pages, if they can help; 'reuse' sets the
+    process up in place (`mlb_jax.allocator.setup_heap`). Call it first in ``__main__``. A bad
     ``$MLB_JAX_MALLOC`` ends the process with one `error:` line.
     """
-    from mlb_jax.allocator import relaunch_with_hugepages
+    from mlb_jax.allocator import setup_heap
 
     try:
-        relaunch_with_hugepages()
+        setup_heap()
     except ValueError as err:
         fail(str(err))
 

@@ -1,7 +1,9 @@
-"""Huge pages for XLA's buffers: the relaunch sets glibc's tunable once, and the faults drop."""
+"""The heap of XLA's buffers: the relaunch sets glibc's tunable once, reuse acts in place, and
+either way the temporary's page faults drop."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -10,8 +12,8 @@ import pytest
 from mlb_jax import allocator
 
 # A child process, started as an entry point starts (`runtime.relaunch`, which re-executes
-# it with the tunable), then a program whose 96 MiB matrix product output is a temporary:
-# the mode, the tunables and the minor page faults of its later calls.
+# it with the tunable or sets up reuse), then a program whose 96 MiB matrix product output is a
+# temporary: the mode, the tunables, the dispatch and the minor page faults of its later calls.
 _CHILD = """
 import json, os, resource
 from mlb_jax import allocator, runtime
@@ -31,6 +33,7 @@ for _ in range(4):
 print(json.dumps({
     "mode": allocator.allocator_mode(),
     "tunables": os.environ.get("GLIBC_TUNABLES", ""),
+    "async_dispatch": jax.config.values["jax_cpu_enable_async_dispatch"],
     "faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4,
 }))
 """
@@ -68,11 +71,33 @@ def test_relaunch_adds_the_tunable_once_and_the_temporary_stops_faulting_page_by
     assert huge["faults_per_call"] < 0.1 * _PAGES
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_reuse_acts_in_place_and_the_temporary_stops_faulting_page_by_page():
+    reuse = _child(MLB_JAX_MALLOC="reuse", GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+    system = _child(MLB_JAX_MALLOC="system", GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+    # No relaunch: the tunables are the user's; programs run on the calling thread.
+    assert reuse["mode"] == "reuse" and reuse["tunables"] == "glibc.malloc.arena_max=4"
+    assert reuse["async_dispatch"] is False and system["async_dispatch"] is True
+    assert system["faults_per_call"] > 0.9 * _PAGES
+    # The second call onwards finds the first call's pages in the main arena.
+    assert reuse["faults_per_call"] < 0.1 * _PAGES
+
+
+def test_reuse_after_jax_has_started_is_refused_and_changes_nothing():
+    import jax
+
+    jax.devices()  # the backends start
+    with pytest.raises(RuntimeError, match=r"must run before JAX's first computation"):
+        allocator.reuse_heap()
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] is True
+    assert allocator.allocator_mode() == "system"
+
+
 def test_bad_environment_value_ends_an_entry_point_with_one_error_line():
     proc = _run("from mlb_jax import runtime; runtime.relaunch()", MLB_JAX_MALLOC="tcmalloc")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: $MLB_JAX_MALLOC='tcmalloc' is not one of hugepages, system; use one of them"
+        "error: $MLB_JAX_MALLOC='tcmalloc' is not one of hugepages, reuse, system; use one of them"
     ]
 
 
@@ -83,6 +108,12 @@ def test_mode_follows_the_tunable_the_process_started_with(monkeypatch):
     )
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert allocator.allocator_mode() == "system"
+    monkeypatch.setattr(allocator, "_reusing", True)  # as after reuse_heap()
+    assert allocator.allocator_mode() == "reuse"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert allocator.allocator_mode() == (
+        "hugepages+reuse" if allocator.hugepages_supported() else "reuse"
+    )
     monkeypatch.setenv(allocator.ENV, "jemalloc")
     with pytest.raises(ValueError, match=r"\$MLB_JAX_MALLOC='jemalloc' is not one of"):
         allocator.requested_mode()
