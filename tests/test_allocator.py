@@ -13,7 +13,7 @@ from mlb_jax import allocator
 
 # A child process, started as an entry point starts (`runtime.relaunch`, which re-executes
 # it with the tunable or sets up reuse), then a program whose 96 MiB matrix product output is a
-# temporary: the mode, the tunables, the dispatch and the minor page faults of its later calls.
+# temporary: the mode, the tunables, the dispatch and the minor page faults of each later call.
 _CHILD = """
 import json, os, resource
 from mlb_jax import allocator, runtime
@@ -27,14 +27,16 @@ def f(a, b):
 a, b = jnp.ones((6144, 8)), jnp.ones((8, 4096))
 for _ in range(2):
     f(a, b).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(a, b).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({
     "mode": allocator.allocator_mode(),
     "tunables": os.environ.get("GLIBC_TUNABLES", ""),
     "async_dispatch": jax.config.values["jax_cpu_enable_async_dispatch"],
-    "faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4,
+    "faults": faults,
 }))
 """
 _PAGES = 6144 * 4096 * 4 // os.sysconf("SC_PAGE_SIZE")  # the temporary's 4 KiB pages
@@ -65,10 +67,10 @@ def test_relaunch_adds_the_tunable_once_and_the_temporary_stops_faulting_page_by
     assert huge["tunables"] == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
     assert system["tunables"] == "glibc.malloc.arena_max=4"
     # As started, glibc maps the temporary afresh on each call: every 4 KiB page faults.
-    assert system["faults_per_call"] > 0.9 * _PAGES
+    assert min(system["faults"]) > 0.9 * _PAGES
     # On 2 MiB pages: 512 times fewer (48 for the temporary), under a tenth whatever else
     # faults.
-    assert huge["faults_per_call"] < 0.1 * _PAGES
+    assert sum(huge["faults"]) / len(huge["faults"]) < 0.1 * _PAGES
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -78,9 +80,12 @@ def test_reuse_acts_in_place_and_the_temporary_stops_faulting_page_by_page():
     # No relaunch: the tunables are the user's; programs run on the calling thread.
     assert reuse["mode"] == "reuse" and reuse["tunables"] == "glibc.malloc.arena_max=4"
     assert reuse["async_dispatch"] is False and system["async_dispatch"] is True
-    assert system["faults_per_call"] > 0.9 * _PAGES
-    # The second call onwards finds the first call's pages in the main arena.
-    assert reuse["faults_per_call"] < 0.1 * _PAGES
+    assert min(system["faults"]) > 0.9 * _PAGES
+    # Calls find an earlier call's pages in the main arena, once it has settled: a call whose
+    # freed block small allocations have split grows the heap by one temporary (0 to 6 calls
+    # in 28, in ten processes).
+    assert sum(n > 0.5 * _PAGES for n in reuse["faults"]) <= 10
+    assert sorted(reuse["faults"])[10] < 0.01 * _PAGES
 
 
 def test_reuse_after_jax_has_started_is_refused_and_changes_nothing():
