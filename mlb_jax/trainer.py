@@ -192,7 +192,7 @@ def _environment(conv_timing: dict[str, Any] | None = None) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
-        # 'hugepages': XLA's buffers on huge pages (mlb_jax.allocator); speed only, same numbers.
+        # 'hugepages', 'reuse' (mlb_jax.allocator): how XLA's buffers are kept; same numbers.
         "malloc": allocator_mode(),
     }
 

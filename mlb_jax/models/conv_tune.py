@@ -81,8 +81,8 @@ def machine_key() -> dict[str, Any]:
     ``algorithms`` is `mlb_jax.models.conv.ALGORITHMS_REVISION`, so that a change to an
     algorithm's code within one release does not reuse the old code's timings.
 
-    The heap setting (`mlb_jax.allocator`) is part of it: without huge pages every pass also
-    pays a page fault per 4 KiB of the buffers it allocates, which weighs most on the
+    The heap setting (`mlb_jax.allocator`) is part of it: without huge pages or reuse every pass
+    also pays a page fault per 4 KiB of the buffers it allocates, which weighs most on the
     algorithms that build large ones (patches, Winograd tiles).
     """
     import jaxlib
