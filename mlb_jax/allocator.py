@@ -119,7 +119,7 @@ def reuse_heap() -> None:
     calling thread's heap, and that heap (glibc's main arena, when called from the main
     thread) serves large blocks from memory it keeps (``mallopt(M_MMAP_MAX, 0)``,
     ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``). PyTorch or NumPy blocks the main thread allocates
-    are kept alike. Does nothing where the C library is not glibc.
+    are kept alike. Does nothing where the C library is not glibc or it is already done.
 
     Memory: the heap keeps what it has grown to. A freed block that small allocations then
     split no longer fits the next call's, which grows the heap instead, until it settles: with
@@ -131,7 +131,7 @@ def reuse_heap() -> None:
         call it first, before any JAX computation.
     """
     global _reusing
-    if _glibc_version() == (0, 0):
+    if _reusing or _glibc_version() == (0, 0):
         return
     import jax
     from jax._src import xla_bridge  # JAX's own check, as jax.distributed.initialize makes
@@ -142,11 +142,11 @@ def reuse_heap() -> None:
             "jax_cpu_enable_async_dispatch, read when JAX starts its backends); call it first "
             "in the script"
         )
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
-    _reusing = True
+    # mallopt returns 1 on success; these two parameters are glibc's since 2.0.
+    if libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM):
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        _reusing = True
 
 
 def relaunch_with_hugepages() -> None:
