@@ -153,14 +153,14 @@ def relaunch_with_hugepages() -> None:
     """Re-executes this process with ``glibc.malloc.hugetlb=1`` unless it has it or cannot use it.
 
     Call it before the process has done anything worth keeping: what it printed stays, every
-    other state is lost. Returns (does nothing) under ``MLB_JAX_MALLOC=system``, when the
-    tunable is already set, when `hugepages_supported` is false or when the command line is
-    unknown (an embedded interpreter).
+    other state is lost. Returns (does nothing) unless ``$MLB_JAX_MALLOC`` asks for huge
+    pages (its default), when the tunable is already set, when `hugepages_supported` is false
+    or when the command line is unknown (an embedded interpreter).
 
     Raises:
       ValueError: ``$MLB_JAX_MALLOC`` is not one of `MODES`.
     """
-    if requested_mode() == "system" or allocator_mode() == "hugepages":
+    if requested_mode() != "hugepages" or "hugepages" in allocator_mode().split("+"):
         return
     if not hugepages_supported() or not getattr(sys, "orig_argv", None):
         return

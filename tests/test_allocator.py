@@ -88,6 +88,17 @@ def test_reuse_acts_in_place_and_the_temporary_stops_faulting_page_by_page():
     assert sorted(reuse["faults"])[10] < 0.01 * _PAGES
 
 
+def test_an_explicit_relaunch_keeps_a_process_that_asked_for_another_setting():
+    code = (
+        "import os; from mlb_jax import allocator; allocator.relaunch_with_hugepages(); "
+        "print(os.environ['GLIBC_TUNABLES'])"
+    )
+    for mode in ("reuse", "system"):
+        proc = _run(code, MLB_JAX_MALLOC=mode, GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+        # Not re-executed with the tunable: the user's tunables as given.
+        assert proc.stdout.splitlines() == ["glibc.malloc.arena_max=4"], proc.stderr[-2000:]
+
+
 def test_reuse_after_jax_has_started_is_refused_and_changes_nothing(monkeypatch):
     import jax
 
