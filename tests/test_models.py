@@ -171,6 +171,18 @@ def test_max_pool_gradient_equals_select_and_scatter(shape):
     assert y.shape == (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3])
 
 
+def test_max_pool_gradient_reads_the_winner_kept_from_the_forward_pass():
+    # The gradient must read the forward pass's int8 winner, a buffer of the compiled program:
+    # fused into the gradient's fusion, the 9 comparisons would run again for every window
+    # covering an input element (the stems' pooling gradients of the 112 step: 26.7 against
+    # 12.4 ms) and keep the padded input alive until then.
+    x = jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(jax.nn.relu(x)) ** 2)))
+    text = grad.lower(x).compile().as_text()
+    entry = text[text.index("ENTRY") :]
+    assert re.search(r"= s8\[2,4,4,4\]\S* fusion\(", entry), entry
+
+
 def test_video_encoder_folds_frames_and_averages_them():
     # In eval mode every frame is normalised independently, so the clip feature must be the
     # mean over time of the per-frame pooled features; a reshape that mixed up the batch and
