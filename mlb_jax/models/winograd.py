@@ -22,12 +22,12 @@ All three passes of the convolution are Winograd-shaped:
 The transforms are linear combinations of strided views with the constant coefficients below,
 written as sums so that XLA fuses each stage into one loop. Each 2-D transform is two
 separable 1-D stages, each stage one stacked array, which XLA's CPU compiler keeps apart
-rather than fusing 36 outputs that each re-read the input (measured 1.8-1.9x slower with an
-earlier XLA). Optimisation barriers between the stages, which once enforced this, changed
-nothing with jax 0.10.2: the same compiled transform, and the MLB step without them 0.986 and
-0.994 of its time at 112 and 1.000 at 224 (same-process A/B, benchmarks/README.md), so there
-are none. Float32 rounding differs from the direct convolution by ~1e-5 relative (the
-transforms' coefficients reach 8); the function is the same.
+rather than fusing 36 outputs that each re-read the input (1.8-1.9x slower, as measured when
+the stages were first separated, with optimisation barriers between them). With jax 0.10.2
+the barriers changed nothing: the same compiled transform, and the MLB step without them
+0.986 and 0.994 of its time at 112 and 1.000 at 224 (same-process A/B, benchmarks/README.md),
+so there are none. Float32 rounding differs from the direct convolution by ~1e-5 relative
+(the transforms' coefficients reach 8); the function is the same.
 """
 
 import jax
