@@ -9,8 +9,8 @@ machine and step, and runs the faster: never slower than XLA's convolutions by m
 noise of `REPS` steps. The trainer does the timing (`mlb_jax.trainer.setup`); this module
 holds the cache, the key and the choice.
 
-Cache: one JSON file per machine key (`mlb_jax.models.conv_tune.machine_key`: CPU model, SIMD
-flags, threads, versions, ``XLA_FLAGS``, heap) beside the layer plans
+Cache: one JSON file per machine key (`mlb_jax.models.conv_tune.machine_key`: CPU model and
+generation, SIMD flags, threads, versions, ``XLA_FLAGS``, heap) beside the layer plans
 (`mlb_jax.models.conv_tune.default_cache_dir`, ``$MLB_JAX_CONV_PLANS`` to move both), mapping
 each step's key (`step_key`: the model block, method, batch, devices, input shapes, scheduler)
 to the candidates' median step times. A choice is therefore a deterministic function of the

@@ -43,10 +43,11 @@ and float64 convolutions go to ``lax.conv_general_dilated`` unchanged, as do cal
 2-D NHWC/HWIO with explicit padding, no dilation and one feature group.
 
 The choice per layer and pass is either measured on the machine that runs it
-(`mlb_jax.models.conv_tune`, cached on disk per CPU model, SIMD flags, threads and versions)
-or read off `plan`'s fixed thresholds. Which one, or XLA's convolution alone, is a recorded
-choice, the model config field ``conv`` (``config.model.conv``, see :data:`CHOICES`), which
-the model passes to every convolution layer when it is built (`conv_function`):
+(`mlb_jax.models.conv_tune`, cached on disk per CPU model and generation, SIMD flags, threads
+and versions) or read off `plan`'s fixed thresholds. Which one, or XLA's convolution alone, is
+a recorded choice, the model config field ``conv`` (``config.model.conv``, see
+:data:`CHOICES`), which the model passes to every convolution layer when it is built
+(`conv_function`):
 
 * ``auto`` (default): on the CPU backend, ``plan`` or ``xla``, whichever made the faster
   train step on this machine (the trainer times both steps once per machine and step and

@@ -12,13 +12,14 @@ measured, whole train steps under the fixed plan were faster than under the meas
 (README, "Speed"), because a pass timed alone does not cost what it costs inside the step;
 ``'auto'`` times whole steps instead, the plan's against XLA's (`mlb_jax.conv_auto`).
 
-Cache: one JSON file per machine key (`machine_key`: CPU model, SIMD flags, thread count,
-jax/jaxlib/mlb_jax versions and ``XLA_FLAGS``) in ``$XDG_CACHE_HOME/mlb_jax/conv_plans/``
-(default ``~/.cache/mlb_jax/conv_plans/``; ``$MLB_JAX_CONV_PLANS`` names another folder; the
-test suite uses ``.jax_cache/conv_plans``), holding every candidate's time and scratch memory
-per layer, so that a choice is a deterministic function of the cache and the memory knob. A
-file that is unreadable, malformed or written for another machine key is ignored with a
-warning (and replaced on the next write); writes are atomic (temporary file and rename).
+Cache: one JSON file per machine key (`machine_key`: CPU model and generation, SIMD flags,
+thread count, jax/jaxlib/mlb_jax versions and ``XLA_FLAGS``) in
+``$XDG_CACHE_HOME/mlb_jax/conv_plans/`` (default ``~/.cache/mlb_jax/conv_plans/``;
+``$MLB_JAX_CONV_PLANS`` names another folder; the test suite uses ``.jax_cache/conv_plans``),
+holding every candidate's time and scratch memory per layer, so that a choice is a
+deterministic function of the cache and the memory knob. A file that is unreadable, malformed
+or written for another machine key is ignored with a warning (and replaced on the next write);
+writes are atomic (temporary file and rename).
 
 Cost of a cold cache: per new layer shape, one compile and at most `REPS` timed calls (stopped
 after `BUDGET_S` seconds) of each candidate, at most 3 + 3 + 4 = 10 candidates. Measured on a
@@ -78,6 +79,9 @@ _PASS_FUNCTIONS = {
 def machine_key() -> dict[str, Any]:
     """What a measurement depends on besides the layer: CPU, threads, versions, XLA flags, heap.
 
+    The CPU is its model name and its generation's numbers (`mlb_jax.machine.cpu_identity`):
+    two EPYC generations that one shared cache folder serves have the same name under KVM.
+
     ``algorithms`` is `mlb_jax.models.conv.ALGORITHMS_REVISION`, so that a change to an
     algorithm's code within one release does not reuse the old code's timings.
 
@@ -92,6 +96,7 @@ def machine_key() -> dict[str, Any]:
 
     return {
         "cpu": machine.cpu_model(),
+        "cpu_id": machine.cpu_identity(),
         "simd": list(machine.simd_flags()),
         "threads": machine.thread_count(),
         "backend": jax.default_backend(),
