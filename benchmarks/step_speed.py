@@ -209,7 +209,7 @@ def build_jax_step(
         batch: a device batch in the pipeline's format (from `jax_batch`).
         seed: initialisation seed.
         num_classes: K.
-        conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan, tuned or xla.
+        conv: ``config.model.conv``: auto (the CPU plan on the CPU), plan, plan_wide, tuned or xla.
         conv_max_scratch: ``config.model.conv_max_scratch``, the memory bound of tuned.
         cpu_scheduler: ``config.train.cpu_scheduler``: 'auto' (the default: 'memory' with
             the CPU plan, else 'concurrency'), 'memory' or 'concurrency' (XLA's own order).
@@ -550,7 +550,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the JAX step with XLA's convolution everywhere (config.model.conv=xla)",
     )
     parser.add_argument(
-        "--conv", default="auto", help="config.model.conv of the JAX step (auto, plan, tuned, xla)"
+        "--conv",
+        default="auto",
+        help="config.model.conv of the JAX step (auto, plan, plan_wide, tuned, xla)",
     )
     parser.add_argument(
         "--with-plan-conv",

@@ -75,8 +75,8 @@ def synthetic_av() -> ml_collections.ConfigDict:
     c.model.base_width = 8  # ResNet-18 width (64 = standard); 8 keeps the demo CPU-sized
     # The CPU convolution plan buys nothing at width 8 and compiles 1.5-2.3x longer
     # (benchmarks/conv_choice.py); reference_resnet's full-width encoders use 'auto'.
-    # Convolutions: auto (CPU: the faster step of plan and xla, timed; XLA elsewhere) | plan |
-    # tuned | xla.
+    # Convolutions: auto (CPU: the fastest step of plan, plan_wide and xla, timed; XLA
+    # elsewhere) | plan | plan_wide | tuned | xla.
     c.model.conv = "xla"
     # 'tuned' only: extra scratch memory a layer's algorithm may take over XLA's convolution,
     # in multiples of the layer's input (inf: fastest; 0: XLA's memory; mlb_jax.models.conv_tune).

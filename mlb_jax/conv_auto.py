@@ -1,12 +1,14 @@
-"""What ``config.model.conv='auto'`` runs on the CPU: the faster train step, plan's or XLA's.
+"""What ``config.model.conv='auto'`` runs on the CPU: the fastest train step of `CANDIDATES`.
 
 The CPU convolution plan (`mlb_jax.models.conv.plan`) picks each layer's algorithm by
 thresholds chosen on one CPU. On a CPU where they are wrong, its train step could be slower
-than the same step under XLA's own convolutions, and measuring layers one at a time
-(``'tuned'``, `mlb_jax.models.conv_tune`) misjudges what a pass costs inside the step. So on
-the CPU backend ``'auto'`` times the whole train step under each of `CANDIDATES`, once per
-machine and step, and runs the faster: never slower than XLA's convolutions by more than the
-noise of `REPS` steps. The trainer does the timing (`mlb_jax.trainer.setup`); this module
+than the same step under XLA's own convolutions, or than under the wide plan
+(`mlb_jax.models.conv.plan_wide`, Winograd in the wide last-stage layers too, which one EPYC
+generation runs faster and another not), and measuring layers one at a time (``'tuned'``,
+`mlb_jax.models.conv_tune`) misjudges what a pass costs inside the step. So on the CPU
+backend ``'auto'`` times the whole train step under each of `CANDIDATES`, once per machine
+and step, and runs the fastest: never slower than XLA's convolutions by more than the noise
+of `REPS` steps. The trainer does the timing (`mlb_jax.trainer.setup`); this module
 holds the cache, the key and the choice.
 
 Cache: one JSON file per machine key (`mlb_jax.models.conv_tune.machine_key`: CPU model and
@@ -18,10 +20,10 @@ cache. A file that is unreadable, malformed or written for another machine key i
 a warning and rewritten; writes are atomic (temporary file and rename).
 
 Cost of a cold cache: the step is set up and compiled once per candidate (the winner's
-compiled step is the run's own, so only the loser's compile is extra: on a 2-core AMD EPYC,
-the full-width ResNet-18 pair at 112x112 compiles in about 25 s under the plan and 15 s under
-XLA's convolutions) plus ``1 + REPS`` steps of each, alternating between the candidates so that
-a slow phase of a shared machine hits both.
+compiled step is the run's own, so only the losers' compiles are extra: on a 2-core AMD EPYC,
+the full-width ResNet-18 pair at 112x112 compiles in about 25 s under either plan and 15 s
+under XLA's convolutions) plus ``1 + REPS`` steps of each, alternating between the candidates
+so that a slow phase of a shared machine hits them all.
 """
 
 import json
@@ -36,10 +38,10 @@ import ml_collections
 
 from mlb_jax import paths
 from mlb_jax.models import conv_tune
-from mlb_jax.models.conv import PLANNED, XLA
+from mlb_jax.models.conv import PLANNED, PLANNED_WIDE, XLA
 
 # What 'auto' chooses between; a tie goes to the first.
-CANDIDATES = (PLANNED, XLA)
+CANDIDATES = (PLANNED, PLANNED_WIDE, XLA)
 REPS = 3  # timed steps per candidate, after one untimed step (the compile)
 FORMAT = 1  # cache file format; another value is ignored as foreign
 
@@ -165,7 +167,7 @@ def record(times: Mapping[str, float], *, measured: bool) -> dict[str, Any]:
 
 
 def summary(entry: Mapping[str, Any]) -> str:
-    """One line for the log, e.g. ``model.conv=auto: plan (step 812.0 ms; xla 1130.0 ms)``."""
+    """One line for the log, e.g. ``model.conv=auto: plan (step 812.0 ms; xla 1130.0 ms; ...)``."""
     times = entry["step_ms"]
     chosen = entry["chosen"]
     others = "; ".join(f"{c} {times[c]:.1f} ms" for c in CANDIDATES if c != chosen)

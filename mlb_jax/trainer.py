@@ -517,9 +517,10 @@ def setup(
     (`.trace`), reused by the first real call.
 
     ``config.model.conv='auto'`` on one CPU process takes whichever train step, the
-    convolution plan's or XLA's, this machine ran faster (`mlb_jax.conv_auto`): read from the
-    cache of step times, or timed now (both steps set up and run ``1 + conv_auto.REPS`` times
-    on a batch of zeros; the winner's compiled step is the run's) and cached. Models without
+    convolution plan's, the wide plan's or XLA's, this machine ran fastest (`mlb_jax.conv_auto`):
+    read from the cache of step times, or timed now (each step set up and run
+    ``1 + conv_auto.REPS`` times on a batch of zeros; the winner's compiled step is the run's)
+    and cached. Models without
     a ResNet encoder (the only users of ``model.conv``) take the plan without timing.
 
     Args:
@@ -559,8 +560,9 @@ def _setup_timed(config: ml_collections.ConfigDict, meta: schema.DatasetMeta):
         if not _has_resnet(built[first][1].params):
             return built[first]  # no convolution to choose: the steps would be the same
         print(
-            "model.conv=auto: timing the train step under the CPU plan and under XLA's "
-            f"convolutions, once for this machine and step (cache {conv_auto.cache_path()})",
+            "model.conv=auto: timing the train step under the CPU plan, the wide plan and "
+            "XLA's convolutions, once for this machine and step (cache "
+            f"{conv_auto.cache_path()})",
             flush=True,
         )
         for candidate in conv_auto.CANDIDATES[1:]:

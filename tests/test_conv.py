@@ -160,6 +160,48 @@ def test_plan_on_resnet18_layers():
     assert plan((48, 7, 7, 512), (3, 3, 512, 512), 1, 1) == conv.Plan(P, P, W)
 
 
+def test_wide_plan_takes_winograd_for_the_last_stage_and_nothing_else():
+    def both(x_shape, kernel_shape, stride, pad):
+        args = (x_shape, kernel_shape, (stride,) * 2, ((pad, pad),) * 2)
+        return conv.plan(*args), conv.plan_wide(*args)
+
+    # ResNet-18's last stage: 4x4 (video, 112x112 frames), 9x6 (audio), 7x7 (224x224 frames).
+    assert both((48, 4, 4, 512), (3, 3, 512, 512), 1, 1) == (conv.Plan(P, P, P), conv.Plan(W, W, W))
+    assert both((16, 9, 6, 512), (3, 3, 512, 512), 1, 1) == (conv.Plan(P, P, P), conv.Plan(W, W, W))
+    assert both((48, 7, 7, 512), (3, 3, 512, 512), 1, 1) == (conv.Plan(P, P, W), conv.Plan(W, W, W))
+    # Maps under 4x4, too few channels, strides and other kernels: the plan's choice.
+    for args in [
+        ((48, 2, 2, 512), (3, 3, 512, 512), 1, 1),
+        ((48, 4, 4, 16), (3, 3, 16, 16), 1, 1),
+        ((48, 8, 8, 256), (3, 3, 256, 512), 2, 1),
+        ((48, 8, 8, 256), (1, 1, 256, 512), 2, 0),
+        ((48, 112, 112, 3), (7, 7, 3, 64), 2, 3),
+        *(((48, s, s, c), (3, 3, c, c), 1, 1) for s, c in [(28, 64), (14, 128), (7, 256)]),
+    ]:
+        assert both(*args)[0] == both(*args)[1], args
+
+
+def test_wide_plan_gives_xla_values_and_both_gradients():
+    # 4x4 maps with 32 channels: matrix products under the plan, Winograd under the wide plan.
+    x, kernel = _normal(0, (2, 4, 4, 32)), _normal(1, (3, 3, 32, 32), 0.1)
+    padding = ((1, 1), (1, 1))
+    assert conv.plan_wide(x.shape, kernel.shape, (1, 1), padding) == conv.Plan(W, W, W)
+    weights = _normal(2, (2, 4, 4, 32))
+
+    def loss(fn):
+        return lambda x_, k_: jnp.sum(
+            jnp.tanh(fn(x_, k_, (1, 1), padding, dimension_numbers=NHWC)) * weights
+        )
+
+    got = jax.jit(jax.value_and_grad(loss(conv.conv_function("plan_wide")), argnums=(0, 1)))(
+        x, kernel
+    )
+    want = jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1][1], want[1][1], rtol=1e-4, atol=1e-4)
+
+
 def _grads(fn, x, kernel, **kw):
     return jax.value_and_grad(
         lambda x_, k_: jnp.sum(fn(x_, k_, (1, 1), **kw).astype(jnp.float32) ** 2), (0, 1)
@@ -212,17 +254,19 @@ def test_planned_calls_use_the_custom_gradient_and_xla_choice_is_lax():
         )
 
     assert conv.conv_function("plan") is conv.conv_general_dilated
+    assert conv.conv_function("plan_wide") is conv.conv_general_dilated_wide
     assert conv.conv_function("xla") is lax.conv_general_dilated
     assert "custom_vjp_call" in jaxpr(conv.conv_function("plan"))
     assert "custom_vjp_call" not in jaxpr(conv.conv_function("xla"))
 
 
 def test_resolve_follows_the_backend():
-    assert conv.CHOICES == ("auto", "tuned", "plan", "xla")
+    assert conv.CHOICES == ("auto", "tuned", "plan", "plan_wide", "xla")
     assert conv.resolve("auto", "cpu") == "plan"
     assert conv.resolve("auto", "gpu") == "xla"
     assert conv.resolve("auto", "tpu") == "xla"
     assert conv.resolve("plan", "gpu") == "plan"
+    assert conv.resolve("plan_wide", "cpu") == "plan_wide"
     assert conv.resolve("xla", "cpu") == "xla"
     assert conv.resolve("tuned", "gpu") == "tuned"
     assert conv.resolve("auto") == ("plan" if jax.default_backend() == "cpu" else "xla")
@@ -234,8 +278,9 @@ OLD_NAME_HINT = " ('im2col', the old MLB_JAX_CONV value, is now 'plan')"
 @pytest.mark.parametrize(("choice", "extra"), [("fast", ""), ("im2col", OLD_NAME_HINT), (None, "")])
 def test_bad_choice_names_the_config_field(choice, extra):
     message = (
-        f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on the "
-        f"CPU, XLA's convolution elsewhere), 'plan', 'tuned' or 'xla'{extra}"
+        f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the fastest "
+        "step of 'plan', 'plan_wide' and 'xla' on the CPU, XLA's convolution elsewhere), "
+        f"'plan', 'plan_wide', 'tuned' or 'xla'{extra}"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         conv.resolve(choice)

@@ -1,4 +1,4 @@
-"""model.conv='auto' on the CPU: the faster train step of plan and XLA, timed once and cached."""
+"""model.conv='auto' on the CPU: the fastest train step of the plans and XLA, timed once, cached."""
 
 import json
 import math
@@ -22,11 +22,13 @@ def step_cache(tmp_path, monkeypatch) -> pathlib.Path:
     return tmp_path / "plans"
 
 
-def test_choose_takes_the_faster_step_and_the_plan_on_a_tie():
-    assert conv_auto.CANDIDATES == ("plan", "xla")
-    assert conv_auto.choose({"plan": 5.0, "xla": 6.0}) == "plan"
-    assert conv_auto.choose({"plan": 7.0, "xla": 6.0}) == "xla"
-    assert conv_auto.choose({"plan": 6.0, "xla": 6.0}) == "plan"
+def test_choose_takes_the_fastest_step_and_the_first_candidate_on_a_tie():
+    assert conv_auto.CANDIDATES == ("plan", "plan_wide", "xla")
+    assert conv_auto.choose({"plan": 5.0, "plan_wide": 5.5, "xla": 6.0}) == "plan"
+    assert conv_auto.choose({"plan": 7.0, "plan_wide": 6.5, "xla": 6.0}) == "xla"
+    assert conv_auto.choose({"plan": 7.0, "plan_wide": 5.9, "xla": 6.0}) == "plan_wide"
+    assert conv_auto.choose({"plan": 6.0, "plan_wide": 6.0, "xla": 6.0}) == "plan"
+    assert conv_auto.choose({"plan": 7.0, "plan_wide": 6.0, "xla": 6.0}) == "plan_wide"
 
 
 def test_time_steps_alternates_after_one_untimed_call_each_and_keeps_medians_in_ms():
@@ -47,10 +49,10 @@ def test_time_steps_alternates_after_one_untimed_call_each_and_keeps_medians_in_
 
 def test_cache_round_trip_and_unusable_files_are_ignored_with_a_warning(step_cache):
     assert conv_auto.lookup("k") is None  # no file yet
-    conv_auto.store("k", {"plan": 10.0, "xla": 12.5})
-    conv_auto.store("k2", {"plan": 3.0, "xla": 2.0})
-    assert conv_auto.lookup("k") == {"plan": 10.0, "xla": 12.5}
-    assert conv_auto.lookup("k2") == {"plan": 3.0, "xla": 2.0}
+    conv_auto.store("k", {"plan": 10.0, "plan_wide": 9.5, "xla": 12.5})
+    conv_auto.store("k2", {"plan": 3.0, "plan_wide": 3.5, "xla": 2.0})
+    assert conv_auto.lookup("k") == {"plan": 10.0, "plan_wide": 9.5, "xla": 12.5}
+    assert conv_auto.lookup("k2") == {"plan": 3.0, "plan_wide": 3.5, "xla": 2.0}
     path = conv_auto.cache_path()
     assert path.parent == step_cache
     # Beside, not inside, the layer plans' file of the same machine.
@@ -60,16 +62,25 @@ def test_cache_round_trip_and_unusable_files_are_ignored_with_a_warning(step_cac
     for text, reason in (
         ("{not json", "JSONDecodeError"),
         (json.dumps({**doc, "key": {**doc["key"], "cpu": "another"}}), "another machine"),
-        (json.dumps({**doc, "steps": {"k": {"plan": 1.0}}}), "not ['plan', 'xla']"),
-        (json.dumps({**doc, "steps": {"k": {"plan": "fast", "xla": 1.0}}}), "ValueError"),
+        # Written before the wide plan was a candidate.
+        (
+            json.dumps({**doc, "steps": {"k": {"plan": 1.0, "xla": 2.0}}}),
+            "not ['plan', 'plan_wide', 'xla']",
+        ),
+        (
+            json.dumps({**doc, "steps": {"k": {"plan": "fast", "plan_wide": 1.0, "xla": 1.0}}}),
+            "ValueError",
+        ),
     ):
         path.write_text(text)
         match = f"train step cache {re.escape(str(path))} ignored.*{re.escape(reason)}"
         with pytest.warns(UserWarning, match=match):
             assert conv_auto.lookup("k") is None
     with pytest.warns(UserWarning, match="ignored"):
-        conv_auto.store("k", {"plan": 4.0, "xla": 5.0})  # replaces the unusable file
-    assert json.loads(path.read_text())["steps"] == {"k": {"plan": 4.0, "xla": 5.0}}
+        conv_auto.store("k", {"plan": 4.0, "plan_wide": 4.5, "xla": 5.0})  # replaces the file
+    assert json.loads(path.read_text())["steps"] == {
+        "k": {"plan": 4.0, "plan_wide": 4.5, "xla": 5.0}
+    }
     assert not list(step_cache.glob("*.tmp*"))  # written through a renamed temporary file
 
 
@@ -97,7 +108,7 @@ def test_step_key_holds_what_changes_the_step_and_nothing_else(data_cache):
 def test_applies_to_auto_alone():
     assert jax.default_backend() == "cpu" and jax.process_count() == 1
     assert conv_auto.applies("auto")
-    assert not any(conv_auto.applies(c) for c in ("plan", "xla", "tuned"))
+    assert not any(conv_auto.applies(c) for c in ("plan", "plan_wide", "xla", "tuned"))
 
 
 def _built_conv(run, state) -> str:
@@ -112,7 +123,11 @@ def test_auto_setup_builds_the_cached_faster_step_without_timing(
     meta = trainer.load_dataset(config)
     key = conv_auto.step_key(config, {"audio": (32, 24), "video": (2, 16, 16, 3)})
     monkeypatch.setattr(conv_auto, "time_steps", lambda *a, **k: pytest.fail("timed again"))
-    for times, chosen in (({"plan": 9.0, "xla": 4.0}, "xla"), ({"plan": 4.0, "xla": 9.0}, "plan")):
+    for times, chosen in (
+        ({"plan": 9.0, "plan_wide": 8.0, "xla": 4.0}, "xla"),
+        ({"plan": 4.0, "plan_wide": 5.0, "xla": 9.0}, "plan"),
+        ({"plan": 5.0, "plan_wide": 4.0, "xla": 9.0}, "plan_wide"),
+    ):
         conv_auto.store(key, times)
         run, state = trainer.setup(config, meta)
         assert (run.conv, _built_conv(run, state)) == (chosen, chosen)
@@ -128,7 +143,11 @@ def test_auto_setup_builds_the_cached_faster_step_without_timing(
         assert resolved["model"]["conv"] == "auto"
         assert resolved["model"]["conv_resolved"] == chosen
     # A stored 'auto' run's choice is built as it ran, whatever the cache says.
-    timing = {"chosen": "xla", "step_ms": {"plan": 9.0, "xla": 4.0}, "measured": True}
+    timing = {
+        "chosen": "xla",
+        "step_ms": {"plan": 9.0, "plan_wide": 8.0, "xla": 4.0},
+        "measured": True,
+    }
     doc = json.loads(config.to_json()) | {
         "resolved": {"model": {"conv": "auto", "conv_resolved": "xla"}},
         "environment": {"conv_auto": timing},
@@ -138,7 +157,7 @@ def test_auto_setup_builds_the_cached_faster_step_without_timing(
     assert (run.conv, _built_conv(run, state), run.conv_auto) == ("xla", "xla", timing)
 
 
-def test_auto_setup_times_both_steps_once_then_reads_the_cache(data_cache, step_cache, monkeypatch):
+def test_auto_setup_times_every_step_once_then_reads_the_cache(data_cache, step_cache, monkeypatch):
     config = load_tiny(data_cache)
     config.model.conv = "auto"
     meta = trainer.load_dataset(config)
@@ -147,14 +166,15 @@ def test_auto_setup_times_both_steps_once_then_reads_the_cache(data_cache, step_
     def fake_time_steps(steps):
         seen["candidates"] = tuple(steps)
         seen["xla step seconds"] = steps["xla"]()  # one real step: compiles and runs
-        return {"plan": 8.0, "xla": 3.0}
+        return {"plan": 8.0, "plan_wide": 7.0, "xla": 3.0}
 
     monkeypatch.setattr(conv_auto, "time_steps", fake_time_steps)
     run, state = trainer.setup(config, meta)
-    assert seen["candidates"] == ("plan", "xla")
+    assert seen["candidates"] == ("plan", "plan_wide", "xla")
     assert 0 < seen["xla step seconds"] < 60
     assert (run.conv, _built_conv(run, state)) == ("xla", "xla")
-    assert run.conv_auto["measured"] and run.conv_auto["step_ms"] == {"plan": 8.0, "xla": 3.0}
+    assert run.conv_auto["measured"]
+    assert run.conv_auto["step_ms"] == {"plan": 8.0, "plan_wide": 7.0, "xla": 3.0}
     # The timed step ran on a copy: the run's state is fresh and still usable (not donated).
     assert int(state.step) == 0 and not any(x.is_deleted() for x in jax.tree.leaves(state))
     monkeypatch.setattr(conv_auto, "time_steps", lambda *a, **k: pytest.fail("timed again"))

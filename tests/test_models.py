@@ -558,7 +558,7 @@ def test_modality_spec_is_a_deprecated_alias_of_encoder_spec():
             {"conv": "im2col"},
             5,
             r"config.model.conv='im2col' is not a convolution choice: use 'auto' "
-            r".*'plan', 'tuned' or 'xla'",
+            r".*'plan', 'plan_wide', 'tuned' or 'xla'",
         ),
         ({"fusion": "concat"}, 5, r"unknown fusion 'concat'; valid fusions are \['film', 'gated'"),
         (

@@ -217,7 +217,7 @@ def test_one_train_step_on_converted_fake_data(name, tmp_path, monkeypatch):
     frame_size, _ = augment.from_config(config.data.augment)
     conv_auto.store(
         conv_auto.step_key(config, pipeline.input_shapes(meta, frame_size)),
-        {"plan": 1.0, "xla": 2.0},
+        {"plan": 1.0, "plan_wide": 1.5, "xla": 2.0},
     )
     run, state = trainer.setup(config, meta)
     assert (run.conv, run.conv_auto["measured"]) == ("plan", False)

@@ -332,7 +332,7 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
     config = load_tiny(data_cache)
     config.model.conv = "auto"
     key = conv_auto.step_key(config, {"audio": (32, 24), "video": (2, 16, 16, 3)})
-    conv_auto.store(key, {"plan": 9.0, "xla": 4.0})
+    conv_auto.store(key, {"plan": 9.0, "plan_wide": 9.5, "xla": 4.0})
     saves = []
     original = RunCheckpoints.save
 
@@ -347,10 +347,10 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, data_cache, tmp_pat
     assert saves == [8] and not (workdir / "results.json").exists()
     monkeypatch.setattr(RunCheckpoints, "save", original)
     # The machine now times the plan faster: the resumed run keeps what it ran.
-    conv_auto.store(key, {"plan": 4.0, "xla": 9.0})
+    conv_auto.store(key, {"plan": 4.0, "plan_wide": 4.5, "xla": 9.0})
     resumed = trainer.train_and_evaluate(config, workdir)
     assert (resumed["conv"], resumed["conv_resolved"]) == ("auto", "xla")
-    assert resumed["conv_auto"]["step_ms"] == {"plan": 9.0, "xla": 4.0}
+    assert resumed["conv_auto"]["step_ms"] == {"plan": 9.0, "plan_wide": 9.5, "xla": 4.0}
     written = json.loads((workdir / "config.json").read_text())
     assert (written["model"]["conv"], written["resolved"]["model"]["conv_resolved"]) == (
         "auto",

@@ -49,9 +49,10 @@ a recorded choice, the model config field ``conv`` (``config.model.conv``, see
 :data:`CHOICES`), which the model passes to every convolution layer when it is built
 (`conv_function`):
 
-* ``auto`` (default): on the CPU backend, ``plan`` or ``xla``, whichever made the faster
-  train step on this machine (the trainer times both steps once per machine and step and
-  caches the times, `mlb_jax.conv_auto`; `resolve`, which sees no step, answers ``plan``);
+* ``auto`` (default): on the CPU backend, ``plan``, ``plan_wide`` or ``xla``, whichever made
+  the fastest train step on this machine (the trainer times the three steps once per machine
+  and step and caches the times, `mlb_jax.conv_auto`; `resolve`, which sees no step, answers
+  ``plan``);
   XLA's convolution on GPUs and TPUs, whose convolution libraries are fast at every pass;
 * ``tuned``: per layer and pass, the fastest of XLA's convolution and the algorithms above as
   measured on this machine, XLA's unless another is faster by more than the noise margin (so
@@ -59,9 +60,13 @@ a recorded choice, the model config field ``conv`` (``config.model.conv``, see
   ``config.model.conv_max_scratch``;
 * ``plan``: `plan`'s thresholds, measured once on a 2-core AVX2 AMD EPYC, without measuring
   (the environment value ``MLB_JAX_CONV=im2col`` of earlier versions);
+* ``plan_wide``: `plan_wide`, the same thresholds but Winograd also for the wide, small maps of
+  ResNet's last stage (512 channels on 4x4 to 9x6 at 112x112 inputs), which is faster on some
+  CPUs and slower on others;
 * ``xla``: ``lax.conv_general_dilated`` everywhere.
 
-`resolve` says what a choice runs on a backend (``'tuned'``, ``'plan'`` or ``'xla'``), for the
+`resolve` says what a choice runs on a backend (``'tuned'``, ``'plan'``, ``'plan_wide'`` or
+``'xla'``), for the
 run's records. The environment variable ``MLB_JAX_CONV`` is no longer read (`resolve` warns if
 it is set), so that a run's numbers follow from its config alone.
 
@@ -90,10 +95,11 @@ from jax import lax
 from mlb_jax.models import winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-# Values of config.model.conv, and what `resolve` turns them into ('tuned', 'plan' or 'xla').
-CHOICES = ("auto", "tuned", "plan", "xla")
+# Values of config.model.conv, and what `resolve` turns them into (all but 'auto').
+CHOICES = ("auto", "tuned", "plan", "plan_wide", "xla")
 TUNED = "tuned"
 PLANNED = "plan"
+PLANNED_WIDE = "plan_wide"
 # The environment variable that chose the algorithm in earlier versions; no longer read.
 LEGACY_ENV = "MLB_JAX_CONV"
 # Algorithms a pass can use (`Plan`).
@@ -114,6 +120,12 @@ WIDE_OUTPUT = 32
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIDE = 7
 WINOGRAD_MAX_CHANNELS = 256
+# `plan_wide`'s bound instead: Winograd in every pass from 4x4 maps up, at any channel count.
+# The bounds above hold on the AVX2 EPYC they were measured on, where Winograd's forward pass
+# of 16x9x6x512 took 2.4x XLA's time; on a 2-core Zen 4 EPYC (AVX-512 on 256-bit units) the
+# MLB step at 112 took 0.85-0.92x the plan's time with Winograd in the 512-channel layers too
+# (benchmarks/README.md). Which is faster is the CPU's, so 'auto' times both.
+WIDE_WINOGRAD_MIN_SIDE = 4
 # Inputs with at most this many channels (the stems') build the patches kernel gradient's
 # patches transposed, one output row at a time (`_stem_kernel_grad`).
 FEW_CHANNELS = 4
@@ -156,6 +168,8 @@ def plan(
     strides: Sequence[int],
     padding: Sequence[Sequence[int]],
     dtype: jnp.dtype | type | None = np.float32,
+    *,
+    wide_winograd: bool = False,
 ) -> Plan:
     """The per-pass algorithm choice for one convolution, from its static shapes and dtype.
 
@@ -175,6 +189,9 @@ def plan(
         strides: (sh, sw).
         padding: ((top, bottom), (left, right)).
         dtype: the dtype of both input and kernel; None when they differ (`ALL_XLA`).
+        wide_winograd: Winograd in every pass of stride-1, padding-1 3x3 layers with >= 32
+            channels on maps of >= 4x4, whatever their width (`plan_wide`,
+            ``config.model.conv='plan_wide'``).
 
     Returns:
         The plan.
@@ -183,15 +200,20 @@ def plan(
         return ALL_XLA
     out_hw = _out_hw(x_shape, kernel_shape, strides, padding)
     channels = kernel_shape[2:]
+    min_side, max_channels = (
+        (WIDE_WINOGRAD_MIN_SIDE, math.inf)
+        if wide_winograd
+        else (WINOGRAD_MIN_SIDE, WINOGRAD_MAX_CHANNELS)
+    )
     fits_winograd = (
         tuple(kernel_shape[:2]) == (3, 3)
         and tuple(strides) == (1, 1)
         and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
         and min(channels) >= WINOGRAD_MIN_CHANNELS
-        and min(out_hw) >= WINOGRAD_MIN_SIDE
+        and min(out_hw) >= min_side
     )
     small = out_hw[0] * out_hw[1] <= SMALL_MAP
-    if fits_winograd and max(channels) <= WINOGRAD_MAX_CHANNELS:
+    if fits_winograd and max(channels) <= max_channels:
         forward = WINOGRAD
     else:
         forward = PATCHES if small else XLA
@@ -213,24 +235,41 @@ def plan(
     return Plan(forward=forward, input_grad=forward, kernel_grad=kernel_grad)
 
 
+def plan_wide(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[Sequence[int]],
+    dtype: jnp.dtype | type | None = np.float32,
+) -> Plan:
+    """`plan` with Winograd for wide layers on small maps too (``wide_winograd=True``).
+
+    Example: the 512-channel 3x3 layers of ResNet-18's last stage on 4x4 maps get
+    ``Plan('winograd', 'winograd', 'winograd')`` here and the patches product from `plan`.
+    """
+    return plan(x_shape, kernel_shape, strides, padding, dtype, wide_winograd=True)
+
+
 def resolve(choice: str, backend: str | None = None) -> str:
     """What the convolution choice ``config.model.conv`` runs on a backend.
 
     Example: ``resolve('auto', 'cpu') == 'plan'``, ``resolve('auto', 'gpu') == 'xla'``.
-    This is 'auto' without timing: the trainer (`mlb_jax.trainer.setup`) times the plan's
-    train step against XLA's on the CPU and builds the faster (`mlb_jax.conv_auto`), and
-    records ``{"conv": choice, "conv_resolved": what it built}``.
+    This is 'auto' without timing: the trainer (`mlb_jax.trainer.setup`) times the train
+    steps of the plan, the wide plan and XLA's convolution on the CPU and builds the fastest
+    (`mlb_jax.conv_auto`), and records ``{"conv": choice, "conv_resolved": what it built}``.
 
     Args:
         choice: one of :data:`CHOICES`: ``'auto'`` (``'plan'`` on the CPU backend untimed,
-            XLA's convolution elsewhere), ``'tuned'``, ``'plan'`` or ``'xla'`` on any backend.
+            XLA's convolution elsewhere), ``'tuned'``, ``'plan'``, ``'plan_wide'`` or ``'xla'``
+            on any backend.
         backend: a JAX backend name (``'cpu'``, ``'gpu'``, ``'tpu'``, ...); None means
             ``jax.default_backend()``, the backend the model's arrays live on.
 
     Returns:
         ``'tuned'`` (per layer, what `mlb_jax.models.conv_tune` measured fastest),
-        ``'plan'`` (`conv_general_dilated`, following `plan` per layer) or ``'xla'``
-        (``lax.conv_general_dilated`` everywhere).
+        ``'plan'`` (`conv_general_dilated`, following `plan` per layer), ``'plan_wide'``
+        (the same following `plan_wide`) or ``'xla'`` (``lax.conv_general_dilated``
+        everywhere).
 
     Raises:
         ValueError: naming ``config.model.conv`` and the allowed values, for any other choice.
@@ -240,15 +279,17 @@ def resolve(choice: str, backend: str | None = None) -> str:
             f" ('im2col', the old {LEGACY_ENV} value, is now 'plan')" if choice == "im2col" else ""
         )
         raise ValueError(
-            f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the plan on "
-            f"the CPU, XLA's convolution elsewhere), 'plan', 'tuned' or 'xla'{hint}"
+            f"config.model.conv={choice!r} is not a convolution choice: use 'auto' (the fastest "
+            f"step of 'plan', 'plan_wide' and 'xla' on the CPU, XLA's convolution elsewhere), "
+            f"'plan', 'plan_wide', 'tuned' or 'xla'{hint}"
         )
     if LEGACY_ENV in os.environ:
         # Warn rather than obey: a choice that changes numbers must come from the config,
         # which is recorded with the run.
         warnings.warn(
             f"{LEGACY_ENV}={os.environ[LEGACY_ENV]!r} is ignored: the convolution algorithm is "
-            f"config.model.conv (now {choice!r}); pass --config.model.conv=xla|plan|tuned|auto",
+            f"config.model.conv (now {choice!r}); pass "
+            "--config.model.conv=xla|plan|plan_wide|tuned|auto",
             stacklevel=2,
         )
     if choice == "auto":
@@ -272,7 +313,8 @@ def conv_function(
 
     Returns:
         ``'tuned'``: `mlb_jax.models.conv_tune.conv_function` (one object per bound);
-        ``'plan'``: `conv_general_dilated`; ``'xla'``: ``jax.lax.conv_general_dilated``.
+        ``'plan'``: `conv_general_dilated`; ``'plan_wide'``: `conv_general_dilated_wide`;
+        ``'xla'``: ``jax.lax.conv_general_dilated``.
 
     Raises:
         ValueError: see `resolve`; naming ``config.model.conv_max_scratch`` when negative.
@@ -287,7 +329,9 @@ def conv_function(
         from mlb_jax.models import conv_tune  # imports this module
 
         return conv_tune.conv_function(float(max_scratch))
-    return conv_general_dilated if resolved == PLANNED else lax.conv_general_dilated
+    return {PLANNED: conv_general_dilated, PLANNED_WIDE: conv_general_dilated_wide}.get(
+        resolved, lax.conv_general_dilated
+    )
 
 
 def _tap_views(xp: jax.Array, axes: tuple[int, int], kernel_hw, strides) -> list[jax.Array]:
@@ -673,3 +717,5 @@ def apply_planner(
 # Raises TypeError naming config.model.conv='xla' when a planned call is differentiated in
 # forward mode (reached eagerly or under vmap; see the module doc).
 conv_general_dilated = functools.partial(apply_planner, plan)
+# The same under `plan_wide`: ``config.model.conv='plan_wide'``.
+conv_general_dilated_wide = functools.partial(apply_planner, plan_wide)

@@ -308,7 +308,7 @@ class MultimodalClassifier(nnx.Module):
         check_modality_names(tuple(modalities), minimum=1)
         specs = {name: _as_spec(name, spec) for name, spec in modalities.items()}
         check_fusion_name(fusion)
-        # What every encoder convolution runs, 'plan' or 'xla' (static, for the run's records).
+        # What every encoder convolution runs, e.g. 'plan' or 'xla' (static, for the records).
         self.conv_algorithm = resolve(conv)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
