@@ -123,7 +123,7 @@ WINOGRAD_MAX_CHANNELS = 256
 # `plan_wide`'s bound instead: Winograd in every pass from 4x4 maps up, at any channel count.
 # The bounds above hold on the AVX2 EPYC they were measured on, where Winograd's forward pass
 # of 16x9x6x512 took 2.4x XLA's time; on a 2-core Zen 4 EPYC (AVX-512 on 256-bit units) the
-# MLB step at 112 took 0.85-0.92x the plan's time with Winograd in the 512-channel layers too
+# MLB step at 112 took 0.85-0.93x the plan's time with Winograd in the 512-channel layers too
 # (benchmarks/README.md). Which is faster is the CPU's, so 'auto' times both.
 WIDE_WINOGRAD_MIN_SIDE = 4
 # Inputs with at most this many channels (the stems') build the patches kernel gradient's

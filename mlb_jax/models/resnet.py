@@ -12,9 +12,9 @@ asymmetrically and moves the sampling grid), a max-pool padded with -inf, BatchN
 * BatchNorm: scale (gamma) ~ N(1, 0.02), bias (beta) = 0; no zero-init of residual branches.
 
 The convolution algorithm is the ``conv`` argument (``config.model.conv``: ``auto``,
-``tuned``, ``plan`` or ``xla``; see :mod:`mlb_jax.models.conv`), resolved once when the network
-is built and handed to every layer, so that the choice is the config's and not something read
-while tracing.
+``tuned``, ``plan``, ``plan_wide`` or ``xla``; see :mod:`mlb_jax.models.conv`), resolved once
+when the network is built and handed to every layer, so that the choice is the config's and
+not something read while tracing.
 
 Encoders validate their input and raise one ``ValueError`` naming the modality and the expected
 shape, because a wrongly shaped array would otherwise fail deep inside a convolution.
@@ -203,8 +203,8 @@ class ResNet18(nnx.Module):
     11,176,512 parameters, exactly torchvision's ``resnet18`` without ``fc``.
 
     Attributes:
-        conv_algorithm: what the ``conv`` choice resolved to when built: ``'tuned'``, ``'plan'``
-            or ``'xla'``.
+        conv_algorithm: what the ``conv`` choice resolved to when built: ``'tuned'``, ``'plan'``,
+            ``'plan_wide'`` or ``'xla'``.
         out_features: channels of the final feature map, 8 * base_width.
     """
 
@@ -223,8 +223,8 @@ class ResNet18(nnx.Module):
             in_channels: image channels (1 for spectrograms, 3 for RGB, 2 for optical flow).
             base_width: width of the first stage; stages have 1x, 2x, 4x, 8x this width.
             conv: convolution algorithm, ``config.model.conv``: ``'auto'`` (the plan on the
-                CPU backend, XLA's convolution elsewhere), ``'plan'``, ``'tuned'`` (measured per
-                layer) or ``'xla'``.
+                CPU backend, XLA's convolution elsewhere), ``'plan'``, ``'plan_wide'``,
+                ``'tuned'`` (measured per layer) or ``'xla'``.
             conv_max_scratch: the memory bound of ``'tuned'``, see :class:`ConvBN`.
             rngs: parameter random streams.
 
