@@ -85,8 +85,9 @@ def cpu_description() -> str:
 
     E.g. 'AMD EPYC (AuthenticAMD family 25 model 17 stepping 1) [avx avx2 fma]'.
     """
-    identity = f" ({cpu_identity()})" if cpu_identity() else ""
-    return f"{cpu_model()}{identity} [{' '.join(simd_flags()) or 'SIMD flags unknown'}]"
+    identity = cpu_identity()
+    named = f"{cpu_model()} ({identity})" if identity else cpu_model()
+    return f"{named} [{' '.join(simd_flags()) or 'SIMD flags unknown'}]"
 
 
 def thread_count() -> int:

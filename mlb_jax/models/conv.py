@@ -66,9 +66,8 @@ a recorded choice, the model config field ``conv`` (``config.model.conv``, see
 * ``xla``: ``lax.conv_general_dilated`` everywhere.
 
 `resolve` says what a choice runs on a backend (``'tuned'``, ``'plan'``, ``'plan_wide'`` or
-``'xla'``), for the
-run's records. The environment variable ``MLB_JAX_CONV`` is no longer read (`resolve` warns if
-it is set), so that a run's numbers follow from its config alone.
+``'xla'``), for the run's records. The environment variable ``MLB_JAX_CONV`` is no longer read
+(`resolve` warns if it is set), so that a run's numbers follow from its config alone.
 
 Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is not available
 through a planned convolution: its gradients are a ``jax.custom_vjp``, which JAX can only
